@@ -1,1 +1,10 @@
+//! Switchboard: a self-hosted telephony and IVR media gateway that runs Twilio Studio flows.
+//!
+//! Layers (see `docs/ARCHITECTURE.md`): `sip` (signalling) → `call` (a dialog plus its media)
+//! → `flow` (the Studio engine, a pure state machine) ← `store` (persistence). `media` owns RTP,
+//! codecs, pacing and prompts. The flow engine knows nothing of SIP or RTP.
+
+pub mod config;
 pub mod flow;
+pub mod media;
+pub mod sip;

@@ -1,0 +1,200 @@
+//! Configuration: one optional TOML file plus `SWITCHBOARD_*` environment overrides
+//! (`SWITCHBOARD_SIP__BIND=0.0.0.0:5070`). Every default works without a file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the database, TTS cache and recordings live.
+    pub data_dir: PathBuf,
+    /// Flow that answers every number without a route. Empty: the bundled demo IVR.
+    pub flow: Option<PathBuf>,
+    pub routes: Vec<Route>,
+    pub sip: SipConfig,
+    pub http: HttpConfig,
+    pub media: MediaSettings,
+    pub tts: TtsConfig,
+    pub database: DatabaseConfig,
+}
+
+/// Send calls and messages for one number to one flow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub number: String,
+    pub flow: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP and TCP listen address.
+    pub bind: SocketAddr,
+    /// Source addresses (CIDR) allowed to send requests. Default: this machine only.
+    pub acl: Vec<String>,
+    pub max_message_bytes: usize,
+    /// Concurrent calls beyond this get 503 with Retry-After.
+    pub max_calls: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Address RTP sockets bind to.
+    pub rtp_bind: IpAddr,
+    /// Address written into SDP; default: the local address the caller's SIP reached.
+    pub public_ip: Option<IpAddr>,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Pacing threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtsConfig {
+    /// espeak-ng compatible command (`-v VOICE -s WPM -w FILE --stdin`).
+    pub command: String,
+    pub speed_wpm: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://...` or `postgres://...`; empty: SQLite at `<data_dir>/switchboard.db`.
+    pub url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            flow: None,
+            routes: Vec::new(),
+            sip: SipConfig::default(),
+            http: HttpConfig::default(),
+            media: MediaSettings::default(),
+            tts: TtsConfig::default(),
+            database: DatabaseConfig::default(),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            bind: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            acl: vec!["127.0.0.0/8".into(), "::1".into()],
+            max_message_bytes: 65_535,
+            max_calls: 5_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings {
+            rtp_bind: IpAddr::from([0, 0, 0, 0]),
+            public_ip: None,
+            rtp_port_min: 20_000,
+            rtp_port_max: 39_999,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for TtsConfig {
+    fn default() -> Self {
+        TtsConfig {
+            command: "espeak-ng".into(),
+            speed_wpm: 165,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Config {
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // Only our own sections: other SWITCHBOARD_* variables (test switches) are not config.
+        let ours = [
+            "data_dir", "flow", "sip", "http", "media", "tts", "database",
+        ];
+        let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
+            ours.iter()
+                .any(|o| k.as_str() == *o || k.as_str().starts_with(&format!("{o}.")))
+        });
+        fig = fig.merge(env);
+        fig.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("switchboard.db").display()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_file_overrides() {
+        let c = Config::default();
+        assert_eq!(c.sip.bind.port(), 5060);
+        assert_eq!(c.http.bind.to_string(), "127.0.0.1:8080");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sb.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/tmp/x\"\n[sip]\nbind = \"127.0.0.1:5999\"\nacl = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.sip.bind.port(), 5999);
+        assert_eq!(c.sip.acl, vec!["10.0.0.0/8".to_string()]);
+        assert_eq!(c.http.bind.port(), 8080, "untouched sections keep defaults");
+        std::fs::write(&f, "[sip]\nbnid = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&f))
+            .unwrap_err()
+            .to_string()
+            .contains("bnid"));
+    }
+}

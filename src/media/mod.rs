@@ -1,0 +1,13 @@
+//! Media: RTP streams, codecs, pacing, DTMF and prompts (TTS and files).
+
+pub mod clip;
+pub mod codec;
+pub mod dtmf;
+pub mod engine;
+pub mod resample;
+pub mod rtp;
+pub mod tts;
+
+pub use clip::Clip;
+pub use codec::Codec;
+pub use engine::{MediaConfig, MediaEngine, MediaEvent, MediaSession, StreamParams};

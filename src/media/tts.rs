@@ -1,0 +1,275 @@
+//! Text-to-speech through engines run as subprocesses (espeak-ng's GPL code is never linked),
+//! rendered once into a content-addressed cache: `<data-dir>/tts/<sha256>.wav` at 8 kHz.
+//! Prompts shipped in `voice-assets/tts/` are compiled in and consulted before rendering.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+
+use super::clip::Clip;
+
+mod seeds {
+    include!(concat!(env!("OUT_DIR"), "/seeds.rs"));
+}
+
+#[derive(Debug, Error)]
+pub enum TtsError {
+    #[error("text-to-speech engine {0:?} is not installed (install the espeak-ng package, or set [tts] command)")]
+    EngineMissing(String),
+    #[error("text-to-speech engine {engine:?} failed: {detail}")]
+    EngineFailed { engine: String, detail: String },
+    #[error("TTS cache I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TTS produced unreadable audio: {0}")]
+    Audio(#[from] hound::Error),
+    #[error("nothing to say")]
+    Empty,
+}
+
+/// Studio's `voice` and `language` mapped to an espeak-ng voice name such as `en-us+f3`.
+pub fn espeak_voice(voice: &str, language: &str) -> String {
+    let lang = match language.trim().to_ascii_lowercase().as_str() {
+        "" => "en-us".to_string(),
+        "en-gb" => "en-gb".to_string(),
+        "en-au" | "en-in" | "en-ca" => "en".to_string(),
+        "es-mx" | "es-us" => "es-419".to_string(),
+        "pt-br" => "pt-br".to_string(),
+        "zh-cn" | "zh-tw" | "zh-hk" | "cmn-cn" => "cmn".to_string(),
+        other => {
+            // Most Studio languages are ll-CC; espeak-ng knows them by ll (de, fr, ja, ...).
+            let base = other.split(['-', '_']).next().unwrap_or("en");
+            if other == "en-us" {
+                "en-us".to_string()
+            } else {
+                base.to_string()
+            }
+        }
+    };
+    let v = voice.trim().to_ascii_lowercase();
+    // Studio voices: man, woman, alice, Polly.<Name>, Google.<name>. espeak-ng has male (+m)
+    // and female (+f) variants; the nearest is chosen by the voice's known gender.
+    let female = matches!(v.as_str(), "woman" | "alice")
+        || v.starts_with("polly.")
+            && [
+                "joanna", "salli", "kimberly", "kendra", "ivy", "amy", "emma", "nicole", "olivia",
+                "aria", "ruth", "danielle", "lea", "celine", "vicki", "marlene", "mizuki", "lucia",
+                "conchita", "lupe", "penelope", "camila", "vitoria", "ines", "carla", "bianca",
+                "zhiyu", "seoyeon", "takumi_f",
+            ]
+            .iter()
+            .any(|n| v[6..].starts_with(n))
+        || v.contains("female")
+        || v.ends_with("-f");
+    format!("{lang}+{}", if female { "f3" } else { "m3" })
+}
+
+pub fn cache_key(engine: &str, voice: &str, text: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [engine, voice, text] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+pub struct Tts {
+    dir: PathBuf,
+    command: String,
+    speed_wpm: u32,
+    memory: Mutex<HashMap<String, Arc<Clip>>>,
+}
+
+impl Tts {
+    pub fn new(data_dir: &Path, command: &str, speed_wpm: u32) -> Self {
+        Tts {
+            dir: data_dir.join("tts"),
+            command: command.to_string(),
+            speed_wpm,
+            memory: Mutex::default(),
+        }
+    }
+
+    /// Whether the configured engine can be run (checked at start-up to warn early).
+    pub fn engine_available(&self) -> bool {
+        std::process::Command::new(&self.command)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn engine_name(&self) -> &str {
+        Path::new(&self.command)
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("espeak-ng")
+    }
+
+    pub fn key_for(&self, text: &str, voice: &str, language: &str) -> String {
+        cache_key(
+            self.engine_name(),
+            &espeak_voice(voice, language),
+            text.trim(),
+        )
+    }
+
+    pub async fn say(
+        &self,
+        text: &str,
+        voice: &str,
+        language: &str,
+    ) -> Result<Arc<Clip>, TtsError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(TtsError::Empty);
+        }
+        let ev = espeak_voice(voice, language);
+        let key = cache_key(self.engine_name(), &ev, text);
+        if let Some(c) = self.memory.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(c);
+        }
+        let path = self.dir.join(format!("{key}.wav"));
+        let clip = match tokio::fs::read(&path).await {
+            Ok(bytes) => Clip::from_wav(&bytes)?,
+            Err(_) => match seeds::SEEDS.iter().find(|(k, _)| *k == key) {
+                Some((_, bytes)) => Clip::from_wav(bytes)?,
+                None => {
+                    let clip = self.render(text, &ev).await?;
+                    self.store(&path, &clip).await?;
+                    clip
+                }
+            },
+        };
+        if let Ok(mut m) = self.memory.lock() {
+            // Bounded: a flow with per-caller text (names, amounts) must not grow memory forever.
+            if m.len() >= 512 {
+                m.clear();
+            }
+            m.insert(key, clip.clone());
+        }
+        Ok(clip)
+    }
+
+    async fn render(&self, text: &str, voice: &str) -> Result<Arc<Clip>, TtsError> {
+        let io = |source| TtsError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+        let tmp = self
+            .dir
+            .join(format!(".render-{:016x}.wav", rand::random::<u64>()));
+        let child = tokio::process::Command::new(&self.command)
+            .args(["-v", voice, "-s", &self.speed_wpm.to_string(), "-w"])
+            .arg(&tmp)
+            .arg("--stdin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TtsError::EngineMissing(self.command.clone()))
+            }
+            Err(e) => {
+                return Err(TtsError::EngineFailed {
+                    engine: self.command.clone(),
+                    detail: e.to_string(),
+                })
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(text.as_bytes()).await;
+        }
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+                .await
+                .map_err(|_| TtsError::EngineFailed {
+                    engine: self.command.clone(),
+                    detail: "timed out after 30 s".into(),
+                })?
+                .map_err(|e| TtsError::EngineFailed {
+                    engine: self.command.clone(),
+                    detail: e.to_string(),
+                })?;
+        let result = if out.status.success() {
+            match tokio::fs::read(&tmp).await {
+                Ok(bytes) => Clip::from_wav(&bytes).map_err(TtsError::from),
+                Err(source) => Err(TtsError::Io {
+                    path: tmp.clone(),
+                    source,
+                }),
+            }
+        } else {
+            Err(TtsError::EngineFailed {
+                engine: self.command.clone(),
+                detail: String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect(),
+            })
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
+    /// Write atomically: a crash never leaves a truncated cache entry behind.
+    async fn store(&self, path: &Path, clip: &Clip) -> Result<(), TtsError> {
+        let tmp = path.with_extension(format!("tmp{:08x}", rand::random::<u32>()));
+        let bytes = clip.to_wav()?;
+        let io = |source| TtsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        tokio::fs::write(&tmp, bytes).await.map_err(io)?;
+        tokio::fs::rename(&tmp, path).await.map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voices_map_to_nearest_espeak_voice() {
+        assert_eq!(espeak_voice("alice", "en-US"), "en-us+f3");
+        assert_eq!(espeak_voice("man", "en-GB"), "en-gb+m3");
+        assert_eq!(espeak_voice("Polly.Joanna", "en-US"), "en-us+f3");
+        assert_eq!(espeak_voice("Polly.Matthew", "en-US"), "en-us+m3");
+        assert_eq!(espeak_voice("woman", "de-DE"), "de+f3");
+        assert_eq!(espeak_voice("", ""), "en-us+m3");
+        assert_eq!(espeak_voice("Polly.", "ja-JP"), "ja+m3");
+    }
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        let a = cache_key("espeak-ng", "en-us+f3", "hello");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, cache_key("espeak-ng", "en-us+f3", "hello"));
+        assert_ne!(a, cache_key("espeak-ng", "en-us+m3", "hello"));
+    }
+
+    #[tokio::test]
+    async fn missing_engine_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tts = Tts::new(dir.path(), "/nonexistent/espeak-ng", 160);
+        assert!(!tts.engine_available());
+        let err = tts
+            .say("a prompt no seed has", "alice", "en-US")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TtsError::EngineMissing(_)), "{err}");
+        assert!(err.to_string().contains("not installed"));
+    }
+}

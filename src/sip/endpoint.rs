@@ -1,0 +1,362 @@
+//! The tokio driver around [`SipCore`]: UDP and TCP sockets in, commands from calls in,
+//! transmissions and events out. All protocol decisions live in the core.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, Transport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("cannot bind SIP {transport} on {addr}: {source}")]
+    Bind {
+        transport: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Handle the call layer uses to drive signalling.
+#[derive(Clone)]
+pub struct SipHandle {
+    cmd: mpsc::UnboundedSender<Command>,
+}
+
+impl SipHandle {
+    pub fn send(&self, cmd: Command) {
+        // The endpoint only stops when the process does; a closed channel is not an error then.
+        let _ = self.cmd.send(cmd);
+    }
+}
+
+pub struct Endpoint {
+    pub handle: SipHandle,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub udp_addr: SocketAddr,
+    pub tcp_addr: SocketAddr,
+}
+
+type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>>;
+
+struct Inbound {
+    peer: Peer,
+    local: SocketAddr,
+    data: Vec<u8>,
+}
+
+pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, EndpointError> {
+    let udp = UdpSocket::bind(bind)
+        .await
+        .map_err(|source| EndpointError::Bind {
+            transport: "UDP",
+            addr: bind,
+            source,
+        })?;
+    let udp_addr = udp.local_addr().map_err(|source| EndpointError::Bind {
+        transport: "UDP",
+        addr: bind,
+        source,
+    })?;
+    // TCP listens on the same port as UDP (5060 by default, or the one UDP got when bound to port 0).
+    let tcp_bind = SocketAddr::new(bind.ip(), udp_addr.port());
+    let tcp = TcpListener::bind(tcp_bind)
+        .await
+        .map_err(|source| EndpointError::Bind {
+            transport: "TCP",
+            addr: tcp_bind,
+            source,
+        })?;
+    let tcp_addr = tcp.local_addr().map_err(|source| EndpointError::Bind {
+        transport: "TCP",
+        addr: tcp_bind,
+        source,
+    })?;
+
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(1024);
+    let writers: TcpWriters = Arc::default();
+    let max = cfg.max_message_bytes;
+    tokio::spawn(accept_tcp(tcp, in_tx, writers.clone(), max));
+    let driver = Driver {
+        core: SipCore::new(cfg),
+        udp: Arc::new(udp),
+        udp_addr,
+        writers,
+        ev: ev_tx,
+        routes: HashMap::new(),
+    };
+    tokio::spawn(driver.run(cmd_rx, in_rx));
+    Ok(Endpoint {
+        handle: SipHandle { cmd: cmd_tx },
+        events: ev_rx,
+        udp_addr,
+        tcp_addr,
+    })
+}
+
+struct Driver {
+    core: SipCore,
+    udp: Arc<UdpSocket>,
+    udp_addr: SocketAddr,
+    writers: TcpWriters,
+    ev: mpsc::UnboundedSender<Event>,
+    routes: HashMap<IpAddr, IpAddr>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmds: mpsc::UnboundedReceiver<Command>,
+        mut tcp_in: mpsc::Receiver<Inbound>,
+    ) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let deadline = self.core.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        let local = self.local_for(from.ip());
+                        let peer = Peer { addr: from, transport: Transport::Udp };
+                        self.core.handle_message(Instant::now(), peer, local, &buf[..n]);
+                    }
+                    // ICMP port-unreachable surfaces here on some systems; keep serving.
+                    Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
+                },
+                Some(m) = tcp_in.recv() => self.core.handle_message(Instant::now(), m.peer, m.local, &m.data),
+                Some(cmd) = cmds.recv() => self.core.handle_command(Instant::now(), cmd),
+                _ = sleep => self.core.handle_timeout(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    /// Our address as seen from `peer`: the bound address, or, when bound to a wildcard, the
+    /// source address the kernel routes from (found by connecting a UDP socket; nothing is sent).
+    fn local_for(&mut self, peer: IpAddr) -> SocketAddr {
+        let port = self.udp_addr.port();
+        if !self.udp_addr.ip().is_unspecified() {
+            return self.udp_addr;
+        }
+        if let Some(ip) = self.routes.get(&peer) {
+            return SocketAddr::new(*ip, port);
+        }
+        let ip = route_source(peer).unwrap_or(self.udp_addr.ip());
+        if self.routes.len() > 4096 {
+            self.routes.clear();
+        }
+        self.routes.insert(peer, ip);
+        SocketAddr::new(ip, port)
+    }
+
+    fn flush(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Transmit(t) => match t.to.transport {
+                    Transport::Udp => {
+                        if let Err(e) = self.udp.try_send_to(&t.data, t.to.addr) {
+                            tracing::warn!(to = %t.to.addr, error = %e, "SIP UDP send failed");
+                        }
+                    }
+                    Transport::Tcp => {
+                        let w = self
+                            .writers
+                            .lock()
+                            .ok()
+                            .and_then(|m| m.get(&t.to.addr).cloned());
+                        match w {
+                            Some(w) => {
+                                let _ = w.send(t.data);
+                            }
+                            None => {
+                                tracing::warn!(to = %t.to.addr, "SIP TCP connection gone; message dropped")
+                            }
+                        }
+                    }
+                },
+                Output::Event(Event::Refused {
+                    peer,
+                    status,
+                    reason,
+                }) => {
+                    tracing::info!(from = %peer.addr, status, %reason, "SIP request refused");
+                }
+                Output::Event(e) => {
+                    let _ = self.ev.send(e);
+                }
+            }
+        }
+    }
+}
+
+pub fn route_source(peer: IpAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(SocketAddr::new(peer, 9)).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    tx: mpsc::Sender<Inbound>,
+    writers: TcpWriters,
+    max: usize,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let (tx, writers) = (tx.clone(), writers.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = serve_tcp(stream, peer, tx, writers.clone(), max).await {
+                        tracing::debug!(%peer, error = %e, "SIP TCP connection closed");
+                    }
+                    if let Ok(mut w) = writers.lock() {
+                        w.remove(&peer);
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP TCP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_tcp(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Inbound>,
+    writers: TcpWriters,
+    max: usize,
+) -> std::io::Result<()> {
+    let local = stream.local_addr()?;
+    let (mut rd, mut wr) = stream.into_split();
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+    if let Ok(mut w) = writers.lock() {
+        w.insert(peer, wtx);
+    }
+    tokio::spawn(async move {
+        while let Some(data) = wrx.recv().await {
+            if wr.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            match frame(&buf, max) {
+                Frame::Complete(len) => {
+                    let data: Vec<u8> = buf.drain(..len).collect();
+                    let peer = Peer {
+                        addr: peer,
+                        transport: Transport::Tcp,
+                    };
+                    if tx.send(Inbound { peer, local, data }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Frame::Skip(len) => {
+                    buf.drain(..len);
+                }
+                Frame::Partial => break,
+                Frame::TooLarge => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "SIP message over the size limit",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Complete(usize),
+    Skip(usize),
+    Partial,
+    TooLarge,
+}
+
+/// RFC 3261 §18.3: on streams, Content-Length delimits the body.
+fn frame(buf: &[u8], max: usize) -> Frame {
+    let leading = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
+    if leading > 0 {
+        return Frame::Skip(leading);
+    }
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > max {
+            Frame::TooLarge
+        } else {
+            Frame::Partial
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let body_len = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| {
+            let k = k.trim();
+            k.eq_ignore_ascii_case("content-length") || k == "l"
+        })
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let total = end + 4 + body_len;
+    if total > max {
+        Frame::TooLarge
+    } else if buf.len() >= total {
+        Frame::Complete(total)
+    } else {
+        Frame::Partial
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_framing() {
+        let m = b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabcNEXT";
+        assert_eq!(frame(m, 1000), Frame::Complete(m.len() - 4));
+        assert_eq!(
+            frame(
+                b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nabc",
+                1000
+            ),
+            Frame::Partial
+        );
+        assert_eq!(frame(b"\r\n\r\nOPTIONS", 1000), Frame::Skip(4));
+        assert_eq!(
+            frame(b"X\r\nContent-Length: 5000\r\n\r\n", 1000),
+            Frame::TooLarge
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! SIP signalling: parsing (rsip, via rsipstack), our sans-IO UAS core, its tokio driver,
+//! SDP offer/answer and the inbound ACL.
+
+pub mod acl;
+pub mod core;
+pub mod endpoint;
+pub mod message;
+pub mod sdp;
+
+pub use self::core::{Command, CoreConfig, EndReason, Event, IncomingInvite, Peer, Transport};
+pub use endpoint::{Endpoint, SipHandle};
