@@ -1,0 +1,304 @@
+//! Persistence of executions and steps through `sqlx::AnyPool`: SQLite by default, PostgreSQL
+//! for several nodes. Portable SQL only (TEXT timestamps in RFC 3339, `$n` placeholders).
+//!
+//! A step is written before the effect it leads to runs, so a crash loses nothing that was
+//! already decided. `active_key` is unique while an execution is active: it is what stops two
+//! nodes from starting a second execution for the same session.
+
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("an active execution already exists for {0}")]
+    ActiveExists(String),
+    #[error("stored JSON is corrupt: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionRecord {
+    pub sid: String,
+    pub flow_sid: String,
+    pub contact: String,
+    pub status: String,
+    pub context: Value,
+    /// The engine's serialized execution state (where it waits, counters).
+    pub state: Value,
+    pub active_key: Option<String>,
+    pub date_created: String,
+    pub date_updated: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub sid: String,
+    pub execution_sid: String,
+    pub name: String,
+    pub transitioned_from: String,
+    pub transitioned_to: String,
+    pub event: String,
+    pub context: Value,
+    pub error: Option<String>,
+    pub date_created: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS executions (
+        sid TEXT PRIMARY KEY,
+        flow_sid TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        status TEXT NOT NULL,
+        context TEXT NOT NULL,
+        state TEXT NOT NULL,
+        active_key TEXT UNIQUE,
+        date_created TEXT NOT NULL,
+        date_updated TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow_sid, date_created)",
+    "CREATE TABLE IF NOT EXISTS steps (
+        sid TEXT PRIMARY KEY,
+        execution_sid TEXT NOT NULL,
+        name TEXT NOT NULL,
+        transitioned_from TEXT NOT NULL,
+        transitioned_to TEXT NOT NULL,
+        event TEXT NOT NULL,
+        context TEXT NOT NULL,
+        error TEXT,
+        date_created TEXT NOT NULL,
+        seq BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS steps_execution ON steps (execution_sid, seq)",
+];
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Twilio-style SID: two-letter prefix and 32 hex digits.
+pub fn new_sid(prefix: &str) -> String {
+    format!("{prefix}{:032x}", rand::random::<u128>())
+}
+
+impl Store {
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+        }
+        let opts = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+        let opts = if sqlite {
+            opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers (the API) run while calls write steps; a busy timeout
+                    // makes concurrent writers wait instead of failing.
+                    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+        } else {
+            opts
+        };
+        let pool = opts.connect(url).await.map_err(|source| StoreError::Open { url: redact(url), source })?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&e.sid)
+        .bind(&e.flow_sid)
+        .bind(&e.contact)
+        .bind(&e.status)
+        .bind(e.context.to_string())
+        .bind(e.state.to_string())
+        .bind(e.active_key.clone())
+        .bind(&e.date_created)
+        .bind(&e.date_updated)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                Err(StoreError::ActiveExists(e.active_key.clone().unwrap_or_default()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Save the execution's state and append the steps it took, in one transaction.
+    pub async fn record_progress(&self, e: &ExecutionRecord, steps: &[StepRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let active_key = if e.status == "active" { e.active_key.clone() } else { None };
+        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, date_updated = $5 WHERE sid = $6")
+            .bind(&e.status)
+            .bind(e.context.to_string())
+            .bind(e.state.to_string())
+            .bind(active_key)
+            .bind(&e.date_updated)
+            .bind(&e.sid)
+            .execute(&mut *tx)
+            .await?;
+        for s in steps {
+            sqlx::query(
+                "INSERT INTO steps (sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                         (SELECT COUNT(*) FROM steps WHERE execution_sid = $2))",
+            )
+            .bind(&s.sid)
+            .bind(&s.execution_sid)
+            .bind(&s.name)
+            .bind(&s.transitioned_from)
+            .bind(&s.transitioned_to)
+            .bind(&s.event)
+            .bind(s.context.to_string())
+            .bind(s.error.clone())
+            .bind(&s.date_created)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn execution(&self, sid: &str) -> Result<Option<ExecutionRecord>, StoreError> {
+        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated FROM executions WHERE sid = $1")
+            .bind(sid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| execution_from(&r)).transpose()
+    }
+
+    pub async fn executions_for_flow(&self, flow_sid: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated FROM executions WHERE flow_sid = $1 ORDER BY date_created")
+            .bind(flow_sid)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(execution_from).collect()
+    }
+
+    pub async fn steps(&self, execution_sid: &str) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query("SELECT sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created FROM steps WHERE execution_sid = $1 ORDER BY seq")
+            .bind(execution_sid)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StepRecord {
+                    sid: r.try_get(0)?,
+                    execution_sid: r.try_get(1)?,
+                    name: r.try_get(2)?,
+                    transitioned_from: r.try_get(3)?,
+                    transitioned_to: r.try_get(4)?,
+                    event: r.try_get(5)?,
+                    context: serde_json::from_str(&r.try_get::<String, _>(6)?)?,
+                    error: r.try_get(7)?,
+                    date_created: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn execution_from(r: &AnyRow) -> Result<ExecutionRecord, StoreError> {
+    Ok(ExecutionRecord {
+        sid: r.try_get(0)?,
+        flow_sid: r.try_get(1)?,
+        contact: r.try_get(2)?,
+        status: r.try_get(3)?,
+        context: serde_json::from_str(&r.try_get::<String, _>(4)?)?,
+        state: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
+        active_key: r.try_get(6)?,
+        date_created: r.try_get(7)?,
+        date_updated: r.try_get(8)?,
+    })
+}
+
+/// A database URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(sid: &str, key: Option<&str>) -> ExecutionRecord {
+        ExecutionRecord {
+            sid: sid.into(),
+            flow_sid: "FW1".into(),
+            contact: "+1555".into(),
+            status: "active".into(),
+            context: serde_json::json!({"flow": {"variables": {}}}),
+            state: serde_json::json!({"current": "a"}),
+            active_key: key.map(str::to_string),
+            date_created: now_rfc3339(),
+            date_updated: now_rfc3339(),
+        }
+    }
+
+    #[tokio::test]
+    async fn executions_steps_and_the_active_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.unwrap();
+        store.create_execution(&exec("FN1", Some("FW1|+1555"))).await.unwrap();
+        let dup = store.create_execution(&exec("FN2", Some("FW1|+1555"))).await;
+        assert!(matches!(dup, Err(StoreError::ActiveExists(_))), "{dup:?}");
+
+        let mut e = exec("FN1", Some("FW1|+1555"));
+        e.status = "ended".into();
+        let step = StepRecord {
+            sid: new_sid("FT"),
+            execution_sid: "FN1".into(),
+            name: "say".into(),
+            transitioned_from: "Trigger".into(),
+            transitioned_to: "say".into(),
+            event: "incomingCall".into(),
+            context: serde_json::json!({}),
+            error: None,
+            date_created: now_rfc3339(),
+        };
+        store.record_progress(&e, &[step.clone(), StepRecord { sid: new_sid("FT"), ..step.clone() }]).await.unwrap();
+        let got = store.execution("FN1").await.unwrap().unwrap();
+        assert_eq!(got.status, "ended");
+        assert_eq!(got.active_key, None, "ending frees the session key");
+        assert_eq!(store.steps("FN1").await.unwrap().len(), 2);
+        // The key is free again once the first execution ended.
+        store.create_execution(&exec("FN3", Some("FW1|+1555"))).await.unwrap();
+        drop(store);
+        let reopened = Store::open(&url).await.unwrap();
+        assert_eq!(reopened.executions_for_flow("FW1").await.unwrap().len(), 2);
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://sb:secret@db:5432/sb"), "postgres://sb:***@db:5432/sb");
+        assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
+    }
+}
