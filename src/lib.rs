@@ -9,3 +9,7 @@ pub mod flow;
 pub mod media;
 pub mod sip;
 pub mod store;
+pub mod api;
+pub mod call;
+pub mod routing;
+pub mod server;

@@ -1,1 +1,132 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use switchboard::config::Config;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Self-hosted telephony and IVR gateway that runs Twilio Studio flows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (SIP, media, HTTP).
+    Serve {
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SIP UDP+TCP listen address (default 0.0.0.0:5060).
+        #[arg(long)]
+        sip_bind: Option<std::net::SocketAddr>,
+        /// HTTP listen address (default 127.0.0.1:8080).
+        #[arg(long)]
+        http_bind: Option<std::net::SocketAddr>,
+        /// Data directory (default ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Flow that answers calls and messages to any number without a route.
+        #[arg(long)]
+        flow: Option<PathBuf>,
+    },
+    /// Studio flow tools.
+    Flow {
+        #[command(subcommand)]
+        command: FlowCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowCmd {
+    /// Validate Studio flow JSON files; exits non-zero when any is invalid.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Flow { command: FlowCmd::Validate { files } } => validate(&files),
+        Cmd::Serve { config, sip_bind, http_bind, data_dir, flow } => {
+            let mut cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("switchboard: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(b) = sip_bind {
+                cfg.sip.bind = b;
+            }
+            if let Some(b) = http_bind {
+                cfg.http.bind = b;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if flow.is_some() {
+                cfg.flow = flow;
+            }
+            serve(cfg)
+        }
+    }
+}
+
+fn serve(cfg: Config) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match switchboard::server::start(cfg).await {
+            Ok(r) => {
+                // One machine-readable line that scripts and tests wait for.
+                println!("switchboard ready sip_udp={} sip_tcp={} http={}", r.sip_udp, r.sip_tcp, r.http);
+                tracing::info!(sip_udp = %r.sip_udp, sip_tcp = %r.sip_tcp, http = %r.http, "listening");
+                let _ = tokio::signal::ctrl_c().await;
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchboard: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn validate(files: &[PathBuf]) -> ExitCode {
+    let mut bad = 0;
+    for f in files {
+        let result = std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|json| switchboard::flow::Flow::from_json(&json).map(|_| ()).map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => println!("{}: valid", f.display()),
+            Err(e) => {
+                bad += 1;
+                println!("{}: invalid", f.display());
+                for line in e.lines() {
+                    println!("  {line}");
+                }
+            }
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

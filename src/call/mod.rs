@@ -1,0 +1,9 @@
+//! Calls: the dispatcher that turns SIP events into calls, and each call's task, which runs
+//! its flow execution and performs voice effects on its media session.
+
+pub mod registry;
+pub mod session;
+pub mod voice;
+
+pub use registry::{CallKey, CallSignal, Registry};
+pub use session::{dispatch, CallServices};

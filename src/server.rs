@@ -1,0 +1,77 @@
+//! `switchboard serve`: wires config, store, flows, SIP, media and HTTP together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::call::{dispatch, CallServices, Registry};
+use crate::config::Config;
+use crate::media::tts::Tts;
+use crate::media::{MediaConfig, MediaEngine};
+use crate::routing::Router;
+use crate::sip::acl::Acl;
+use crate::sip::{endpoint, CoreConfig};
+use crate::store::{redact, Store};
+
+pub struct Running {
+    pub sip_udp: SocketAddr,
+    pub sip_tcp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let router = Arc::new(Router::from_config(&cfg)?);
+    for f in router.flows() {
+        tracing::info!(flow = %f.name, sid = %f.sid, "flow loaded");
+    }
+    let db_url = cfg.database_url();
+    let store = Store::open(&db_url).await?;
+    tracing::info!(database = %redact(&db_url), "store open");
+
+    let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
+    if !tts.engine_available() {
+        tracing::warn!(command = %cfg.tts.command, "text-to-speech engine not found: only pre-rendered prompts can be spoken (install espeak-ng)");
+    }
+    let workers = match cfg.media.workers {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        n => n,
+    };
+    let media = MediaEngine::new(MediaConfig {
+        bind_ip: cfg.media.rtp_bind,
+        port_min: cfg.media.rtp_port_min,
+        port_max: cfg.media.rtp_port_max,
+        workers,
+    });
+    let acl = Acl::parse(&cfg.sip.acl)?;
+    let core_cfg = CoreConfig {
+        max_message_bytes: cfg.sip.max_message_bytes,
+        server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+        acl,
+    };
+    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
+    let svc = Arc::new(CallServices {
+        sip: ep.handle.clone(),
+        media,
+        tts,
+        store,
+        router,
+        registry: Arc::new(Registry::default()),
+        public_ip: cfg.media.public_ip,
+        max_calls: cfg.sip.max_calls,
+        account_sid: "AC00000000000000000000000000000000".to_string(),
+    });
+    tokio::spawn(dispatch(svc, ep.events));
+
+    let listener = tokio::net::TcpListener::bind(cfg.http.bind)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
+    let http = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, crate::api::router()).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    Ok(Running { sip_udp: ep.udp_addr, sip_tcp: ep.tcp_addr, http })
+}

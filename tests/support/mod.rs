@@ -1,0 +1,336 @@
+//! In-repo test harness: starts the real `switchboard` binary on ephemeral loopback ports and
+//! places calls with a small SIP user agent that sends real RTP and records what it hears.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+
+pub struct Gateway {
+    child: Child,
+    pub sip: SocketAddr,
+    pub sip_tcp: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Gateway {
+    pub fn start(flow: Option<&Path>) -> Gateway {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut g = Self::start_in(&dir, flow, &[]);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Start on a given data directory (restarts keep their data).
+    pub fn start_in(data_dir: &Path, flow: Option<&Path>, extra: &[&str]) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.args(["serve", "--sip-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(f) = flow {
+            cmd.arg("--flow").arg(f);
+        }
+        let mut child = cmd.spawn().expect("spawn switchboard");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("ready line");
+        assert!(line.starts_with("switchboard ready"), "gateway did not start: {line:?}");
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+        };
+        Gateway {
+            sip: field("sip_udp"),
+            sip_tcp: field("sip_tcp"),
+            http: field("http"),
+            child,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether an external peer (sipp, espeak-ng, ...) can be used. With
+/// SWITCHBOARD_REQUIRE_PEERS=1 (CI) a missing peer fails the test instead of skipping it.
+pub fn peer_available(bin: &str) -> bool {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("{bin} is required (SWITCHBOARD_REQUIRE_PEERS=1) but not installed");
+        }
+        eprintln!("skipping: {bin} not installed");
+    }
+    found
+}
+
+pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+pub fn status_of(msg: &str) -> Option<u16> {
+    msg.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+}
+
+#[derive(Debug, Default)]
+pub struct CallReport {
+    pub final_status: u16,
+    /// Decoded PCMU audio we received, in arrival order.
+    pub audio: Vec<i16>,
+    pub rtp_packets: usize,
+    pub bye_received: bool,
+    /// (sequence, timestamp, arrival) of each RTP packet.
+    pub packets: Vec<(u16, u32, Instant)>,
+}
+
+pub struct CallOptions {
+    pub from_user: String,
+    pub to_user: String,
+    pub call_id: String,
+    pub max_duration: Duration,
+    /// Hang up ourselves after this long (None: wait for the gateway's BYE).
+    pub hangup_after: Option<Duration>,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            from_user: "+15550100000".into(),
+            to_user: "ivr".into(),
+            call_id: format!("{:016x}@test", rand::random::<u64>()),
+            max_duration: Duration::from_secs(30),
+            hangup_after: None,
+        }
+    }
+}
+
+pub struct Ua {
+    pub sip: UdpSocket,
+    pub rtp: UdpSocket,
+}
+
+impl Ua {
+    pub async fn new() -> Ua {
+        Ua { sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(), rtp: UdpSocket::bind("127.0.0.1:0").await.unwrap() }
+    }
+
+    pub fn invite(&self, target: SocketAddr, o: &CallOptions, branch: &str) -> String {
+        let me = self.sip.local_addr().unwrap();
+        let rtp = self.rtp.local_addr().unwrap();
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n",
+            rtp.port()
+        );
+        format!(
+            "INVITE sip:{to}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+             From: <sip:{from}@{me}>;tag=ua{tag}\r\nTo: <sip:{to}@{target}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:{from}@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            to = o.to_user,
+            from = o.from_user,
+            tag = branch,
+            cid = o.call_id,
+            len = sdp.len(),
+        )
+    }
+
+    /// Place a call and stay on it until the gateway hangs up (or our own limits).
+    pub async fn call(&self, target: SocketAddr, o: CallOptions) -> CallReport {
+        let branch = format!("z9hG4bK{:08x}", rand::random::<u32>());
+        let invite = self.invite(target, &o, &branch);
+        self.sip.send_to(invite.as_bytes(), target).await.unwrap();
+        let mut report = CallReport::default();
+        let mut buf = vec![0u8; 65536];
+        let mut rbuf = [0u8; 2048];
+        let start = Instant::now();
+        let mut ok_200: Option<String> = None;
+        let mut last_send = Instant::now();
+        loop {
+            if start.elapsed() > o.max_duration {
+                break;
+            }
+            if let (Some(ok), Some(after)) = (&ok_200, o.hangup_after) {
+                if start.elapsed() > after {
+                    let bye = in_dialog(ok, "BYE", 2, &self.sip.local_addr().unwrap(), target);
+                    self.sip.send_to(bye.as_bytes(), target).await.unwrap();
+                    // wait briefly for the 200
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.sip.recv_from(&mut buf)).await;
+                    break;
+                }
+            }
+            // Keep our side of the media flowing so the gateway can latch (symmetric RTP).
+            if ok_200.is_some() && last_send.elapsed() > Duration::from_millis(20) {
+                last_send = Instant::now();
+                let pkt = silence_packet(report.rtp_packets as u16);
+                let _ = self.rtp.send_to(&pkt, remote_rtp(ok_200.as_deref().unwrap_or("")).unwrap_or(target)).await;
+            }
+            tokio::select! {
+                r = self.sip.recv_from(&mut buf) => {
+                    let (n, from) = r.unwrap();
+                    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+                    if let Some(code) = status_of(&msg) {
+                        if header(&msg, "CSeq").is_some_and(|c| c.ends_with("INVITE")) && code >= 200 {
+                            report.final_status = code;
+                            let ack = ack_for(&msg, &self.sip.local_addr().unwrap(), target, &branch);
+                            self.sip.send_to(ack.as_bytes(), from).await.unwrap();
+                            if code == 200 {
+                                ok_200 = Some(msg);
+                            } else {
+                                return report;
+                            }
+                        }
+                    } else if msg.starts_with("BYE ") {
+                        let ok = response_to(&msg, 200, "OK");
+                        self.sip.send_to(ok.as_bytes(), from).await.unwrap();
+                        report.bye_received = true;
+                        // Drain RTP already in flight, then finish.
+                        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), self.rtp.recv_from(&mut rbuf)).await {
+                            take_rtp(&rbuf[..n], &mut report);
+                        }
+                        return report;
+                    }
+                }
+                r = self.rtp.recv_from(&mut rbuf) => {
+                    let (n, _) = r.unwrap();
+                    take_rtp(&rbuf[..n], &mut report);
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        report
+    }
+}
+
+fn silence_packet(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0, (seq >> 8) as u8, seq as u8, 0, 0, 0, 0, 1, 2, 3, 4];
+    let ts = (seq as u32) * 160;
+    p[4..8].copy_from_slice(&ts.to_be_bytes());
+    p.extend(std::iter::repeat_n(0xFFu8, 160));
+    p
+}
+
+pub fn remote_rtp(ok: &str) -> Option<SocketAddr> {
+    let body = ok.split("\r\n\r\n").nth(1)?;
+    let ip = body.lines().find_map(|l| l.strip_prefix("c=IN IP4 "))?.trim();
+    let port = body.lines().find_map(|l| l.strip_prefix("m=audio "))?.split_whitespace().next()?;
+    format!("{ip}:{port}").parse().ok()
+}
+
+fn take_rtp(pkt: &[u8], report: &mut CallReport) {
+    if pkt.len() < 12 || pkt[0] >> 6 != 2 {
+        return;
+    }
+    let pt = pkt[1] & 0x7F;
+    let seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+    let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+    report.rtp_packets += 1;
+    report.packets.push((seq, ts, Instant::now()));
+    if pt == 0 {
+        report.audio.extend(pkt[12..].iter().map(|&b| ulaw(b)));
+    }
+}
+
+pub fn ulaw(byte: u8) -> i16 {
+    let b = !byte as i32;
+    let sign = b & 0x80;
+    let exp = (b >> 4) & 0x07;
+    let mant = b & 0x0F;
+    let mag = (((mant << 3) + 0x84) << exp) - 0x84;
+    (if sign != 0 { -mag } else { mag }) as i16
+}
+
+fn ack_for(resp: &str, me: &SocketAddr, target: SocketAddr, branch: &str) -> String {
+    let to = header(resp, "To").unwrap_or("");
+    let from = header(resp, "From").unwrap_or("");
+    let cid = header(resp, "Call-ID").unwrap_or("");
+    let (cseq_branch, uri) = if status_of(resp) == Some(200) {
+        (format!("z9hG4bK{:08x}", rand::random::<u32>()), contact_uri(resp).unwrap_or(format!("sip:{target}")))
+    } else {
+        (branch.to_string(), format!("sip:{target}"))
+    };
+    format!(
+        "ACK {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={cseq_branch}\r\nFrom: {from}\r\nTo: {to}\r\n\
+         Call-ID: {cid}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+fn contact_uri(msg: &str) -> Option<String> {
+    let c = header(msg, "Contact")?;
+    let a = c.find('<')?;
+    let b = c.find('>')?;
+    Some(c[a + 1..b].to_string())
+}
+
+pub fn in_dialog(ok: &str, method: &str, cseq: u32, me: &SocketAddr, target: SocketAddr) -> String {
+    let to = header(ok, "To").unwrap_or("");
+    let from = header(ok, "From").unwrap_or("");
+    let cid = header(ok, "Call-ID").unwrap_or("");
+    let uri = contact_uri(ok).unwrap_or(format!("sip:{target}"));
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{:08x}\r\nFrom: {from}\r\nTo: {to}\r\n\
+         Call-ID: {cid}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        rand::random::<u32>()
+    )
+}
+
+pub fn response_to(req: &str, code: u16, reason: &str) -> String {
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for l in req.split("\r\n").skip(1) {
+        if l.is_empty() {
+            break;
+        }
+        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        if ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"].contains(&name.as_str()) {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+/// Duration of the span between the first and last 20 ms frame louder than `threshold` RMS.
+pub fn active_span(audio: &[i16], threshold: f64) -> Duration {
+    let frames: Vec<f64> = audio
+        .chunks(160)
+        .map(|c| (c.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / c.len() as f64).sqrt())
+        .collect();
+    let first = frames.iter().position(|&r| r > threshold);
+    let last = frames.iter().rposition(|&r| r > threshold);
+    match (first, last) {
+        (Some(a), Some(b)) => Duration::from_millis(((b - a + 1) * 20) as u64),
+        _ => Duration::ZERO,
+    }
+}
+
+pub fn rms(audio: &[i16]) -> f64 {
+    if audio.is_empty() {
+        return 0.0;
+    }
+    (audio.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / audio.len() as f64).sqrt()
+}
