@@ -493,11 +493,17 @@ fn liquid_to_json(v: &Value) -> serde_json::Value {
     match v {
         Value::Nil | Value::State(_) => J::Null,
         Value::Array(a) => J::Array(a.iter().map(liquid_to_json).collect()),
-        Value::Object(o) => J::Object(
-            o.iter()
-                .map(|(k, v)| (k.to_string(), liquid_to_json(v)))
-                .collect(),
-        ),
+        Value::Object(o) => {
+            // liquid's objects are hash maps: sort keys so output is stable.
+            let mut items: Vec<_> = o.iter().collect();
+            items.sort_by(|a, b| a.0.cmp(b.0));
+            J::Object(
+                items
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), liquid_to_json(v)))
+                    .collect(),
+            )
+        }
         Value::Scalar(s) => serde_json::to_value(s).unwrap_or(J::Null),
     }
 }
