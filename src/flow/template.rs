@@ -1,0 +1,670 @@
+//! Liquid rendering with Studio's leniency.
+//!
+//! The `liquid` crate errors on undefined variables; Studio renders them as
+//! empty. Rendering therefore goes through [`Scope`], a copy of the context
+//! whose missing keys (at any depth) yield an `Undefined` node that renders
+//! `""`, is nil/blank/empty, and is itself an object of `Undefined`.
+//! Templates are compiled once per flow ([`Templates`]) and plain strings
+//! without `{{`/`{%` never reach Liquid.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::OnceLock;
+
+use liquid_core::model::{ArrayView, DisplayCow, KStringCow, ObjectView, State, ValueView};
+use liquid_core::{
+    Display_filter, Expression, Filter, FilterParameters, FilterReflection, FromFilterParameters,
+    ParseFilter, Result as LiquidResult, Runtime, Value,
+};
+use regex::Regex;
+
+/// Largest rendered value (SPEC §4).
+pub const MAX_RENDERED_BYTES: usize = 16 * 1024;
+/// Most iterations a `for` loop runs (SPEC §4).
+pub const MAX_LOOP_ITERATIONS: usize = 15;
+
+/// Why a template could not be compiled or rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("invalid Liquid template: {0}")]
+    Parse(String),
+    #[error("Liquid rendering failed: {0}")]
+    Render(String),
+    #[error("rendered value is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// Whether a string needs Liquid at all.
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// Compiled templates of one flow, keyed by their source text.
+#[derive(Default)]
+pub struct Templates {
+    compiled: HashMap<String, liquid::Template>,
+}
+
+impl fmt::Debug for Templates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Templates")
+            .field("count", &self.compiled.len())
+            .finish()
+    }
+}
+
+impl Templates {
+    /// Compile `src` (once) and keep it. Plain strings are not stored.
+    pub fn add(&mut self, src: &str) -> Result<(), TemplateError> {
+        if !is_template(src) || self.compiled.contains_key(src) {
+            return Ok(());
+        }
+        let t = compile(src)?;
+        self.compiled.insert(src.to_owned(), t);
+        Ok(())
+    }
+
+    /// Number of distinct compiled templates.
+    pub fn len(&self) -> usize {
+        self.compiled.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.compiled.is_empty()
+    }
+
+    /// Render `src` against `scope`. Strings not seen at compile time are
+    /// compiled on the fly (values computed at run time, tests).
+    pub fn render(&self, src: &str, scope: &Scope) -> Result<String, TemplateError> {
+        if !is_template(src) {
+            return cap(src.to_owned());
+        }
+        let out = match self.compiled.get(src) {
+            Some(t) => t.render(&Root(&scope.root)),
+            None => compile(src)?.render(&Root(&scope.root)),
+        };
+        cap(out.map_err(|e| TemplateError::Render(e.to_string()))?)
+    }
+}
+
+fn cap(s: String) -> Result<String, TemplateError> {
+    if s.len() > MAX_RENDERED_BYTES {
+        Err(TemplateError::TooLarge {
+            size: s.len(),
+            limit: MAX_RENDERED_BYTES,
+        })
+    } else {
+        Ok(s)
+    }
+}
+
+fn parser() -> Result<&'static liquid::Parser, TemplateError> {
+    static PARSER: OnceLock<Result<liquid::Parser, String>> = OnceLock::new();
+    PARSER
+        .get_or_init(|| {
+            liquid::ParserBuilder::with_stdlib()
+                .filter(JsonFilterParser)
+                .filter(SplitFilterParser)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| TemplateError::Parse(e.clone()))
+}
+
+fn compile(src: &str) -> Result<liquid::Template, TemplateError> {
+    parser()?
+        .parse(&cap_loops(src))
+        .map_err(|e| TemplateError::Parse(e.to_string()))
+}
+
+/// Adds `limit:15` to every `for` tag that has no `limit` of its own: the
+/// cheapest way to cap loops without forking the stdlib `for` block.
+fn cap_loops(src: &str) -> std::borrow::Cow<'_, str> {
+    static FOR_TAG: OnceLock<Option<Regex>> = OnceLock::new();
+    let Some(re) = FOR_TAG
+        .get_or_init(|| Regex::new(r"(\{%-?\s*for\s[^%]*?)(\s*-?%\})").ok())
+        .as_ref()
+    else {
+        return src.into();
+    };
+    re.replace_all(src, |c: &regex::Captures<'_>| {
+        let head = &c[1];
+        if head.contains("limit") {
+            format!("{head}{}", &c[2])
+        } else {
+            format!("{head} limit:{MAX_LOOP_ITERATIONS}{}", &c[2])
+        }
+    })
+}
+
+/// A copy of the execution context that Liquid can walk leniently.
+#[derive(Debug)]
+pub struct Scope {
+    root: Node,
+}
+
+impl Scope {
+    pub fn new(context: &serde_json::Value) -> Scope {
+        Scope {
+            root: Node::from_json(context),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Node {
+    Undefined,
+    /// A scalar; strings carry their precomputed `size` for `x.size`.
+    Scalar {
+        value: Value,
+        size: Option<Value>,
+    },
+    Array(Vec<Node>),
+    Object(BTreeMap<String, Node>),
+}
+
+static UNDEFINED: Node = Node::Undefined;
+
+impl Node {
+    fn from_json(v: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        match v {
+            J::Null => Node::Undefined,
+            J::Bool(b) => Node::scalar(Value::scalar(*b), None),
+            J::Number(n) => {
+                let value = match n.as_i64() {
+                    Some(i) => Value::scalar(i),
+                    None => Value::scalar(n.as_f64().unwrap_or(0.0)),
+                };
+                Node::scalar(value, None)
+            }
+            J::String(s) => {
+                let size = i64::try_from(s.len()).unwrap_or(i64::MAX);
+                Node::scalar(Value::scalar(s.clone()), Some(Value::scalar(size)))
+            }
+            J::Array(a) => Node::Array(a.iter().map(Node::from_json).collect()),
+            J::Object(o) => Node::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn scalar(value: Value, size: Option<Value>) -> Node {
+        Node::Scalar { value, size }
+    }
+}
+
+impl ValueView for Node {
+    fn as_debug(&self) -> &dyn fmt::Debug {
+        self
+    }
+    fn render(&self) -> DisplayCow<'_> {
+        match self {
+            Node::Undefined => DisplayCow::Borrowed(&""),
+            Node::Scalar { value, .. } => value.render(),
+            _ => DisplayCow::Owned(Box::new(self.to_value().render().to_string())),
+        }
+    }
+    fn source(&self) -> DisplayCow<'_> {
+        match self {
+            Node::Undefined => DisplayCow::Borrowed(&"nil"),
+            Node::Scalar { value, .. } => value.source(),
+            _ => DisplayCow::Owned(Box::new(self.to_value().source().to_string())),
+        }
+    }
+    fn type_name(&self) -> &'static str {
+        match self {
+            Node::Undefined => "nil",
+            Node::Scalar { value, .. } => value.type_name(),
+            Node::Array(_) => "array",
+            Node::Object(_) => "object",
+        }
+    }
+    fn query_state(&self, state: State) -> bool {
+        match self {
+            Node::Undefined => !matches!(state, State::Truthy),
+            Node::Scalar { value, .. } => value.query_state(state),
+            Node::Array(a) => match state {
+                State::Truthy => true,
+                _ => a.is_empty(),
+            },
+            Node::Object(o) => match state {
+                State::Truthy => true,
+                _ => o.is_empty(),
+            },
+        }
+    }
+    fn to_kstr(&self) -> KStringCow<'_> {
+        match self {
+            Node::Undefined => KStringCow::from_static(""),
+            Node::Scalar { value, .. } => value.to_kstr(),
+            _ => KStringCow::from_string(self.render().to_string()),
+        }
+    }
+    fn to_value(&self) -> Value {
+        match self {
+            Node::Undefined => Value::Nil,
+            Node::Scalar { value, .. } => value.clone(),
+            Node::Array(a) => Value::Array(a.iter().map(ValueView::to_value).collect()),
+            Node::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, v)| (k.clone().into(), v.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+    fn as_scalar(&self) -> Option<liquid_core::model::ScalarCow<'_>> {
+        match self {
+            Node::Scalar { value, .. } => value.as_scalar(),
+            _ => None,
+        }
+    }
+    fn as_array(&self) -> Option<&dyn ArrayView> {
+        match self {
+            Node::Array(_) => Some(self),
+            _ => None,
+        }
+    }
+    fn as_object(&self) -> Option<&dyn ObjectView> {
+        match self {
+            // Strings index as objects of Undefined too, except `size`.
+            Node::Object(_) | Node::Undefined => Some(self),
+            Node::Scalar { size: Some(_), .. } => Some(self),
+            _ => None,
+        }
+    }
+    fn is_nil(&self) -> bool {
+        match self {
+            Node::Undefined => true,
+            Node::Scalar { value, .. } => value.is_nil(),
+            _ => false,
+        }
+    }
+}
+
+impl ObjectView for Node {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        match self {
+            Node::Object(o) => i64::try_from(o.len()).unwrap_or(i64::MAX),
+            _ => 0,
+        }
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+        match self {
+            Node::Object(o) => Box::new(o.keys().map(|k| KStringCow::from_ref(k.as_str()))),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        match self {
+            Node::Object(o) => Box::new(o.values().map(|v| v as &dyn ValueView)),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+        match self {
+            Node::Object(o) => Box::new(
+                o.iter()
+                    .map(|(k, v)| (KStringCow::from_ref(k.as_str()), v as &dyn ValueView)),
+            ),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+    fn contains_key(&self, index: &str) -> bool {
+        matches!(self, Node::Object(o) if o.contains_key(index))
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+        match self {
+            Node::Object(o) => match o.get(index) {
+                Some(v) => Some(v),
+                // Let liquid answer `size` for objects.
+                None if index == "size" => None,
+                None => Some(&UNDEFINED),
+            },
+            Node::Scalar {
+                size: Some(size), ..
+            } if index == "size" => Some(size),
+            _ => Some(&UNDEFINED),
+        }
+    }
+}
+
+impl ArrayView for Node {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        match self {
+            Node::Array(a) => i64::try_from(a.len()).unwrap_or(i64::MAX),
+            _ => 0,
+        }
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        match self {
+            Node::Array(a) => Box::new(a.iter().map(|v| v as &dyn ValueView)),
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+    fn contains_key(&self, index: i64) -> bool {
+        self.array_get(index).is_some()
+    }
+    fn get(&self, index: i64) -> Option<&dyn ValueView> {
+        Some(self.array_get(index).unwrap_or(&UNDEFINED))
+    }
+}
+
+impl Node {
+    fn array_get(&self, index: i64) -> Option<&Node> {
+        let Node::Array(a) = self else { return None };
+        let len = i64::try_from(a.len()).ok()?;
+        let i = if index < 0 { len + index } else { index };
+        usize::try_from(i).ok().and_then(|i| a.as_slice().get(i))
+    }
+}
+
+/// The root object: claims every top-level name so that liquid never reports
+/// an unknown variable (assigned variables still shadow it).
+#[derive(Debug)]
+struct Root<'a>(&'a Node);
+
+impl ValueView for Root<'_> {
+    fn as_debug(&self) -> &dyn fmt::Debug {
+        self
+    }
+    fn render(&self) -> DisplayCow<'_> {
+        self.0.render()
+    }
+    fn source(&self) -> DisplayCow<'_> {
+        self.0.source()
+    }
+    fn type_name(&self) -> &'static str {
+        "object"
+    }
+    fn query_state(&self, state: State) -> bool {
+        self.0.query_state(state)
+    }
+    fn to_kstr(&self) -> KStringCow<'_> {
+        self.0.to_kstr()
+    }
+    fn to_value(&self) -> Value {
+        self.0.to_value()
+    }
+    fn as_object(&self) -> Option<&dyn ObjectView> {
+        Some(self)
+    }
+}
+
+impl ObjectView for Root<'_> {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        ObjectView::size(self.0)
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+        ObjectView::keys(self.0)
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        ObjectView::values(self.0)
+    }
+    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+        ObjectView::iter(self.0)
+    }
+    fn contains_key(&self, _index: &str) -> bool {
+        true
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+        ObjectView::get(self.0, index).or(Some(&UNDEFINED))
+    }
+}
+
+/// `{{ x | json }}`: the value serialised as JSON (undefined → `null`).
+#[derive(Clone, ParseFilter, FilterReflection)]
+#[filter(
+    name = "json",
+    description = "Serialises the input as JSON.",
+    parsed(JsonFilter)
+)]
+struct JsonFilterParser;
+
+#[derive(Debug, Default, Display_filter)]
+#[name = "json"]
+struct JsonFilter;
+
+impl Filter for JsonFilter {
+    fn evaluate(&self, input: &dyn ValueView, _runtime: &dyn Runtime) -> LiquidResult<Value> {
+        let json = liquid_to_json(&input.to_value());
+        let text = serde_json::to_string(&json)
+            .map_err(|e| liquid_core::Error::with_msg(format!("json filter: {e}")))?;
+        Ok(Value::scalar(text))
+    }
+}
+
+/// Ruby's `split`, which Studio templates rely on: an empty separator splits
+/// into characters and trailing empty items are dropped (liquid-rust keeps
+/// Rust's `str::split` quirks otherwise).
+#[derive(Debug, FilterParameters)]
+struct SplitArgs {
+    #[parameter(description = "The separator.", arg_type = "str")]
+    pattern: Expression,
+}
+
+#[derive(Clone, ParseFilter, FilterReflection)]
+#[filter(
+    name = "split",
+    description = "Divides a string into an array using the separator.",
+    parameters(SplitArgs),
+    parsed(SplitFilter)
+)]
+struct SplitFilterParser;
+
+#[derive(Debug, FromFilterParameters, Display_filter)]
+#[name = "split"]
+struct SplitFilter {
+    #[parameters]
+    args: SplitArgs,
+}
+
+impl Filter for SplitFilter {
+    fn evaluate(&self, input: &dyn ValueView, runtime: &dyn Runtime) -> LiquidResult<Value> {
+        let args = self.args.evaluate(runtime)?;
+        let input = input.to_kstr();
+        let pattern = args.pattern.as_str();
+        let mut parts: Vec<String> = if pattern.is_empty() {
+            input.chars().map(String::from).collect()
+        } else {
+            input.split(pattern).map(str::to_owned).collect()
+        };
+        while parts.as_slice().last().is_some_and(|p| p.is_empty()) {
+            parts.pop();
+        }
+        Ok(Value::Array(parts.into_iter().map(Value::scalar).collect()))
+    }
+}
+
+fn liquid_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Nil | Value::State(_) => J::Null,
+        Value::Array(a) => J::Array(a.iter().map(liquid_to_json).collect()),
+        Value::Object(o) => {
+            // liquid's objects are hash maps: sort keys so output is stable.
+            let mut items: Vec<_> = o.iter().collect();
+            items.sort_by(|a, b| a.0.cmp(b.0));
+            J::Object(
+                items
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), liquid_to_json(v)))
+                    .collect(),
+            )
+        }
+        Value::Scalar(s) => serde_json::to_value(s).unwrap_or(J::Null),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> serde_json::Value {
+        json!({
+            "flow": {"variables": {"name": "Ada", "count": 3, "empty": ""}, "data": {}},
+            "trigger": {"message": {"Body": "Hello", "From": "+15550001"}},
+            "widgets": {
+                "get-customer": {"parsed": {"name": "Grace", "tags": ["a", "b"], "n": null}},
+                "http_1": {"status_code": 200, "parsed": {"items": (0..20).collect::<Vec<i32>>()}}
+            }
+        })
+    }
+
+    fn r(src: &str) -> Result<String, TemplateError> {
+        Templates::default().render(src, &Scope::new(&ctx()))
+    }
+
+    fn ok(src: &str) -> String {
+        r(src).unwrap_or_else(|e| panic!("{src}: {e}"))
+    }
+
+    #[test]
+    fn plain_strings_skip_liquid() {
+        assert_eq!(ok("no tags {here}"), "no tags {here}");
+        assert!(!is_template("a } b"));
+        assert!(is_template("{% if x %}"));
+    }
+
+    #[test]
+    fn renders_context_values() {
+        assert_eq!(ok("Hi {{flow.variables.name}}!"), "Hi Ada!");
+        assert_eq!(ok("{{trigger.message.Body | upcase}}"), "HELLO");
+        assert_eq!(ok("{{widgets.http_1.status_code}}"), "200");
+    }
+
+    #[test]
+    fn undefined_renders_empty_at_any_depth() {
+        assert_eq!(ok("[{{nope}}]"), "[]");
+        assert_eq!(ok("[{{widgets.nope.parsed.x}}]"), "[]");
+        assert_eq!(ok("[{{widgets.get-customer.parsed.missing.deeper}}]"), "[]");
+        assert_eq!(ok("[{{widgets.get-customer.parsed.n.x}}]"), "[]");
+        assert_eq!(ok("[{{trigger.message.Body.foo}}]"), "[]");
+        assert_eq!(ok("[{{widgets.get-customer.parsed.tags[5]}}]"), "[]");
+    }
+
+    #[test]
+    fn hyphenated_names() {
+        assert_eq!(ok("{{widgets.get-customer.parsed.name}}"), "Grace");
+        assert_eq!(ok("{{widgets['get-customer'].parsed.name}}"), "Grace");
+    }
+
+    #[test]
+    fn default_filter_and_blank_comparisons() {
+        assert_eq!(ok("{{widgets.nope.x | default: 'fallback'}}"), "fallback");
+        assert_eq!(ok("{{flow.variables.empty | default: 'fb'}}"), "fb");
+        assert_eq!(ok("{{flow.variables.name | default: 'fb'}}"), "Ada");
+        assert_eq!(ok("{% if widgets.nope.x == blank %}B{% endif %}"), "B");
+        assert_eq!(ok("{% if widgets.nope.x == empty %}E{% endif %}"), "E");
+        assert_eq!(ok("{% if widgets.nope.x == nil %}N{% endif %}"), "N");
+        assert_eq!(
+            ok("{% if flow.variables.empty == blank %}B{% endif %}"),
+            "B"
+        );
+        assert_eq!(
+            ok("{% if flow.variables.name == blank %}B{% else %}n{% endif %}"),
+            "n"
+        );
+        assert_eq!(ok("{% if widgets.nope %}T{% else %}F{% endif %}"), "F");
+        assert_eq!(
+            ok("{% if widgets.get-customer %}T{% else %}F{% endif %}"),
+            "T"
+        );
+    }
+
+    #[test]
+    fn sizes_and_assign() {
+        assert_eq!(ok("{{trigger.message.Body.size}}"), "5");
+        assert_eq!(ok("{{widgets.get-customer.parsed.tags.size}}"), "2");
+        assert_eq!(ok("{{widgets.get-customer.parsed.size}}"), "3");
+        assert_eq!(ok("{% assign x = 'v' %}{{x}}"), "v");
+        assert_eq!(ok("{% assign flow = 'shadow' %}{{flow}}"), "shadow");
+    }
+
+    #[test]
+    fn json_filter() {
+        assert_eq!(
+            ok("{{widgets.get-customer.parsed.tags | json}}"),
+            r#"["a","b"]"#
+        );
+        assert_eq!(ok("{{flow.variables.name | json}}"), r#""Ada""#);
+        assert_eq!(ok("{{flow.variables.count | json}}"), "3");
+        assert_eq!(ok("{{widgets.nope | json}}"), "null");
+        assert_eq!(
+            ok("{{trigger.message | json}}"),
+            r#"{"Body":"Hello","From":"+15550001"}"#
+        );
+    }
+
+    #[test]
+    fn loops_are_capped() {
+        let out = ok("{% for i in widgets.http_1.parsed.items %}{{i}},{% endfor %}");
+        assert_eq!(out, "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,");
+        let out = ok("{%- for i in (1..100) -%}x{%- endfor -%}");
+        assert_eq!(out.len(), MAX_LOOP_ITERATIONS);
+        // An explicit limit is kept.
+        assert_eq!(ok("{% for i in (1..9) limit:2 %}{{i}}{% endfor %}"), "12");
+    }
+
+    #[test]
+    fn output_is_capped() {
+        let big = "x".repeat(MAX_RENDERED_BYTES + 1);
+        let c = json!({"flow": {"variables": {"big": big}}});
+        let err = Templates::default()
+            .render("{{flow.variables.big}}", &Scope::new(&c))
+            .expect_err("too large");
+        assert!(matches!(
+            err,
+            TemplateError::TooLarge {
+                limit: MAX_RENDERED_BYTES,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("16384"));
+        let fits = "y".repeat(MAX_RENDERED_BYTES);
+        let c = json!({"v": fits});
+        assert!(Templates::default()
+            .render("{{v}}", &Scope::new(&c))
+            .is_ok());
+    }
+
+    #[test]
+    fn parse_errors_are_reported() {
+        let mut t = Templates::default();
+        assert!(matches!(t.add("{% if %}"), Err(TemplateError::Parse(_))));
+        assert!(t.add("{{ a }}").is_ok());
+        assert!(t.add("plain").is_ok());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn split_follows_ruby() {
+        assert_eq!(ok("{{ 'abc' | split: '' | join: '-' }}"), "a-b-c");
+        assert_eq!(ok("{{ 'a,b,,' | split: ',' | size }}"), "2");
+        assert_eq!(ok("{{ '' | split: ',' | size }}"), "0");
+    }
+
+    #[test]
+    fn studio_digit_spelling_template() {
+        // From appointment-ivr-es-set-variables.json.
+        let src = "{%- assign number = widgets.g.Digits | split: \"\" -%}\n{%- for digit in number -%}\n{{ digit }}\n {%- unless forloop.last -%}{{ '... ' }}{%- endunless -%}\n{%- endfor -%}";
+        let c = json!({"widgets": {"g": {"Digits": "123"}}});
+        let out = Templates::default()
+            .render(src, &Scope::new(&c))
+            .expect("render");
+        assert_eq!(out, "1... 2... 3");
+    }
+}
