@@ -993,6 +993,12 @@ mod tests {
     }
 
     #[test]
+    fn flow_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Flow>();
+    }
+
+    #[test]
     fn execution_round_trips_through_json() {
         let f = gather_flow();
         let (exec, _) = Engine::start(&f, init(), call(), now());
