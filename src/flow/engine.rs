@@ -35,6 +35,7 @@ pub struct Flow {
     definition: FlowDefinition,
     index: HashMap<String, usize>,
     templates: Templates,
+    warnings: Vec<ValidationError>,
 }
 
 impl Flow {
@@ -47,7 +48,7 @@ impl Flow {
     /// Validate and compile a definition already parsed as JSON.
     pub fn from_value(json: &Value) -> Result<Flow, FlowError> {
         let definition = validate(json)?;
-        let templates = compile_templates(&definition)?;
+        let (templates, warnings) = compile_templates(&definition);
         let index = definition
             .states
             .iter()
@@ -58,6 +59,7 @@ impl Flow {
             definition,
             index,
             templates,
+            warnings,
         })
     }
 
@@ -71,14 +73,20 @@ impl Flow {
             .and_then(|&i| self.definition.states.get(i))
     }
 
+    /// Liquid that does not compile (the widget fails when it runs). Studio
+    /// imports such flows, so these do not make the flow invalid.
+    pub fn warnings(&self) -> &[ValidationError] {
+        &self.warnings
+    }
+
     /// How many distinct Liquid templates the flow holds.
     pub fn template_count(&self) -> usize {
         self.templates.len()
     }
 }
 
-/// Compile every Liquid string once; a bad template is a validation error.
-fn compile_templates(def: &FlowDefinition) -> Result<Templates, ValidationErrors> {
+/// Compile every Liquid string once; bad templates become warnings.
+fn compile_templates(def: &FlowDefinition) -> (Templates, Vec<ValidationError>) {
     let mut t = Templates::default();
     let mut errs = Vec::new();
     let mut add = |state: &str, path: String, src: &str| {
@@ -108,11 +116,7 @@ fn compile_templates(def: &FlowDefinition) -> Result<Templates, ValidationErrors
             }
         }
     }
-    if errs.is_empty() {
-        Ok(t)
-    } else {
-        Err(ValidationErrors(errs))
-    }
+    (t, errs)
 }
 
 fn walk_strings(v: &Value, path: String, f: &mut dyn FnMut(String, &str)) {
@@ -957,16 +961,41 @@ mod tests {
     }
 
     #[test]
-    fn bad_liquid_is_a_validation_error_with_path() {
+    fn bad_liquid_is_a_warning_and_fails_the_widget_at_run_time() {
         let def = json!({"states": [trigger("incomingCall", "s"),
-            {"name": "s", "type": "say-play", "properties": {"say": "{% if %}"}, "transitions": []}],
+            {"name": "s", "type": "say-play", "properties": {"say": "{% if %}"}, "transitions": []},
+            {"name": "h", "type": "make-http-request", "properties": {"method": "GET", "url": "{{x"},
+             "transitions": [{"event": "failed", "next": "s"}]}],
             "initial_state": "Trigger"});
-        let err = Flow::from_value(&def).expect_err("bad template");
-        let FlowError::Invalid(errs) = err else {
-            panic!()
-        };
-        assert_eq!(errs.0[0].state.as_deref(), Some("s"));
-        assert_eq!(errs.0[0].path, "$.states[1].properties.say");
+        let f = Flow::from_value(&def).expect("imports");
+        assert_eq!(f.warnings().len(), 2);
+        assert_eq!(f.warnings()[0].state.as_deref(), Some("s"));
+        assert_eq!(f.warnings()[0].path, "$.states[1].properties.say");
+        // say-play has no failure event: the execution ends naming the property.
+        let (_, adv) = Engine::start(&f, init(), call(), now());
+        assert!(matches!(ended(&adv), EndReason::Error { widget, message }
+            if widget == "s" && message.contains("property `say`")));
+    }
+
+    #[test]
+    fn bad_liquid_takes_the_failure_event_when_there_is_one() {
+        let def = json!({"states": [trigger("incomingCall", "h"),
+            {"name": "h", "type": "make-http-request", "properties": {"method": "GET", "url": "{{x"},
+             "transitions": [{"event": "failed"}]}],
+            "initial_state": "Trigger"});
+        let f = Flow::from_value(&def).expect("imports");
+        let (_, adv) = Engine::start(&f, init(), call(), now());
+        assert_eq!(adv.steps[1].event, "failed");
+        assert!(adv.steps[1]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("property `url`")));
+    }
+
+    #[test]
+    fn flow_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Flow>();
     }
 
     #[test]

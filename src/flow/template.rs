@@ -39,10 +39,12 @@ pub fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
-/// Compiled templates of one flow, keyed by their source text.
+/// Compiled templates of one flow, keyed by their source text. Templates that
+/// do not compile are kept as their error: real exports contain broken Liquid
+/// that Studio imports, so it fails the widget at run time, not the import.
 #[derive(Default)]
 pub struct Templates {
-    compiled: HashMap<String, liquid::Template>,
+    compiled: HashMap<String, Result<liquid::Template, TemplateError>>,
 }
 
 impl fmt::Debug for Templates {
@@ -54,14 +56,18 @@ impl fmt::Debug for Templates {
 }
 
 impl Templates {
-    /// Compile `src` (once) and keep it. Plain strings are not stored.
+    /// Compile `src` (once) and keep it, or its error. Plain strings are not stored.
     pub fn add(&mut self, src: &str) -> Result<(), TemplateError> {
-        if !is_template(src) || self.compiled.contains_key(src) {
+        if !is_template(src) {
             return Ok(());
         }
-        let t = compile(src)?;
+        if let Some(known) = self.compiled.get(src) {
+            return known.as_ref().map(|_| ()).map_err(Clone::clone);
+        }
+        let t = compile(src);
+        let out = t.as_ref().map(|_| ()).map_err(Clone::clone);
         self.compiled.insert(src.to_owned(), t);
-        Ok(())
+        out
     }
 
     /// Number of distinct compiled templates.
@@ -80,7 +86,8 @@ impl Templates {
             return cap(src.to_owned());
         }
         let out = match self.compiled.get(src) {
-            Some(t) => t.render(&Root(&scope.root)),
+            Some(Ok(t)) => t.render(&Root(&scope.root)),
+            Some(Err(e)) => return Err(e.clone()),
             None => compile(src)?.render(&Root(&scope.root)),
         };
         cap(out.map_err(|e| TemplateError::Render(e.to_string()))?)
@@ -113,9 +120,41 @@ fn parser() -> Result<&'static liquid::Parser, TemplateError> {
 }
 
 fn compile(src: &str) -> Result<liquid::Template, TemplateError> {
-    parser()?
-        .parse(&cap_loops(src))
-        .map_err(|e| TemplateError::Parse(e.to_string()))
+    let parser = parser()?;
+    let capped = cap_loops(src);
+    match parser.parse(&capped) {
+        Ok(t) => Ok(t),
+        Err(first) => {
+            // Published flows write `widgets. name .parsed`; Studio accepts it.
+            let repaired = join_spaced_dots(&capped);
+            if repaired == capped {
+                return Err(TemplateError::Parse(first.to_string()));
+            }
+            parser
+                .parse(&repaired)
+                .map_err(|_| TemplateError::Parse(first.to_string()))
+        }
+    }
+}
+
+/// Inside `{{ }}` and `{% %}`, remove whitespace around the dots of a
+/// variable path (`widgets. get_x .parsed` → `widgets.get_x.parsed`).
+fn join_spaced_dots(src: &str) -> String {
+    static TAG: OnceLock<Option<(Regex, Regex)>> = OnceLock::new();
+    let Some((tag, dot)) = TAG
+        .get_or_init(|| {
+            let tag = Regex::new(r"(?s)\{\{.*?\}\}|\{%.*?%\}").ok()?;
+            let dot = Regex::new(r"([A-Za-z0-9_\]-])\s*\.\s*([A-Za-z_])").ok()?;
+            Some((tag, dot))
+        })
+        .as_ref()
+    else {
+        return src.to_owned();
+    };
+    tag.replace_all(src, |c: &regex::Captures<'_>| {
+        dot.replace_all(&c[0], "$1.$2").into_owned()
+    })
+    .into_owned()
 }
 
 /// Adds `limit:15` to every `for` tag that has no `limit` of its own: the
@@ -642,12 +681,29 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_are_reported() {
+    fn parse_errors_are_reported_and_kept() {
         let mut t = Templates::default();
+        assert!(matches!(t.add("{% if %}"), Err(TemplateError::Parse(_))));
         assert!(matches!(t.add("{% if %}"), Err(TemplateError::Parse(_))));
         assert!(t.add("{{ a }}").is_ok());
         assert!(t.add("plain").is_ok());
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 2);
+        let err = t
+            .render("{% if %}", &Scope::new(&ctx()))
+            .expect_err("broken");
+        assert!(matches!(err, TemplateError::Parse(_)));
+        assert!(r("{{flow.variables.name").is_err());
+    }
+
+    #[test]
+    fn spaced_dots_in_paths_are_repaired() {
+        // From segment-ivr.json and support-triage-sms.json.
+        assert_eq!(ok("{{flow. variables .name}}"), "Ada");
+        assert_eq!(
+            ok("{% if widgets. \nget-customer .parsed.name == 'Grace' %}y{% endif %}"),
+            "y"
+        );
+        assert_eq!(ok("{{ 'a. b' }}"), "a. b");
     }
 
     #[test]

@@ -1,0 +1,222 @@
+//! Every real Studio export must load; every invalid one must be refused with
+//! errors that name the state and JSON path at fault.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::DateTime;
+use serde_json::{json, Map, Value};
+use switchboard::flow::{
+    validate, Effect, Engine, ExecutionInit, Flow, FlowError, Outcome, Trigger,
+};
+
+const VALID: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/studio-flows"
+);
+const INVALID: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/fixtures/studio-flows-invalid"
+);
+
+fn json_files(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn load(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_real_flow_validates_and_compiles() {
+    let files = json_files(VALID);
+    assert_eq!(files.len(), 62, "corpus size changed");
+    let mut failures = Vec::new();
+    let mut templates = 0;
+    let mut warnings = Vec::new();
+    for path in &files {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        match Flow::from_json(&text) {
+            Ok(flow) => {
+                templates += flow.template_count();
+                for w in flow.warnings() {
+                    assert!(w.state.is_some() && w.path.starts_with("$.states["), "{w}");
+                    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                    warnings.push(format!("{file}: {w}"));
+                }
+                // Round trip: the typed model serialises back to the same states.
+                let original = load(path);
+                let back = serde_json::to_value(flow.definition()).unwrap_or(Value::Null);
+                assert_eq!(
+                    back["states"].as_array().map(Vec::len),
+                    original["states"].as_array().map(Vec::len),
+                    "{}",
+                    path.display()
+                );
+            }
+            Err(e) => failures.push(format!("{}: {e}", path.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Broken Liquid that Studio imports: an unclosed `{{` and a `?` in a widget name.
+    let expected = [
+        (
+            "hotel-apaleo-sms.json",
+            "state \"cancel_reservation\" at $.states[23].properties.parameters[0].value",
+        ),
+        (
+            "sms-to-flex-autopilot.json",
+            "state \"CheckResponse\" at $.states[6].properties.input",
+        ),
+    ];
+    assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
+    for (file, prefix) in expected {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with(&format!("{file}: {prefix}"))),
+            "{warnings:#?}"
+        );
+    }
+    // The corpus is full of Liquid; if none compiled, the walk is broken.
+    assert!(templates > 500, "only {templates} templates compiled");
+}
+
+#[test]
+fn every_invalid_flow_is_refused_naming_state_and_path() {
+    let files = json_files(INVALID);
+    assert_eq!(files.len(), 3, "invalid corpus size changed");
+    for path in &files {
+        let errs = match validate(&load(path)) {
+            Ok(_) => panic!("{} validated", path.display()),
+            Err(e) => e,
+        };
+        assert!(!errs.0.is_empty());
+        for e in errs.iter() {
+            assert!(e.path.starts_with("$"), "{}: {e}", path.display());
+            if e.path.starts_with("$.states[") {
+                let state = e
+                    .state
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{}: no state in {e}", path.display()));
+                assert!(e.to_string().contains(&format!("state \"{state}\"")), "{e}");
+            }
+        }
+    }
+}
+
+fn messages(file: &str) -> Vec<String> {
+    let path = Path::new(INVALID).join(file);
+    match Flow::from_value(&load(&path)) {
+        Err(FlowError::Invalid(e)) => e.iter().map(ToString::to_string).collect(),
+        other => panic!("{file}: {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_flows_report_the_documented_faults() {
+    let m = messages("legal-intake.json");
+    assert!(
+        m.iter()
+            .any(|e| e.starts_with("state \"Hangup\" at $.states[")
+                && e.contains(".type: unknown widget type \"hangup\"")),
+        "{m:?}"
+    );
+
+    let m = messages("legal-intake-es.json");
+    for (state, kind) in [
+        ("checkSubscriber", "http-request"),
+        ("routeLookup", "http-request"),
+        ("end", "hang-up"),
+    ] {
+        assert!(
+            m.iter().any(
+                |e| e.starts_with(&format!("state \"{state}\" at $.states["))
+                    && e.contains(&format!("unknown widget type \"{kind}\""))
+            ),
+            "{state}: {m:?}"
+        );
+    }
+
+    let m = messages("legacy-v1-gather-enqueue.json");
+    assert!(
+        m.iter()
+            .any(|e| e.starts_with("at $.initial_state") && e.contains("v1 (2018)")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter().any(|e| e.starts_with("state \"Trigger\"")
+            && e.contains("unknown widget type \"InitialState\"")),
+        "{m:?}"
+    );
+    assert!(
+        m.iter().any(|e| e.starts_with("state \"Trigger\"")
+            && e.contains(".next: event \"incomingCall\" goes to missing state \"FFed2061cbcccea5d1e81bc370443c86af\"")),
+        "{m:?}"
+    );
+}
+
+fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    DateTime::parse_from_rfc3339("2026-11-26T12:00:00+00:00").unwrap_or_default()
+}
+
+/// Answer every effect with a plausible outcome and check each real flow runs
+/// to an end without panicking (the message trigger, scripted replies).
+#[test]
+fn every_real_flow_runs_to_an_end_on_scripted_input() {
+    for path in json_files(VALID) {
+        let flow = Flow::from_value(&load(&path)).unwrap_or_else(|e| panic!("{e}"));
+        for trigger in ["call", "message", "request"] {
+            let mut data = Map::new();
+            data.insert("From".into(), json!("+15551111"));
+            data.insert("To".into(), json!("+15550000"));
+            data.insert("Body".into(), json!("1"));
+            let trig = match trigger {
+                "call" => Trigger::IncomingCall { call: data },
+                "message" => Trigger::IncomingMessage { message: data },
+                _ => Trigger::IncomingRequest { request: data },
+            };
+            let init = ExecutionInit {
+                sid: "FN1".into(),
+                flow_sid: "FW1".into(),
+                channel_address: "+15550000".into(),
+                contact_address: "+15551111".into(),
+                data: json!({}),
+            };
+            let (mut exec, mut adv) = Engine::start(&flow, init, trig, now());
+            let mut rounds = 0;
+            while !matches!(adv.effect, Effect::End(_)) {
+                rounds += 1;
+                assert!(rounds < 2000, "{}: does not end", path.display());
+                let outcome = match &adv.effect {
+                    Effect::SayPlay(_) => Outcome::AudioComplete,
+                    Effect::Gather(_) => Outcome::Digits { digits: "1".into() },
+                    Effect::Record(_) => Outcome::NoAudio,
+                    Effect::HttpRequest(_) => Outcome::Http {
+                        status: 200,
+                        content_type: Some("application/json".into()),
+                        body: "{}".into(),
+                    },
+                    Effect::SendAndWait { .. } | Effect::AwaitReply { .. } => {
+                        let mut f = Map::new();
+                        f.insert("Body".into(), json!("yes"));
+                        Outcome::Reply { fields: f }
+                    }
+                    Effect::SendMessage(_) => Outcome::MessageSent { fields: Map::new() },
+                    _ => Outcome::Failed {
+                        error: "not in this test".into(),
+                    },
+                };
+                adv = Engine::resume(&flow, &mut exec, outcome, now());
+            }
+            assert!(exec.end_reason.is_some(), "{}", path.display());
+        }
+    }
+}
