@@ -70,7 +70,7 @@ pub struct TtsConfig {
     pub speed_wpm: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://...` or `postgres://...`; empty: SQLite at `<data_dir>/switchboard.db`.
@@ -129,12 +129,6 @@ impl Default for TtsConfig {
             command: "espeak-ng".into(),
             speed_wpm: 165,
         }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig { url: None }
     }
 }
 

@@ -4,12 +4,12 @@
 //! → `flow` (the Studio engine, a pure state machine) ← `store` (persistence). `media` owns RTP,
 //! codecs, pacing and prompts. The flow engine knows nothing of SIP or RTP.
 
+pub mod api;
+pub mod call;
 pub mod config;
 pub mod flow;
 pub mod media;
-pub mod sip;
-pub mod store;
-pub mod api;
-pub mod call;
 pub mod routing;
 pub mod server;
+pub mod sip;
+pub mod store;

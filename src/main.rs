@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use switchboard::config::Config;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Self-hosted telephony and IVR gateway that runs Twilio Studio flows")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Self-hosted telephony and IVR gateway that runs Twilio Studio flows"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -50,13 +54,23 @@ enum FlowCmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Flow { command: FlowCmd::Validate { files } } => validate(&files),
-        Cmd::Serve { config, sip_bind, http_bind, data_dir, flow } => {
+        Cmd::Flow {
+            command: FlowCmd::Validate { files },
+        } => validate(&files),
+        Cmd::Serve {
+            config,
+            sip_bind,
+            http_bind,
+            data_dir,
+            flow,
+        } => {
             let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -112,7 +126,11 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     for f in files {
         let result = std::fs::read_to_string(f)
             .map_err(|e| e.to_string())
-            .and_then(|json| switchboard::flow::Flow::from_json(&json).map(|_| ()).map_err(|e| e.to_string()));
+            .and_then(|json| {
+                switchboard::flow::Flow::from_json(&json)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         match result {
             Ok(()) => println!("{}: valid", f.display()),
             Err(e) => {

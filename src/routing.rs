@@ -15,7 +15,10 @@ pub const DEMO_FLOW: &str = include_str!("../examples/demo-ivr.json");
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     #[error("cannot read flow {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("flow {path} is invalid:\n{errors}")]
     Invalid { path: String, errors: String },
 }
@@ -30,14 +33,24 @@ pub struct LoadedFlow {
 
 impl LoadedFlow {
     pub fn from_json(name: &str, json: &str) -> Result<LoadedFlow, RoutingError> {
-        let flow = Flow::from_json(json).map_err(|e| RoutingError::Invalid { path: name.to_string(), errors: e.to_string() })?;
+        let flow = Flow::from_json(json).map_err(|e| RoutingError::Invalid {
+            path: name.to_string(),
+            errors: e.to_string(),
+        })?;
         let digest = Sha256::digest(json.as_bytes());
-        Ok(LoadedFlow { sid: format!("FW{}", &hex::encode(digest)[..32]), name: name.to_string(), flow })
+        Ok(LoadedFlow {
+            sid: format!("FW{}", &hex::encode(digest)[..32]),
+            name: name.to_string(),
+            flow,
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<LoadedFlow, RoutingError> {
         let name = path.display().to_string();
-        let json = std::fs::read_to_string(path).map_err(|source| RoutingError::Read { path: name.clone(), source })?;
+        let json = std::fs::read_to_string(path).map_err(|source| RoutingError::Read {
+            path: name.clone(),
+            source,
+        })?;
         Self::from_json(&name, &json)
     }
 }
@@ -55,13 +68,22 @@ impl Router {
         };
         let mut by_number = HashMap::new();
         for r in &cfg.routes {
-            by_number.insert(normalize(&r.number), Arc::new(LoadedFlow::from_file(&r.flow)?));
+            by_number.insert(
+                normalize(&r.number),
+                Arc::new(LoadedFlow::from_file(&r.flow)?),
+            );
         }
-        Ok(Router { default: Arc::new(default), by_number })
+        Ok(Router {
+            default: Arc::new(default),
+            by_number,
+        })
     }
 
     pub fn route(&self, number: &str) -> Arc<LoadedFlow> {
-        self.by_number.get(&normalize(number)).cloned().unwrap_or_else(|| self.default.clone())
+        self.by_number
+            .get(&normalize(number))
+            .cloned()
+            .unwrap_or_else(|| self.default.clone())
     }
 
     pub fn flows(&self) -> impl Iterator<Item = &Arc<LoadedFlow>> {
@@ -71,5 +93,7 @@ impl Router {
 
 /// Numbers compare without visual separators: `+1 (555) 010-0000` is `+15550100000`.
 fn normalize(n: &str) -> String {
-    n.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '*' || *c == '#').collect()
+    n.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '*' || *c == '#')
+        .collect()
 }

@@ -21,7 +21,8 @@ pub struct Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let router = Arc::new(Router::from_config(&cfg)?);
     for f in router.flows() {
         tracing::info!(flow = %f.name, sid = %f.sid, "flow loaded");
@@ -35,7 +36,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::warn!(command = %cfg.tts.command, "text-to-speech engine not found: only pre-rendered prompts can be spoken (install espeak-ng)");
     }
     let workers = match cfg.media.workers {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         n => n,
     };
     let media = MediaEngine::new(MediaConfig {
@@ -73,5 +76,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
-    Ok(Running { sip_udp: ep.udp_addr, sip_tcp: ep.tcp_addr, http })
+    Ok(Running {
+        sip_udp: ep.udp_addr,
+        sip_tcp: ep.tcp_addr,
+        http,
+    })
 }

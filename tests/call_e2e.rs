@@ -26,26 +26,56 @@ async fn demo_flow_speaks_and_hangs_up() {
     let ua = Ua::new().await;
     let report = ua.call(gw.sip, CallOptions::default()).await;
     assert_eq!(report.final_status, 200);
-    assert!(report.bye_received, "the gateway hangs up when the flow ends");
+    assert!(
+        report.bye_received,
+        "the gateway hangs up when the flow ends"
+    );
 
     let expected = active_span(demo_prompt_clip().pcm(), 300.0);
     let heard = active_span(&report.audio, 300.0);
-    assert!(expected > Duration::from_secs(3), "prompt is long enough to judge: {expected:?}");
+    assert!(
+        expected > Duration::from_secs(3),
+        "prompt is long enough to judge: {expected:?}"
+    );
     let ratio = heard.as_secs_f64() / expected.as_secs_f64();
-    assert!((0.8..=1.2).contains(&ratio), "heard {heard:?} of speech, prompt has {expected:?}");
-    assert!(rms(&report.audio) > 500.0, "audio is not silent: rms {}", rms(&report.audio));
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "heard {heard:?} of speech, prompt has {expected:?}"
+    );
+    assert!(
+        rms(&report.audio) > 500.0,
+        "audio is not silent: rms {}",
+        rms(&report.audio)
+    );
 
     // Packets are a proper stream: consecutive sequence numbers, 160-sample timestamp steps.
     let p = &report.packets;
     assert!(p.len() > 100);
-    let seq_ok = p.windows(2).filter(|w| w[1].0 == w[0].0.wrapping_add(1)).count();
-    assert!(seq_ok as f64 >= (p.len() - 1) as f64 * 0.99, "sequence gaps: {seq_ok}/{}", p.len() - 1);
-    let ts_ok = p.windows(2).filter(|w| w[1].1.wrapping_sub(w[0].1) == 160).count();
-    assert!(ts_ok as f64 >= (p.len() - 1) as f64 * 0.99, "timestamp steps: {ts_ok}/{}", p.len() - 1);
+    let seq_ok = p
+        .windows(2)
+        .filter(|w| w[1].0 == w[0].0.wrapping_add(1))
+        .count();
+    assert!(
+        seq_ok as f64 >= (p.len() - 1) as f64 * 0.99,
+        "sequence gaps: {seq_ok}/{}",
+        p.len() - 1
+    );
+    let ts_ok = p
+        .windows(2)
+        .filter(|w| w[1].1.wrapping_sub(w[0].1) == 160)
+        .count();
+    assert!(
+        ts_ok as f64 >= (p.len() - 1) as f64 * 0.99,
+        "timestamp steps: {ts_ok}/{}",
+        p.len() - 1
+    );
     // Paced in real time: N packets take about N*20 ms to arrive.
     let span = p.last().unwrap().2 - p.first().unwrap().2;
     let ideal = Duration::from_millis(20 * (p.len() as u64 - 1));
-    assert!(span + Duration::from_millis(200) > ideal && span < ideal + Duration::from_millis(500), "{span:?} vs {ideal:?}");
+    assert!(
+        span + Duration::from_millis(200) > ideal && span < ideal + Duration::from_millis(500),
+        "{span:?} vs {ideal:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,20 +90,34 @@ async fn malformed_sip_gets_400_and_the_next_call_succeeds() {
     );
     ua.sip.send_to(bad.as_bytes(), gw.sip).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf)).await.expect("a response").unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf))
+        .await
+        .expect("a response")
+        .unwrap();
     let resp = String::from_utf8_lossy(&buf[..n]).to_string();
     assert_eq!(status_of(&resp), Some(400), "{resp}");
     assert_eq!(header(&resp, "Call-ID"), Some("bad-1"));
 
     // Pure garbage and a truncated message are dropped; the gateway keeps serving.
     ua.sip.send_to(b"\x00\x01\x02 hello", gw.sip).await.unwrap();
-    ua.sip.send_to(b"INVITE sip:x SIP/2.0\r\nVia: broken", gw.sip).await.unwrap();
+    ua.sip
+        .send_to(b"INVITE sip:x SIP/2.0\r\nVia: broken", gw.sip)
+        .await
+        .unwrap();
 
     let ua2 = Ua::new().await;
-    let opts = CallOptions { max_duration: Duration::from_secs(20), hangup_after: Some(Duration::from_secs(2)), ..Default::default() };
+    let opts = CallOptions {
+        max_duration: Duration::from_secs(20),
+        hangup_after: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
     let report = ua2.call(gw.sip, opts).await;
     assert_eq!(report.final_status, 200);
-    assert!(report.rtp_packets > 20, "media flows after the garbage: {}", report.rtp_packets);
+    assert!(
+        report.rtp_packets > 20,
+        "media flows after the garbage: {}",
+        report.rtp_packets
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,18 +133,26 @@ async fn options_over_tcp_and_no_common_codec_is_488() {
     );
     tcp.write_all(options.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let resp = String::from_utf8_lossy(&buf[..n]).to_string();
     assert_eq!(status_of(&resp), Some(200), "{resp}");
     assert!(header(&resp, "Allow").is_some_and(|a| a.contains("INVITE")));
 
     // An offer with only G.729 has nothing in common with us.
     let ua = Ua::new().await;
-    let inv = ua.invite(gw.sip, &CallOptions::default(), "z9hG4bKg729").replace("RTP/AVP 0 101", "RTP/AVP 18").replace("a=rtpmap:0 PCMU/8000\r\n", "");
+    let inv = ua
+        .invite(gw.sip, &CallOptions::default(), "z9hG4bKg729")
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000\r\n", "");
     let inv = fix_length(&inv);
     ua.sip.send_to(inv.as_bytes(), gw.sip).await.unwrap();
     let mut code = 0;
-    while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf)).await {
+    while let Ok(Ok((n, _))) =
+        tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf)).await
+    {
         code = status_of(&String::from_utf8_lossy(&buf[..n])).unwrap_or(0);
         if code >= 200 {
             break;
@@ -113,7 +165,13 @@ fn fix_length(msg: &str) -> String {
     let (head, body) = msg.split_once("\r\n\r\n").unwrap();
     let head: Vec<String> = head
         .split("\r\n")
-        .map(|l| if l.starts_with("Content-Length:") { format!("Content-Length: {}", body.len()) } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with("Content-Length:") {
+                format!("Content-Length: {}", body.len())
+            } else {
+                l.to_string()
+            }
+        })
         .collect();
     format!("{}\r\n\r\n{body}", head.join("\r\n"))
 }
@@ -136,16 +194,31 @@ async fn concurrent_calls_from_one_caller_get_their_own_executions() {
         assert!(rms(&r.audio) > 500.0);
     }
     // Five executions, one per Call-ID, all from +15550100000, all ended.
-    let url = format!("sqlite://{}?mode=rw", gw.data_dir.join("switchboard.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rw",
+        gw.data_dir.join("switchboard.db").display()
+    );
     let store = switchboard::store::Store::open(&url).await.unwrap();
     let flow_sid = {
-        let f = switchboard::routing::LoadedFlow::from_json("demo", switchboard::routing::DEMO_FLOW).unwrap();
+        let f =
+            switchboard::routing::LoadedFlow::from_json("demo", switchboard::routing::DEMO_FLOW)
+                .unwrap();
         f.sid
     };
     let execs = store.executions_for_flow(&flow_sid).await.unwrap();
     assert_eq!(execs.len(), 5);
-    assert!(execs.iter().all(|e| e.contact == "+15550100000" && e.status == "ended"), "{execs:?}");
+    assert!(
+        execs
+            .iter()
+            .all(|e| e.contact == "+15550100000" && e.status == "ended"),
+        "{execs:?}"
+    );
     let steps = store.steps(&execs[0].sid).await.unwrap();
     assert_eq!(steps.first().map(|s| s.name.as_str()), Some("Trigger"));
-    assert!(steps.iter().any(|s| s.name == "say-play" && s.event == "audioComplete"), "{steps:?}");
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.name == "say-play" && s.event == "audioComplete"),
+        "{steps:?}"
+    );
 }

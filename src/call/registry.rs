@@ -49,7 +49,9 @@ impl Registry {
 
     /// Register a call unless one with this Call-ID is live (a second INVITE is not a new call).
     pub fn insert(&self, key: CallKey, tx: mpsc::UnboundedSender<CallSignal>) -> bool {
-        let Ok(mut calls) = self.calls.lock() else { return false };
+        let Ok(mut calls) = self.calls.lock() else {
+            return false;
+        };
         if calls.contains_key(&key.call_id) {
             return false;
         }
@@ -101,8 +103,14 @@ mod tests {
 
     #[test]
     fn info_bodies() {
-        assert_eq!(info_digit("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"), Some('5'));
-        assert_eq!(info_digit("application/dtmf-relay", b"Signal= #\r\n"), Some('#'));
+        assert_eq!(
+            info_digit("application/dtmf-relay", b"Signal=5\r\nDuration=160\r\n"),
+            Some('5')
+        );
+        assert_eq!(
+            info_digit("application/dtmf-relay", b"Signal= #\r\n"),
+            Some('#')
+        );
         assert_eq!(info_digit("application/dtmf", b"7"), Some('7'));
         assert_eq!(info_digit("application/dtmf", b"11"), Some('#'));
         assert_eq!(info_digit("text/plain", b"7"), None);
@@ -113,11 +121,22 @@ mod tests {
     fn one_entry_per_call_id() {
         let r = Registry::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let key = CallKey { flow_sid: "FW1".into(), caller: "+1".into(), call_id: "a".into() };
+        let key = CallKey {
+            flow_sid: "FW1".into(),
+            caller: "+1".into(),
+            call_id: "a".into(),
+        };
         assert!(r.insert(key.clone(), tx.clone()));
         assert!(!r.insert(key.clone(), tx));
-        let other = CallKey { call_id: "b".into(), ..key.clone() };
-        assert_ne!(key.session_key(true), other.session_key(true), "same caller, two executions");
+        let other = CallKey {
+            call_id: "b".into(),
+            ..key.clone()
+        };
+        assert_ne!(
+            key.session_key(true),
+            other.session_key(true),
+            "same caller, two executions"
+        );
         assert_eq!(key.session_key(false), other.session_key(false));
         assert!(r.signal("a", CallSignal::Hangup));
         assert_eq!(rx.try_recv().unwrap(), CallSignal::Hangup);

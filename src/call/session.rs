@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 
 use super::registry::{info_digit, CallKey, CallSignal, Registry};
 use super::voice::VoiceChannel;
-use crate::flow::{Advance, Effect, Engine, Execution, ExecutionInit, Outcome, Trigger};
+use crate::flow::{
+    Advance, Effect, Engine, Execution, ExecutionInit, ExecutionStatus, Outcome, Trigger,
+};
 use crate::media::{Codec, MediaEngine, StreamParams};
 use crate::routing::{LoadedFlow, Router};
 use crate::sip::sdp::{self, Negotiated};
@@ -43,7 +45,11 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 tracing::info!(%call_id, ?reason, "dialog ended");
                 svc.registry.signal(&call_id, CallSignal::Hangup);
             }
-            Event::Info { call_id, content_type, body } => {
+            Event::Info {
+                call_id,
+                content_type,
+                body,
+            } => {
                 if let Some(d) = info_digit(&content_type, &body) {
                     tracing::info!(%call_id, digit = %d, "DTMF via SIP INFO");
                     svc.registry.signal(&call_id, CallSignal::Dtmf(d));
@@ -57,7 +63,12 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
 
 fn reject(svc: &CallServices, call_id: &str, status: u16, reason: &str, retry_after: Option<u32>) {
     tracing::info!(%call_id, status, reason, "call rejected");
-    svc.sip.send(Command::Reject { call_id: call_id.to_string(), status, reason: reason.to_string(), retry_after });
+    svc.sip.send(Command::Reject {
+        call_id: call_id.to_string(),
+        status,
+        reason: reason.to_string(),
+        retry_after,
+    });
 }
 
 fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
@@ -81,7 +92,11 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
         }
     };
     let flow = svc.router.route(&inv.called);
-    let key = CallKey { flow_sid: flow.sid.clone(), caller: inv.caller.clone(), call_id: call_id.clone() };
+    let key = CallKey {
+        flow_sid: flow.sid.clone(),
+        caller: inv.caller.clone(),
+        call_id: call_id.clone(),
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     if !svc.registry.insert(key.clone(), tx) {
         return; // a second INVITE with a live Call-ID: the SIP core already answered it
@@ -140,8 +155,15 @@ async fn run_call(
         }
     };
     let advertised = svc.public_ip.unwrap_or_else(|| inv.local.ip());
-    let answer = sdp::answer(&neg, SocketAddr::new(advertised, media.local.port()), rand::random::<u32>() as u64);
-    svc.sip.send(Command::Answer { call_id: call_id.clone(), sdp: answer });
+    let answer = sdp::answer(
+        &neg,
+        SocketAddr::new(advertised, media.local.port()),
+        rand::random::<u32>() as u64,
+    );
+    svc.sip.send(Command::Answer {
+        call_id: call_id.clone(),
+        sdp: answer,
+    });
     tracing::info!(%call_id, codec = ?neg.codec, rtp = %media.local, remote_rtp = %neg.remote_rtp, "answered");
 
     let call_sid = new_sid("CA");
@@ -150,34 +172,70 @@ async fn run_call(
         flow_sid: flow.sid.clone(),
         channel_address: inv.called.clone(),
         contact_address: inv.caller.clone(),
-        data: Map::new(),
+        data: Value::Object(Map::new()),
     };
-    let trigger = Trigger::IncomingCall { call: call_params(svc, &call_sid, &inv) };
-    let (mut exec, mut adv) = Engine::start(&flow.flow, init, trigger);
+    let trigger = Trigger::IncomingCall {
+        call: call_params(svc, &call_sid, &inv),
+    };
+    let (mut exec, mut adv) =
+        Engine::start(&flow.flow, init, trigger, chrono::Utc::now().fixed_offset());
     let session_key = key.session_key(flow.flow.definition().flags.allow_concurrent_calls);
     let created = now_rfc3339();
-    if let Err(e) = svc.store.create_execution(&record(&exec, &inv.caller, Some(session_key.clone()), &created)).await {
+    if let Err(e) = svc
+        .store
+        .create_execution(&record(
+            &exec,
+            &inv.caller,
+            Some(session_key.clone()),
+            &created,
+        ))
+        .await
+    {
         tracing::warn!(%call_id, error = %e, "execution not stored; ending call");
         svc.sip.send(Command::Hangup { call_id });
         return;
     }
     tracing::info!(%call_id, execution = %exec.sid, "execution started");
-    let mut voice = VoiceChannel { media: &mut media, signals: &mut signals, tts: &svc.tts, call_id: &call_id, hung_up: false };
+    let mut voice = VoiceChannel {
+        media: &mut media,
+        signals: &mut signals,
+        tts: &svc.tts,
+        call_id: &call_id,
+        hung_up: false,
+    };
     loop {
         // The step is committed before its effect runs: a crash never loses a decided step.
-        persist(svc, &exec, &adv, &inv.caller, &session_key, &created, &call_id).await;
+        persist(
+            svc,
+            &exec,
+            &adv,
+            &inv.caller,
+            &session_key,
+            &created,
+            &call_id,
+        )
+        .await;
         let outcome = match &adv.effect {
             Effect::End(reason) => {
                 tracing::info!(%call_id, execution = %exec.sid, %reason, "execution ended");
                 break;
             }
             Effect::SayPlay(p) => voice.say_play(p).await,
-            other => Outcome::Failed { error: format!("{} is not available on voice calls yet", effect_name(other)) },
+            other => Outcome::Failed {
+                error: format!("{} is not available on voice calls yet", effect_name(other)),
+            },
         };
-        adv = Engine::resume(&flow.flow, &mut exec, outcome);
+        adv = Engine::resume(
+            &flow.flow,
+            &mut exec,
+            outcome,
+            chrono::Utc::now().fixed_offset(),
+        );
     }
     if !voice.hung_up {
-        svc.sip.send(Command::Hangup { call_id: call_id.clone() });
+        svc.sip.send(Command::Hangup {
+            call_id: call_id.clone(),
+        });
         tracing::info!(%call_id, "hanging up");
     }
     let (sent, received) = media.stats();
@@ -200,12 +258,21 @@ fn effect_name(e: &Effect) -> &'static str {
     }
 }
 
-fn record(exec: &Execution, contact: &str, active_key: Option<String>, created: &str) -> ExecutionRecord {
+fn record(
+    exec: &Execution,
+    contact: &str,
+    active_key: Option<String>,
+    created: &str,
+) -> ExecutionRecord {
     ExecutionRecord {
         sid: exec.sid.clone(),
         flow_sid: exec.flow_sid.clone(),
         contact: contact.to_string(),
-        status: if exec.is_active() { "active".into() } else { "ended".into() },
+        status: if exec.status == ExecutionStatus::Active {
+            "active".into()
+        } else {
+            "ended".into()
+        },
         context: exec.context.clone(),
         state: serde_json::to_value(exec).unwrap_or(json!({})),
         active_key,
@@ -215,7 +282,15 @@ fn record(exec: &Execution, contact: &str, active_key: Option<String>, created: 
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn persist(svc: &CallServices, exec: &Execution, adv: &Advance, contact: &str, key: &str, created: &str, call_id: &str) {
+async fn persist(
+    svc: &CallServices,
+    exec: &Execution,
+    adv: &Advance,
+    contact: &str,
+    key: &str,
+    created: &str,
+    call_id: &str,
+) {
     let steps: Vec<StepRecord> = adv
         .steps
         .iter()
@@ -236,7 +311,14 @@ async fn persist(svc: &CallServices, exec: &Execution, adv: &Advance, contact: &
             tracing::warn!(%call_id, widget = %s.name, error = %err, "step error");
         }
     }
-    if let Err(e) = svc.store.record_progress(&record(exec, contact, Some(key.to_string()), created), &steps).await {
+    if let Err(e) = svc
+        .store
+        .record_progress(
+            &record(exec, contact, Some(key.to_string()), created),
+            &steps,
+        )
+        .await
+    {
         tracing::error!(%call_id, execution = %exec.sid, error = %e, "cannot persist steps");
     }
 }

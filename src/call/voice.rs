@@ -24,7 +24,11 @@ pub struct VoiceChannel<'a> {
 impl VoiceChannel<'_> {
     /// say-play: speak or play the prompt `loop` times, then `AudioComplete`.
     pub async fn say_play(&mut self, p: &Prompt) -> Outcome {
-        let loops = if p.loop_count == 0 { LOOP_FOREVER } else { p.loop_count };
+        let loops = if p.loop_count == 0 {
+            LOOP_FOREVER
+        } else {
+            p.loop_count
+        };
         let audio = match (&p.say, &p.play) {
             (Some(text), _) if !text.trim().is_empty() => {
                 let voice = p.voice.as_deref().unwrap_or("alice");
@@ -33,16 +37,22 @@ impl VoiceChannel<'_> {
                     Ok(clip) => Some(clip.encoded(self.media.codec())),
                     Err(e) => {
                         tracing::error!(call_id = %self.call_id, error = %e, "say failed");
-                        return Outcome::Failed { error: e.to_string() };
+                        return Outcome::Failed {
+                            error: e.to_string(),
+                        };
                     }
                 }
             }
             (_, Some(url)) if !url.trim().is_empty() => {
-                return Outcome::Failed { error: format!("playing audio URLs is not available yet: {url}") };
+                return Outcome::Failed {
+                    error: format!("playing audio URLs is not available yet: {url}"),
+                };
             }
             _ => None,
         };
-        let Some(audio) = audio else { return Outcome::AudioComplete };
+        let Some(audio) = audio else {
+            return Outcome::AudioComplete;
+        };
         let id = self.media.play(audio, loops);
         loop {
             tokio::select! {

@@ -260,7 +260,10 @@ impl SipCore {
                 self.on_request(now, peer, local, req)
             }
             Ok(Message::Response(resp)) => self.on_response(resp),
-            Err((err, salvage)) => self.on_garbage(peer, err.to_string(), salvage),
+            Err(failure) => {
+                let (err, salvage) = *failure;
+                self.on_garbage(peer, err.to_string(), salvage)
+            }
         }
     }
 

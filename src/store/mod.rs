@@ -92,7 +92,10 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+        {
             if let Some(dir) = std::path::Path::new(path).parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -103,16 +106,25 @@ impl Store {
                 Box::pin(async move {
                     // WAL lets readers (the API) run while calls write steps; a busy timeout
                     // makes concurrent writers wait instead of failing.
-                    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA synchronous=NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode=WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout=5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous=NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
         } else {
             opts
         };
-        let pool = opts.connect(url).await.map_err(|source| StoreError::Open { url: redact(url), source })?;
+        let pool = opts.connect(url).await.map_err(|source| StoreError::Open {
+            url: redact(url),
+            source,
+        })?;
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await?;
         }
@@ -137,17 +149,25 @@ impl Store {
         .await;
         match r {
             Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                Err(StoreError::ActiveExists(e.active_key.clone().unwrap_or_default()))
-            }
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(
+                StoreError::ActiveExists(e.active_key.clone().unwrap_or_default()),
+            ),
             Err(err) => Err(err.into()),
         }
     }
 
     /// Save the execution's state and append the steps it took, in one transaction.
-    pub async fn record_progress(&self, e: &ExecutionRecord, steps: &[StepRecord]) -> Result<(), StoreError> {
+    pub async fn record_progress(
+        &self,
+        e: &ExecutionRecord,
+        steps: &[StepRecord],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let active_key = if e.status == "active" { e.active_key.clone() } else { None };
+        let active_key = if e.status == "active" {
+            e.active_key.clone()
+        } else {
+            None
+        };
         sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, date_updated = $5 WHERE sid = $6")
             .bind(&e.status)
             .bind(e.context.to_string())
@@ -187,7 +207,10 @@ impl Store {
         row.map(|r| execution_from(&r)).transpose()
     }
 
-    pub async fn executions_for_flow(&self, flow_sid: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
+    pub async fn executions_for_flow(
+        &self,
+        flow_sid: &str,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated FROM executions WHERE flow_sid = $1 ORDER BY date_created")
             .bind(flow_sid)
             .fetch_all(&self.pool)
@@ -267,8 +290,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
         let store = Store::open(&url).await.unwrap();
-        store.create_execution(&exec("FN1", Some("FW1|+1555"))).await.unwrap();
-        let dup = store.create_execution(&exec("FN2", Some("FW1|+1555"))).await;
+        store
+            .create_execution(&exec("FN1", Some("FW1|+1555")))
+            .await
+            .unwrap();
+        let dup = store
+            .create_execution(&exec("FN2", Some("FW1|+1555")))
+            .await;
         assert!(matches!(dup, Err(StoreError::ActiveExists(_))), "{dup:?}");
 
         let mut e = exec("FN1", Some("FW1|+1555"));
@@ -284,13 +312,28 @@ mod tests {
             error: None,
             date_created: now_rfc3339(),
         };
-        store.record_progress(&e, &[step.clone(), StepRecord { sid: new_sid("FT"), ..step.clone() }]).await.unwrap();
+        store
+            .record_progress(
+                &e,
+                &[
+                    step.clone(),
+                    StepRecord {
+                        sid: new_sid("FT"),
+                        ..step.clone()
+                    },
+                ],
+            )
+            .await
+            .unwrap();
         let got = store.execution("FN1").await.unwrap().unwrap();
         assert_eq!(got.status, "ended");
         assert_eq!(got.active_key, None, "ending frees the session key");
         assert_eq!(store.steps("FN1").await.unwrap().len(), 2);
         // The key is free again once the first execution ended.
-        store.create_execution(&exec("FN3", Some("FW1|+1555"))).await.unwrap();
+        store
+            .create_execution(&exec("FN3", Some("FW1|+1555")))
+            .await
+            .unwrap();
         drop(store);
         let reopened = Store::open(&url).await.unwrap();
         assert_eq!(reopened.executions_for_flow("FW1").await.unwrap().len(), 2);
@@ -298,7 +341,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://sb:secret@db:5432/sb"), "postgres://sb:***@db:5432/sb");
+        assert_eq!(
+            redact("postgres://sb:secret@db:5432/sb"),
+            "postgres://sb:***@db:5432/sb"
+        );
         assert_eq!(redact("sqlite://./data/x.db"), "sqlite://./data/x.db");
     }
 }

@@ -31,20 +31,38 @@ impl Gateway {
     /// Start on a given data directory (restarts keep their data).
     pub fn start_in(data_dir: &Path, flow: Option<&Path>, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
-        cmd.args(["serve", "--sip-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--sip-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         if let Some(f) = flow {
             cmd.arg("--flow").arg(f);
         }
         let mut child = cmd.spawn().expect("spawn switchboard");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("ready line");
-        assert!(line.starts_with("switchboard ready"), "gateway did not start: {line:?}");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        if !line.starts_with("switchboard ready") {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!(
+                "gateway did not start: {line:?}, exit: {:?}",
+                child.try_wait()
+            );
+        }
         let field = |name: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -76,7 +94,11 @@ impl Drop for Gateway {
 /// Whether an external peer (sipp, espeak-ng, ...) can be used. With
 /// SWITCHBOARD_REQUIRE_PEERS=1 (CI) a missing peer fails the test instead of skipping it.
 pub fn peer_available(bin: &str) -> bool {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {bin}")).output().is_ok_and(|o| o.status.success());
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {bin}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref() == Ok("1") {
             panic!("{bin} is required (SWITCHBOARD_REQUIRE_PEERS=1) but not installed");
@@ -136,7 +158,10 @@ pub struct Ua {
 
 impl Ua {
     pub async fn new() -> Ua {
-        Ua { sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(), rtp: UdpSocket::bind("127.0.0.1:0").await.unwrap() }
+        Ua {
+            sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            rtp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        }
     }
 
     pub fn invite(&self, target: SocketAddr, o: &CallOptions, branch: &str) -> String {
@@ -179,7 +204,9 @@ impl Ua {
                     let bye = in_dialog(ok, "BYE", 2, &self.sip.local_addr().unwrap(), target);
                     self.sip.send_to(bye.as_bytes(), target).await.unwrap();
                     // wait briefly for the 200
-                    let _ = tokio::time::timeout(Duration::from_secs(2), self.sip.recv_from(&mut buf)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), self.sip.recv_from(&mut buf))
+                            .await;
                     break;
                 }
             }
@@ -187,7 +214,13 @@ impl Ua {
             if ok_200.is_some() && last_send.elapsed() > Duration::from_millis(20) {
                 last_send = Instant::now();
                 let pkt = silence_packet(report.rtp_packets as u16);
-                let _ = self.rtp.send_to(&pkt, remote_rtp(ok_200.as_deref().unwrap_or("")).unwrap_or(target)).await;
+                let _ = self
+                    .rtp
+                    .send_to(
+                        &pkt,
+                        remote_rtp(ok_200.as_deref().unwrap_or("")).unwrap_or(target),
+                    )
+                    .await;
             }
             tokio::select! {
                 r = self.sip.recv_from(&mut buf) => {
@@ -236,8 +269,15 @@ fn silence_packet(seq: u16) -> Vec<u8> {
 
 pub fn remote_rtp(ok: &str) -> Option<SocketAddr> {
     let body = ok.split("\r\n\r\n").nth(1)?;
-    let ip = body.lines().find_map(|l| l.strip_prefix("c=IN IP4 "))?.trim();
-    let port = body.lines().find_map(|l| l.strip_prefix("m=audio "))?.split_whitespace().next()?;
+    let ip = body
+        .lines()
+        .find_map(|l| l.strip_prefix("c=IN IP4 "))?
+        .trim();
+    let port = body
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio "))?
+        .split_whitespace()
+        .next()?;
     format!("{ip}:{port}").parse().ok()
 }
 
@@ -269,7 +309,10 @@ fn ack_for(resp: &str, me: &SocketAddr, target: SocketAddr, branch: &str) -> Str
     let from = header(resp, "From").unwrap_or("");
     let cid = header(resp, "Call-ID").unwrap_or("");
     let (cseq_branch, uri) = if status_of(resp) == Some(200) {
-        (format!("z9hG4bK{:08x}", rand::random::<u32>()), contact_uri(resp).unwrap_or(format!("sip:{target}")))
+        (
+            format!("z9hG4bK{:08x}", rand::random::<u32>()),
+            contact_uri(resp).unwrap_or(format!("sip:{target}")),
+        )
     } else {
         (branch.to_string(), format!("sip:{target}"))
     };
@@ -304,7 +347,12 @@ pub fn response_to(req: &str, code: u16, reason: &str) -> String {
         if l.is_empty() {
             break;
         }
-        let name = l.split(':').next().unwrap_or("").trim().to_ascii_lowercase();
+        let name = l
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         if ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"].contains(&name.as_str()) {
             out.push_str(l);
             out.push_str("\r\n");
