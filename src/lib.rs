@@ -6,9 +6,12 @@
 
 pub mod api;
 pub mod call;
+pub mod channel;
+pub mod chat;
 pub mod config;
 pub mod flow;
 pub mod media;
+pub mod messaging;
 pub mod routing;
 pub mod server;
 pub mod sip;

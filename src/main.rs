@@ -36,6 +36,23 @@ enum Cmd {
         #[arg(long)]
         flow: Option<PathBuf>,
     },
+    /// Run a messaging flow in the terminal: each stdin line is an inbound message.
+    Chat {
+        /// Studio flow JSON.
+        flow: PathBuf,
+        /// The contact's address (the message sender).
+        #[arg(long, default_value = "+15550100000")]
+        from: String,
+        /// Our address (the number messaged).
+        #[arg(long, default_value = "+15550199999")]
+        to: String,
+        /// `flow.data` values for a new execution.
+        #[arg(long = "data", value_name = "KEY=VALUE", value_parser = parse_kv)]
+        data: Vec<(String, String)>,
+        /// Keep the conversation in this directory (default: a temporary one).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Studio flow tools.
     Flow {
         #[command(subcommand)]
@@ -64,6 +81,38 @@ fn main() -> ExitCode {
         Cmd::Flow {
             command: FlowCmd::Validate { files },
         } => validate(&files),
+        Cmd::Chat {
+            flow,
+            from,
+            to,
+            data,
+            data_dir,
+        } => {
+            let opts = switchboard::chat::ChatOptions {
+                flow,
+                from,
+                to,
+                data,
+                data_dir,
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchboard: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(switchboard::chat::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchboard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Serve {
             config,
             sip_bind,
@@ -93,6 +142,12 @@ fn main() -> ExitCode {
             serve(cfg)
         }
     }
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 fn serve(cfg: Config) -> ExitCode {

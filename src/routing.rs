@@ -61,6 +61,14 @@ pub struct Router {
 }
 
 impl Router {
+    /// A router that sends everything to one flow (the chat CLI, tests).
+    pub fn single(flow: LoadedFlow) -> Router {
+        Router {
+            default: Arc::new(flow),
+            by_number: HashMap::new(),
+        }
+    }
+
     pub fn from_config(cfg: &Config) -> Result<Router, RoutingError> {
         let default = match &cfg.flow {
             Some(p) => LoadedFlow::from_file(p)?,
@@ -84,6 +92,10 @@ impl Router {
             .get(&normalize(number))
             .cloned()
             .unwrap_or_else(|| self.default.clone())
+    }
+
+    pub fn by_sid(&self, sid: &str) -> Option<Arc<LoadedFlow>> {
+        self.flows().find(|f| f.sid == sid).cloned()
     }
 
     pub fn flows(&self) -> impl Iterator<Item = &Arc<LoadedFlow>> {

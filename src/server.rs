@@ -58,7 +58,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip: ep.handle.clone(),
         media,
         tts,
-        store,
+        runner: crate::channel::Runner {
+            store,
+            http: crate::channel::HttpClient::new(None),
+            router: router.clone(),
+        },
         router,
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,

@@ -4,19 +4,18 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use super::registry::{info_digit, CallKey, CallSignal, Registry};
 use super::voice::VoiceChannel;
-use crate::flow::{
-    Advance, Effect, Engine, Execution, ExecutionInit, ExecutionStatus, Outcome, Trigger,
-};
+use crate::channel::{Finished, NewExecution, Runner};
+use crate::flow::{ExecutionInit, Trigger};
 use crate::media::{Codec, MediaEngine, StreamParams};
 use crate::routing::{LoadedFlow, Router};
 use crate::sip::sdp::{self, Negotiated};
 use crate::sip::{Command, Event, IncomingInvite, SipHandle};
-use crate::store::{new_sid, now_rfc3339, ExecutionRecord, StepRecord, Store};
+use crate::store::new_sid;
 
 const CODECS: &[Codec] = &[Codec::Pcmu, Codec::Pcma];
 
@@ -24,7 +23,7 @@ pub struct CallServices {
     pub sip: SipHandle,
     pub media: Arc<MediaEngine>,
     pub tts: Arc<crate::media::tts::Tts>,
-    pub store: Store,
+    pub runner: Runner,
     pub router: Arc<Router>,
     pub registry: Arc<Registry>,
     pub public_ip: Option<IpAddr>,
@@ -167,35 +166,21 @@ async fn run_call(
     tracing::info!(%call_id, codec = ?neg.codec, rtp = %media.local, remote_rtp = %neg.remote_rtp, "answered");
 
     let call_sid = new_sid("CA");
-    let init = ExecutionInit {
-        sid: new_sid("FN"),
-        flow_sid: flow.sid.clone(),
-        channel_address: inv.called.clone(),
-        contact_address: inv.caller.clone(),
-        data: Value::Object(Map::new()),
+    let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
+    let new = NewExecution {
+        init: ExecutionInit {
+            sid: new_sid("FN"),
+            flow_sid: flow.sid.clone(),
+            channel_address: inv.called.clone(),
+            contact_address: inv.caller.clone(),
+            data: Value::Object(Map::new()),
+        },
+        trigger: Trigger::IncomingCall {
+            call: call_params(svc, &call_sid, &inv),
+        },
+        contact: inv.caller.clone(),
+        active_key: Some(key.session_key(concurrent)),
     };
-    let trigger = Trigger::IncomingCall {
-        call: call_params(svc, &call_sid, &inv),
-    };
-    let (mut exec, mut adv) =
-        Engine::start(&flow.flow, init, trigger, chrono::Utc::now().fixed_offset());
-    let session_key = key.session_key(flow.flow.definition().flags.allow_concurrent_calls);
-    let created = now_rfc3339();
-    if let Err(e) = svc
-        .store
-        .create_execution(&record(
-            &exec,
-            &inv.caller,
-            Some(session_key.clone()),
-            &created,
-        ))
-        .await
-    {
-        tracing::warn!(%call_id, error = %e, "execution not stored; ending call");
-        svc.sip.send(Command::Hangup { call_id });
-        return;
-    }
-    tracing::info!(%call_id, execution = %exec.sid, "execution started");
     let mut voice = VoiceChannel {
         media: &mut media,
         signals: &mut signals,
@@ -203,36 +188,19 @@ async fn run_call(
         call_id: &call_id,
         hung_up: false,
     };
-    loop {
-        // The step is committed before its effect runs: a crash never loses a decided step.
-        persist(
-            svc,
-            &exec,
-            &adv,
-            &inv.caller,
-            &session_key,
-            &created,
-            &call_id,
-        )
-        .await;
-        let outcome = match &adv.effect {
-            Effect::End(reason) => {
-                tracing::info!(%call_id, execution = %exec.sid, %reason, "execution ended");
-                break;
-            }
-            Effect::SayPlay(p) => voice.say_play(p).await,
-            other => Outcome::Failed {
-                error: format!("{} is not available on voice calls yet", effect_name(other)),
-            },
-        };
-        adv = Engine::resume(
-            &flow.flow,
-            &mut exec,
-            outcome,
-            chrono::Utc::now().fixed_offset(),
-        );
+    match svc.runner.start(&flow, new, &mut voice).await {
+        Ok((exec, Finished::Ended(reason))) => {
+            tracing::info!(%call_id, execution = %exec.sid, %reason, "call flow ended")
+        }
+        Ok((exec, Finished::Waiting { .. })) => {
+            tracing::warn!(%call_id, execution = %exec.sid, "call flow waits for a message; ending the call")
+        }
+        Err(e) => {
+            tracing::warn!(%call_id, error = %e, "execution could not be stored; ending call")
+        }
     }
-    if !voice.hung_up {
+    let hung_up = voice.hung_up;
+    if !hung_up {
         svc.sip.send(Command::Hangup {
             call_id: call_id.clone(),
         });
@@ -240,85 +208,4 @@ async fn run_call(
     }
     let (sent, received) = media.stats();
     tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, "call finished");
-}
-
-fn effect_name(e: &Effect) -> &'static str {
-    match e {
-        Effect::SayPlay(_) => "say-play",
-        Effect::Gather(_) => "gather-input-on-call",
-        Effect::Record(_) => "record-voicemail",
-        Effect::Connect(_) => "connect-call-to",
-        Effect::OutgoingCall(_) => "make-outgoing-call",
-        Effect::Redirect(_) => "add-twiml-redirect",
-        Effect::HttpRequest(_) => "an HTTP request",
-        Effect::SendMessage(_) => "send-message",
-        Effect::SendAndWait { .. } | Effect::AwaitReply { .. } => "send-and-wait-for-reply",
-        Effect::RunSubflow(_) => "run-subflow",
-        Effect::End(_) => "end",
-    }
-}
-
-fn record(
-    exec: &Execution,
-    contact: &str,
-    active_key: Option<String>,
-    created: &str,
-) -> ExecutionRecord {
-    ExecutionRecord {
-        sid: exec.sid.clone(),
-        flow_sid: exec.flow_sid.clone(),
-        contact: contact.to_string(),
-        status: if exec.status == ExecutionStatus::Active {
-            "active".into()
-        } else {
-            "ended".into()
-        },
-        context: exec.context.clone(),
-        state: serde_json::to_value(exec).unwrap_or(json!({})),
-        active_key,
-        date_created: created.to_string(),
-        date_updated: now_rfc3339(),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn persist(
-    svc: &CallServices,
-    exec: &Execution,
-    adv: &Advance,
-    contact: &str,
-    key: &str,
-    created: &str,
-    call_id: &str,
-) {
-    let steps: Vec<StepRecord> = adv
-        .steps
-        .iter()
-        .map(|s| StepRecord {
-            sid: new_sid("FT"),
-            execution_sid: exec.sid.clone(),
-            name: s.name.clone(),
-            transitioned_from: s.transitioned_from.clone(),
-            transitioned_to: s.transitioned_to.clone(),
-            event: s.event.clone(),
-            context: s.context.clone(),
-            error: s.error.clone(),
-            date_created: now_rfc3339(),
-        })
-        .collect();
-    for s in &steps {
-        if let Some(err) = &s.error {
-            tracing::warn!(%call_id, widget = %s.name, error = %err, "step error");
-        }
-    }
-    if let Err(e) = svc
-        .store
-        .record_progress(
-            &record(exec, contact, Some(key.to_string()), created),
-            &steps,
-        )
-        .await
-    {
-        tracing::error!(%call_id, execution = %exec.sid, error = %e, "cannot persist steps");
-    }
 }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::registry::CallSignal;
-use crate::flow::{Outcome, Prompt};
+use crate::channel::Medium;
+use crate::flow::{Effect, Outcome, Prompt};
 use crate::media::tts::Tts;
 use crate::media::{MediaEvent, MediaSession};
 
@@ -71,5 +72,21 @@ impl VoiceChannel<'_> {
                 },
             }
         }
+    }
+}
+
+impl Medium for VoiceChannel<'_> {
+    async fn perform(&mut self, effect: &Effect) -> Option<Outcome> {
+        if self.hung_up {
+            return Some(Outcome::Hangup);
+        }
+        match effect {
+            Effect::SayPlay(p) => Some(self.say_play(p).await),
+            _ => None,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "voice call"
     }
 }

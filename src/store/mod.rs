@@ -31,6 +31,8 @@ pub struct ExecutionRecord {
     /// The engine's serialized execution state (where it waits, counters).
     pub state: Value,
     pub active_key: Option<String>,
+    /// When a waiting execution times out (RFC 3339); None unless it waits for a reply.
+    pub wait_until: Option<String>,
     pub date_created: String,
     pub date_updated: String,
 }
@@ -62,9 +64,11 @@ const SCHEMA: &[&str] = &[
         context TEXT NOT NULL,
         state TEXT NOT NULL,
         active_key TEXT UNIQUE,
+        wait_until TEXT,
         date_created TEXT NOT NULL,
         date_updated TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow_sid, date_created)",
+    "CREATE INDEX IF NOT EXISTS executions_wait ON executions (wait_until)",
     "CREATE TABLE IF NOT EXISTS steps (
         sid TEXT PRIMARY KEY,
         execution_sid TEXT NOT NULL,
@@ -133,8 +137,8 @@ impl Store {
 
     pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {
         let r = sqlx::query(
-            "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&e.sid)
         .bind(&e.flow_sid)
@@ -143,6 +147,7 @@ impl Store {
         .bind(e.context.to_string())
         .bind(e.state.to_string())
         .bind(e.active_key.clone())
+        .bind(e.wait_until.clone())
         .bind(&e.date_created)
         .bind(&e.date_updated)
         .execute(&self.pool)
@@ -168,11 +173,12 @@ impl Store {
         } else {
             None
         };
-        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, date_updated = $5 WHERE sid = $6")
+        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7")
             .bind(&e.status)
             .bind(e.context.to_string())
             .bind(e.state.to_string())
             .bind(active_key)
+            .bind(e.wait_until.clone())
             .bind(&e.date_updated)
             .bind(&e.sid)
             .execute(&mut *tx)
@@ -200,18 +206,44 @@ impl Store {
     }
 
     pub async fn execution(&self, sid: &str) -> Result<Option<ExecutionRecord>, StoreError> {
-        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated FROM executions WHERE sid = $1")
+        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE sid = $1")
             .bind(sid)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| execution_from(&r)).transpose()
     }
 
+    /// The active execution holding a session key, if any.
+    pub async fn active_for_key(&self, key: &str) -> Result<Option<ExecutionRecord>, StoreError> {
+        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE active_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| execution_from(&r)).transpose()
+    }
+
+    /// Executions whose wait for a reply has run out by `now` (RFC 3339, UTC: compares as text).
+    pub async fn due_waits(&self, now: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' ORDER BY wait_until")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(execution_from).collect()
+    }
+
+    /// The earliest pending reply deadline, to know when to look again.
+    pub async fn next_wait(&self) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT MIN(wait_until) FROM executions WHERE wait_until IS NOT NULL AND status = 'active'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<String>, _>(0)?)
+    }
+
     pub async fn executions_for_flow(
         &self,
         flow_sid: &str,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, date_created, date_updated FROM executions WHERE flow_sid = $1 ORDER BY date_created")
+        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE flow_sid = $1 ORDER BY date_created")
             .bind(flow_sid)
             .fetch_all(&self.pool)
             .await?;
@@ -250,8 +282,9 @@ fn execution_from(r: &AnyRow) -> Result<ExecutionRecord, StoreError> {
         context: serde_json::from_str(&r.try_get::<String, _>(4)?)?,
         state: serde_json::from_str(&r.try_get::<String, _>(5)?)?,
         active_key: r.try_get(6)?,
-        date_created: r.try_get(7)?,
-        date_updated: r.try_get(8)?,
+        wait_until: r.try_get(7)?,
+        date_created: r.try_get(8)?,
+        date_updated: r.try_get(9)?,
     })
 }
 
@@ -280,6 +313,7 @@ mod tests {
             context: serde_json::json!({"flow": {"variables": {}}}),
             state: serde_json::json!({"current": "a"}),
             active_key: key.map(str::to_string),
+            wait_until: None,
             date_created: now_rfc3339(),
             date_updated: now_rfc3339(),
         }

@@ -1,0 +1,288 @@
+//! Channels perform the flow engine's effects. The [`Runner`] drives one execution: it commits
+//! each step to the store before the effect runs, performs the effects every channel shares
+//! (HTTP requests, subflows) itself, and hands medium effects (say, gather, send a message…) to
+//! the [`Medium`] — the voice channel of a call or the messaging channel of a conversation.
+
+pub mod http;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::flow::{
+    Advance, Effect, EndReason, Engine, Execution, ExecutionInit, ExecutionStatus, Outcome, Trigger,
+};
+use crate::routing::{LoadedFlow, Router};
+use crate::store::{new_sid, now_rfc3339, ExecutionRecord, StepRecord, Store, StoreError};
+
+pub use http::HttpClient;
+
+/// Subflows nest at most this deep (a flow that runs itself would otherwise recurse forever).
+const MAX_SUBFLOW_DEPTH: u32 = 5;
+
+/// A medium that can perform some effects.
+pub trait Medium: Send {
+    /// Perform `effect`, or `None` when this medium cannot (the widget then fails).
+    fn perform(&mut self, effect: &Effect) -> impl Future<Output = Option<Outcome>> + Send;
+    /// A short name for step errors ("voice call", "SMS conversation").
+    fn name(&self) -> &'static str;
+}
+
+type Driven<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(Execution, Finished), StoreError>> + Send + 'a>>;
+
+/// Where an execution stands after the runner stopped driving it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    Ended(EndReason),
+    /// Waiting for a reply (send-and-wait-for-reply) until the deadline (RFC 3339).
+    Waiting {
+        until: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    pub store: Store,
+    pub http: HttpClient,
+    pub router: Arc<Router>,
+}
+
+pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::Utc::now().fixed_offset()
+}
+
+/// Identity of a new execution as the store keeps it.
+pub struct NewExecution {
+    pub init: ExecutionInit,
+    pub trigger: Trigger,
+    pub contact: String,
+    /// Unique while active (one execution per session); None for child executions.
+    pub active_key: Option<String>,
+}
+
+impl Runner {
+    /// Start an execution and drive it until it ends or waits.
+    pub async fn start<M: Medium>(
+        &self,
+        flow: &LoadedFlow,
+        new: NewExecution,
+        medium: &mut M,
+    ) -> Result<(Execution, Finished), StoreError> {
+        let (exec, adv) = Engine::start(&flow.flow, new.init, new.trigger, now());
+        let created = now_rfc3339();
+        let mut rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
+        self.store.create_execution(&rec).await?;
+        tracing::info!(execution = %exec.sid, flow = %flow.name, contact = %new.contact, "execution started");
+        rec.date_created = created;
+        self.drive(flow, exec, adv, rec, medium, 0).await
+    }
+
+    /// Resume a stored execution with an outcome (a reply, a timeout) and drive it on.
+    pub async fn resume<M: Medium>(
+        &self,
+        flow: &LoadedFlow,
+        rec: ExecutionRecord,
+        outcome: Outcome,
+        medium: &mut M,
+    ) -> Result<(Execution, Finished), StoreError> {
+        let mut exec: Execution = serde_json::from_value(rec.state.clone())?;
+        let adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+        self.drive(flow, exec, adv, rec, medium, 0).await
+    }
+
+    fn drive<'a, M: Medium>(
+        &'a self,
+        flow: &'a LoadedFlow,
+        mut exec: Execution,
+        mut adv: Advance,
+        base: ExecutionRecord,
+        medium: &'a mut M,
+        depth: u32,
+    ) -> Driven<'a> {
+        Box::pin(async move {
+            loop {
+                // A send-and-wait counts as waiting from before its message goes out, so a
+                // crash right after sending still leaves the execution ready for the reply.
+                let waiting = match &adv.effect {
+                    Effect::AwaitReply { timeout_secs }
+                    | Effect::SendAndWait { timeout_secs, .. } => Some(
+                        (chrono::Utc::now() + chrono::Duration::seconds(*timeout_secs as i64))
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    ),
+                    _ => None,
+                };
+                // The step is committed before its effect runs: a crash never loses a decided step.
+                let rec = ExecutionRecord {
+                    date_updated: now_rfc3339(),
+                    ..record(
+                        &exec,
+                        &base.contact,
+                        base.active_key.clone(),
+                        &base.date_created,
+                        waiting.clone(),
+                    )
+                };
+                self.store
+                    .record_progress(&rec, &steps(&exec, &adv))
+                    .await?;
+                for s in adv.steps.iter().filter(|s| s.error.is_some()) {
+                    tracing::warn!(execution = %exec.sid, widget = %s.name, error = s.error.as_deref().unwrap_or(""), "step error");
+                }
+                let outcome = match &adv.effect {
+                    Effect::End(reason) => {
+                        tracing::info!(execution = %exec.sid, %reason, "execution ended");
+                        return Ok((exec, Finished::Ended(reason.clone())));
+                    }
+                    Effect::AwaitReply { .. } => {
+                        let until = waiting.unwrap_or_default();
+                        return Ok((exec, Finished::Waiting { until }));
+                    }
+                    Effect::HttpRequest(r) => self.http.perform(r).await,
+                    Effect::RunSubflow(s) => self.subflow(&exec, s, medium, depth).await,
+                    other => match medium.perform(other).await {
+                        Some(o) => o,
+                        None => Outcome::Failed {
+                            error: format!("this widget cannot run in a {}", medium.name()),
+                        },
+                    },
+                };
+                adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+            }
+        })
+    }
+
+    /// run-subflow: a child execution on the same medium; its `flow.variables` come back.
+    async fn subflow<M: Medium>(
+        &self,
+        parent: &Execution,
+        s: &crate::flow::RunSubflow,
+        medium: &mut M,
+        depth: u32,
+    ) -> Outcome {
+        if depth >= MAX_SUBFLOW_DEPTH {
+            return Outcome::Failed {
+                error: format!("subflows nest deeper than {MAX_SUBFLOW_DEPTH}"),
+            };
+        }
+        let Some(child_flow) = self.router.by_sid(&s.flow_sid) else {
+            return Outcome::Failed {
+                error: format!("subflow {:?} is not loaded here", s.flow_sid),
+            };
+        };
+        let ctx = &parent.context;
+        let text = |p: &str| {
+            ctx.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let init = ExecutionInit {
+            sid: new_sid("FN"),
+            flow_sid: child_flow.sid.clone(),
+            channel_address: text("/flow/channel/address"),
+            contact_address: text("/contact/channel/address"),
+            data: Value::Object(s.parameters.clone()),
+        };
+        let mut parent_data = s.parameters.clone();
+        parent_data.insert("ExecutionSid".into(), json!(parent.sid));
+        parent_data.insert("FlowSid".into(), json!(parent.flow_sid));
+        let (exec, adv) = Engine::start(
+            &child_flow.flow,
+            init,
+            Trigger::IncomingParent {
+                parent: parent_data,
+            },
+            now(),
+        );
+        let created = now_rfc3339();
+        let rec = record(
+            &exec,
+            &text("/contact/channel/address"),
+            None,
+            &created,
+            None,
+        );
+        if let Err(e) = self.store.create_execution(&rec).await {
+            return Outcome::Failed {
+                error: format!("cannot store subflow execution: {e}"),
+            };
+        }
+        match self
+            .drive(&child_flow, exec, adv, rec, medium, depth + 1)
+            .await
+        {
+            Ok((child, Finished::Ended(EndReason::Completed { .. }))) => {
+                let variables = child
+                    .context
+                    .pointer("/flow/variables")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                Outcome::SubflowCompleted { variables }
+            }
+            Ok((_, Finished::Ended(EndReason::Hangup { .. }))) => Outcome::Hangup,
+            Ok((_, Finished::Ended(reason))) => Outcome::Failed {
+                error: format!("subflow failed: {reason}"),
+            },
+            Ok((_, Finished::Waiting { .. })) => Outcome::Failed {
+                error: "subflows that wait for a reply are not supported".into(),
+            },
+            Err(e) => Outcome::Failed {
+                error: format!("subflow: {e}"),
+            },
+        }
+    }
+}
+
+pub fn record(
+    exec: &Execution,
+    contact: &str,
+    active_key: Option<String>,
+    created: &str,
+    wait_until: Option<String>,
+) -> ExecutionRecord {
+    let active = exec.status == ExecutionStatus::Active;
+    ExecutionRecord {
+        sid: exec.sid.clone(),
+        flow_sid: exec.flow_sid.clone(),
+        contact: contact.to_string(),
+        status: if active {
+            "active".into()
+        } else {
+            "ended".into()
+        },
+        context: exec.context.clone(),
+        state: serde_json::to_value(exec).unwrap_or(json!({})),
+        active_key,
+        wait_until: if active { wait_until } else { None },
+        date_created: created.to_string(),
+        date_updated: now_rfc3339(),
+    }
+}
+
+fn steps(exec: &Execution, adv: &Advance) -> Vec<StepRecord> {
+    adv.steps
+        .iter()
+        .map(|s| StepRecord {
+            sid: new_sid("FT"),
+            execution_sid: exec.sid.clone(),
+            name: s.name.clone(),
+            transitioned_from: s.transitioned_from.clone(),
+            transitioned_to: s.transitioned_to.clone(),
+            event: s.event.clone(),
+            context: s.context.clone(),
+            error: s.error.clone(),
+            date_created: now_rfc3339(),
+        })
+        .collect()
+}
+
+/// Twilio-style string map from pairs.
+pub fn params<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v)))
+        .collect()
+}

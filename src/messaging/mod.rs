@@ -1,0 +1,239 @@
+//! Messaging: conversations on the flow engine. Exactly one active execution per
+//! (flow, contact): a message from a contact whose execution waits for a reply resumes it;
+//! otherwise it starts a new execution at the trigger's `incomingMessage`. Waiting executions
+//! live in the store with their deadline, so replies and timeouts work across restarts.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+
+use crate::channel::{params, Finished, Medium, NewExecution, Runner};
+use crate::flow::{Effect, ExecutionInit, Message, Outcome, Trigger};
+use crate::routing::LoadedFlow;
+use crate::store::{new_sid, now_rfc3339, StoreError};
+
+/// The result of sending: Studio's published fields, or why it failed.
+pub type SendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Map<String, Value>, String>> + Send + 'a>>;
+
+/// Sends outbound messages (a provider, SIP MESSAGE, the terminal…). Returns the fields Studio
+/// publishes for the sent message (`Sid`, `To`, `From`, `Body`, `Status`…), or why it failed.
+pub trait MessageSink: Send + Sync {
+    fn send<'a>(&'a self, msg: &'a Message) -> SendFuture<'a>;
+}
+
+/// An inbound message in Twilio's webhook vocabulary.
+#[derive(Debug, Clone, Default)]
+pub struct InboundMessage {
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub message_sid: String,
+    /// Further parameters (NumMedia, MediaUrl0, AccountSid, …) passed through to the flow.
+    pub extra: Map<String, Value>,
+    /// `flow.data` for an execution this message starts.
+    pub flow_data: Map<String, Value>,
+}
+
+impl InboundMessage {
+    pub fn fields(&self) -> Map<String, Value> {
+        let sid = if self.message_sid.is_empty() {
+            new_sid("SM")
+        } else {
+            self.message_sid.clone()
+        };
+        let mut m = self.extra.clone();
+        m.extend(params([
+            ("From", self.from.clone()),
+            ("To", self.to.clone()),
+            ("Body", self.body.clone()),
+            ("MessageSid", sid.clone()),
+            ("SmsMessageSid", sid.clone()),
+            ("SmsSid", sid),
+        ]));
+        m.entry("NumMedia")
+            .or_insert_with(|| Value::String("0".into()));
+        m
+    }
+}
+
+/// The medium of a conversation: sends messages, nothing else.
+pub struct MessagingChannel {
+    pub sink: Arc<dyn MessageSink>,
+}
+
+impl Medium for MessagingChannel {
+    async fn perform(&mut self, effect: &Effect) -> Option<Outcome> {
+        let msg = match effect {
+            Effect::SendMessage(m) => m,
+            Effect::SendAndWait { message, .. } => message,
+            _ => return None,
+        };
+        Some(match self.sink.send(msg).await {
+            Ok(fields) => Outcome::MessageSent { fields },
+            Err(error) => Outcome::DeliveryFailure { error },
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "messaging conversation"
+    }
+}
+
+/// What happened to an inbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// It started execution `sid`, which is now in `state`.
+    Started { sid: String, state: Finished },
+    /// It was the reply an execution waited for.
+    Resumed { sid: String, state: Finished },
+    /// The contact's execution is busy (not waiting for a reply); the message was not used.
+    Busy { sid: String },
+}
+
+pub struct Conversations {
+    pub runner: Runner,
+    sink: Arc<dyn MessageSink>,
+    /// Serialises messages of one session on this node; the store's unique key covers nodes.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Messages enter at `incomingMessage`; a flow wired only for Conversations
+/// (`incomingConversationMessage`) gets them there instead.
+pub fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigger {
+    let def = flow.flow.definition();
+    let wired = |event: &str| {
+        flow.flow.state(&def.initial_state).is_some_and(|s| {
+            s.transitions
+                .iter()
+                .any(|t| t.event == event && t.next.as_deref().is_some_and(|n| !n.is_empty()))
+        })
+    };
+    if !wired("incomingMessage") && wired("incomingConversationMessage") {
+        Trigger::IncomingConversationMessage { message }
+    } else {
+        Trigger::IncomingMessage { message }
+    }
+}
+
+pub fn session_key(flow_sid: &str, contact: &str) -> String {
+    format!("contact|{flow_sid}|{contact}")
+}
+
+impl Conversations {
+    pub fn new(runner: Runner, sink: Arc<dyn MessageSink>) -> Conversations {
+        Conversations {
+            runner,
+            sink,
+            locks: Mutex::default(),
+        }
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        if locks.len() > 10_000 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
+    pub async fn inbound(
+        &self,
+        flow: &LoadedFlow,
+        m: InboundMessage,
+    ) -> Result<Delivery, StoreError> {
+        let key = session_key(&flow.sid, &m.from);
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        let mut channel = MessagingChannel {
+            sink: self.sink.clone(),
+        };
+        for _ in 0..2 {
+            if let Some(rec) = self.runner.store.active_for_key(&key).await? {
+                if rec.wait_until.is_none() {
+                    return Ok(Delivery::Busy { sid: rec.sid });
+                }
+                let sid = rec.sid.clone();
+                let (_, state) = self
+                    .runner
+                    .resume(
+                        flow,
+                        rec,
+                        Outcome::Reply { fields: m.fields() },
+                        &mut channel,
+                    )
+                    .await?;
+                return Ok(Delivery::Resumed { sid, state });
+            }
+            let new = NewExecution {
+                init: ExecutionInit {
+                    sid: new_sid("FN"),
+                    flow_sid: flow.sid.clone(),
+                    channel_address: m.to.clone(),
+                    contact_address: m.from.clone(),
+                    data: Value::Object(m.flow_data.clone()),
+                },
+                trigger: message_trigger(flow, m.fields()),
+                contact: m.from.clone(),
+                active_key: Some(key.clone()),
+            };
+            match self.runner.start(flow, new, &mut channel).await {
+                Ok((exec, state)) => {
+                    return Ok(Delivery::Started {
+                        sid: exec.sid,
+                        state,
+                    })
+                }
+                // Another node started one a moment ago: deliver to it instead.
+                Err(StoreError::ActiveExists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::ActiveExists(key))
+    }
+
+    /// Resume every execution whose wait for a reply has expired with `timeout`.
+    pub async fn fire_timeouts(&self) -> Result<Vec<(String, Finished)>, StoreError> {
+        let due = self.runner.store.due_waits(&now_rfc3339()).await?;
+        let mut out = Vec::new();
+        for rec in due {
+            let Some(flow) = self.runner.router.by_sid(&rec.flow_sid) else {
+                tracing::warn!(execution = %rec.sid, flow = %rec.flow_sid, "waiting execution's flow is not loaded");
+                continue;
+            };
+            let key = rec.active_key.clone().unwrap_or_default();
+            let lock = self.lock_for(&key);
+            let _guard = lock.lock().await;
+            // Re-read under the lock: the reply may have arrived meanwhile.
+            let Some(rec) = self.runner.store.execution(&rec.sid).await? else {
+                continue;
+            };
+            if rec.wait_until.is_none() || rec.status != "active" {
+                continue;
+            }
+            let sid = rec.sid.clone();
+            let mut channel = MessagingChannel {
+                sink: self.sink.clone(),
+            };
+            let (_, state) = self
+                .runner
+                .resume(&flow, rec, Outcome::Timeout, &mut channel)
+                .await?;
+            out.push((sid, state));
+        }
+        Ok(out)
+    }
+
+    /// Background task: fire reply timeouts as they fall due (checked every second).
+    pub async fn run_timeouts(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if let Err(e) = self.fire_timeouts().await {
+                tracing::warn!(error = %e, "reply timeouts");
+            }
+        }
+    }
+}

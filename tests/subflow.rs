@@ -1,0 +1,131 @@
+//! run-subflow: a child execution with `trigger.parent`, whose variables come back to the parent.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Map;
+use switchboard::channel::{HttpClient, Runner};
+use switchboard::config::{Config, Route};
+use switchboard::flow::Message;
+use switchboard::messaging::{Conversations, Delivery, InboundMessage, MessageSink, SendFuture};
+use switchboard::routing::{LoadedFlow, Router};
+use switchboard::store::Store;
+
+#[derive(Default)]
+struct Capture(Mutex<Vec<String>>);
+
+impl MessageSink for Capture {
+    fn send<'a>(&'a self, msg: &'a Message) -> SendFuture<'a> {
+        self.0.lock().unwrap().push(msg.body.clone());
+        Box::pin(async { Ok(Map::new()) })
+    }
+}
+
+const CHILD: &str = r#"{"states":[
+  {"name":"Trigger","type":"trigger","properties":{},"transitions":[{"event":"incomingParent","next":"set"}]},
+  {"name":"set","type":"set-variables","properties":{"variables":[{"key":"greeting","value":"Hello {{flow.data.name | upcase}} from {{trigger.parent.FlowSid | slice: 0, 2}}"}]},
+   "transitions":[{"event":"next"}]}],
+  "initial_state":"Trigger","flags":{"allow_concurrent_calls":true}}"#;
+
+fn parent(child_sid: &str) -> String {
+    format!(
+        r#"{{"states":[
+  {{"name":"Trigger","type":"trigger","properties":{{}},"transitions":[{{"event":"incomingMessage","next":"sub"}}]}},
+  {{"name":"sub","type":"run-subflow","properties":{{"flow_sid":"{child_sid}","parameters":[{{"key":"name","value":"{{{{trigger.message.Body}}}}"}}]}},
+   "transitions":[{{"event":"completed","next":"reply"}},{{"event":"failed","next":"oops"}}]}},
+  {{"name":"reply","type":"send-message","properties":{{"body":"{{{{widgets.sub.greeting}}}}"}},"transitions":[{{"event":"sent"}},{{"event":"failed"}}]}},
+  {{"name":"oops","type":"send-message","properties":{{"body":"subflow failed"}},"transitions":[{{"event":"sent"}},{{"event":"failed"}}]}}],
+  "initial_state":"Trigger","flags":{{"allow_concurrent_calls":true}}}}"#
+    )
+}
+
+async fn setup(
+    child_in_router: bool,
+) -> (
+    Conversations,
+    Arc<LoadedFlow>,
+    Arc<Capture>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let child_sid = LoadedFlow::from_json("child", CHILD).unwrap().sid;
+    let child_path = dir.path().join("child.json");
+    let parent_path = dir.path().join("parent.json");
+    std::fs::write(&child_path, CHILD).unwrap();
+    std::fs::write(&parent_path, parent(&child_sid)).unwrap();
+    let mut cfg = Config {
+        flow: Some(parent_path),
+        ..Config::default()
+    };
+    if child_in_router {
+        cfg.routes.push(Route {
+            number: "+15550000001".into(),
+            flow: child_path,
+        });
+    }
+    let router = Arc::new(Router::from_config(&cfg).unwrap());
+    let store = Store::open(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db").display()
+    ))
+    .await
+    .unwrap();
+    let capture = Arc::new(Capture::default());
+    let flow = router.route("+15550199999");
+    let runner = Runner {
+        store,
+        http: HttpClient::new(None),
+        router,
+    };
+    (
+        Conversations::new(runner, capture.clone()),
+        flow,
+        capture,
+        dir,
+    )
+}
+
+fn msg(body: &str) -> InboundMessage {
+    InboundMessage {
+        from: "+15550100000".into(),
+        to: "+15550199999".into(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn subflow_returns_its_variables() {
+    let (conv, flow, capture, _dir) = setup(true).await;
+    let d = conv.inbound(&flow, msg("ada")).await.unwrap();
+    assert!(matches!(d, Delivery::Started { .. }), "{d:?}");
+    assert_eq!(*capture.0.lock().unwrap(), ["Hello ADA from FW"]);
+    // Parent and child are both stored, the child as its own execution.
+    let parent = conv
+        .runner
+        .store
+        .executions_for_flow(&flow.sid)
+        .await
+        .unwrap();
+    assert_eq!(parent.len(), 1);
+    assert_eq!(parent[0].status, "ended");
+}
+
+#[tokio::test]
+async fn missing_subflow_takes_failed() {
+    let (conv, flow, capture, _dir) = setup(false).await;
+    conv.inbound(&flow, msg("ada")).await.unwrap();
+    assert_eq!(*capture.0.lock().unwrap(), ["subflow failed"]);
+    let exec = &conv
+        .runner
+        .store
+        .executions_for_flow(&flow.sid)
+        .await
+        .unwrap()[0];
+    let steps = conv.runner.store.steps(&exec.sid).await.unwrap();
+    let sub = steps.iter().find(|s| s.name == "sub").unwrap();
+    assert_eq!(sub.event, "failed");
+    assert!(
+        sub.error.as_deref().unwrap_or("").contains("not loaded"),
+        "{sub:?}"
+    );
+}
