@@ -4,8 +4,10 @@ pub mod clip;
 pub mod codec;
 pub mod dtmf;
 pub mod engine;
+pub mod goertzel;
 pub mod resample;
 pub mod rtp;
+pub mod tones;
 pub mod tts;
 
 pub use clip::Clip;
