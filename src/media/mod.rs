@@ -4,6 +4,7 @@ pub mod clip;
 pub mod codec;
 pub mod dtmf;
 pub mod engine;
+pub mod g722;
 pub mod goertzel;
 pub mod resample;
 pub mod rtp;
