@@ -6,6 +6,7 @@ pub mod dtmf;
 pub mod engine;
 pub mod g722;
 pub mod goertzel;
+pub mod jitter;
 pub mod resample;
 pub mod rtp;
 pub mod tones;
