@@ -11,6 +11,7 @@ pub mod resample;
 pub mod rtp;
 pub mod tones;
 pub mod tts;
+pub mod vad;
 
 pub use clip::Clip;
 pub use codec::Codec;
