@@ -7,6 +7,7 @@ pub mod engine;
 pub mod g722;
 pub mod goertzel;
 pub mod jitter;
+pub mod player;
 pub mod resample;
 pub mod rtp;
 pub mod tones;
