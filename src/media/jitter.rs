@@ -104,8 +104,9 @@ impl JitterBuffer {
     /// `depth_frames` is clamped to 1..=128.
     pub fn new(depth_frames: usize) -> Self {
         let depth = depth_frames.clamp(1, MAX_DEPTH);
-        // Room for reordering beyond the playout depth before packets are pushed out.
-        let capacity = (depth * 2).max(depth + 8);
+        // Room for reordering beyond the playout depth before packets are pushed out. A power
+        // of two divides 65536, so `seq % capacity` stays collision-free across the wrap.
+        let capacity = (depth * 2).max(depth + 8).next_power_of_two();
         JitterBuffer {
             depth,
             slots: vec![EMPTY_SLOT; capacity].into_boxed_slice(),
@@ -381,6 +382,19 @@ mod tests {
             vec![Some(253), Some(254), Some(255), Some(0), Some(1), Some(2)]
         );
         assert_eq!(jb.stats().late + jb.stats().lost, 0);
+
+        // A full window straddling the wrap, reordered, with a depth whose natural slot count
+        // (2 × depth) does not divide 65536.
+        let mut jb = JitterBuffer::new(11);
+        let seqs: Vec<u16> = (0..22u16).map(|i| 65530u16.wrapping_add(i)).collect();
+        let mut shuffled = seqs.clone();
+        shuffled.reverse();
+        for &s in &shuffled {
+            assert_eq!(jb.push(s, 0, &[s as u8]), PushResult::Accepted, "seq {s}");
+        }
+        let got: Vec<u8> = drain(&mut jb).into_iter().flatten().collect();
+        let want: Vec<u8> = seqs.iter().map(|&s| s as u8).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -427,18 +441,27 @@ mod tests {
         let mut jb = JitterBuffer::new(2);
         assert_eq!(jb.push(1, 0, &[0; MAX_FRAME + 1]), PushResult::TooLarge);
         assert_eq!(jb.stats().too_large, 1);
-        // Capacity is 10 slots for depth 2: seq 20 pushes the window past 1..=10.
-        push_all(&mut jb, &[1, 2, 20]);
+        // Capacity is 16 slots for depth 2: seq 30 pushes the window past 1..=14.
+        push_all(&mut jb, &[1, 2, 30]);
         assert_eq!(jb.stats().overrun, 2);
-        assert_eq!(jb.stats().lost, 8);
+        assert_eq!(jb.stats().lost, 12);
         let got = drain(&mut jb);
-        assert_eq!(got.len(), 10);
-        assert_eq!(got.last(), Some(&Some(20)));
+        assert_eq!(got.len(), 16);
+        assert_eq!(got.last(), Some(&Some(30)));
         // A small output buffer gets a truncated frame, not a panic.
-        push_all(&mut jb, &[21, 22]);
+        push_all(&mut jb, &[31, 32]);
         let mut tiny = [0u8; 3];
         assert_eq!(jb.pop(&mut tiny), PopResult::Frame(3));
-        assert_eq!(jb.push(23, 0, &[]), PushResult::Accepted);
+        assert_eq!(jb.push(33, 0, &[]), PushResult::Accepted);
+    }
+
+    #[test]
+    fn capacity_divides_the_sequence_space() {
+        for depth in 0..=200 {
+            let jb = JitterBuffer::new(depth);
+            assert_eq!(65536 % jb.slots.len(), 0, "depth {depth}");
+            assert!(jb.slots.len() >= jb.depth() + 8);
+        }
     }
 
     #[test]
@@ -447,7 +470,7 @@ mod tests {
         for depth in [0, 1, 3, 50, 1000] {
             let mut jb = JitterBuffer::new(depth);
             let mut buf = [0u8; 100];
-            let mut seq: u16 = rng.random();
+            let mut seq: u16 = 65_400; // start near the wrap
             for _ in 0..5000 {
                 match rng.random_range(0..10) {
                     0 => seq = rng.random(),
@@ -460,6 +483,8 @@ mod tests {
                     jb.pop(&mut buf);
                 }
                 assert!(jb.len() <= jb.slots.len());
+                let full = jb.slots.iter().filter(|s| s.full).count();
+                assert_eq!(full, jb.len(), "buffered count matches occupied slots");
             }
         }
     }
