@@ -54,10 +54,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         acl,
     };
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
+    let account_sid = "AC00000000000000000000000000000000".to_string();
+    let http = crate::channel::HttpClient::new(None);
     let svc = Arc::new(CallServices {
         sip: ep.handle.clone(),
         media,
-        tts,
+        prompts: Arc::new(crate::call::prompts::Prompts::new(
+            tts,
+            http.client().clone(),
+            &cfg.data_dir,
+        )),
+        recordings: crate::call::recordings::Recordings {
+            dir: cfg.data_dir.join("recordings"),
+            public_url: format!("http://{}", cfg.http.bind),
+            account_sid: account_sid.clone(),
+        },
         runner: crate::channel::Runner {
             store,
             http: crate::channel::HttpClient::new(None),
@@ -67,7 +78,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
-        account_sid: "AC00000000000000000000000000000000".to_string(),
+        account_sid,
     });
     tokio::spawn(dispatch(svc, ep.events));
 

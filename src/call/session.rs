@@ -17,12 +17,13 @@ use crate::sip::sdp::{self, Negotiated};
 use crate::sip::{Command, Event, IncomingInvite, SipHandle};
 use crate::store::new_sid;
 
-const CODECS: &[Codec] = &[Codec::Pcmu, Codec::Pcma];
+const CODECS: &[Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::G722];
 
 pub struct CallServices {
     pub sip: SipHandle,
     pub media: Arc<MediaEngine>,
-    pub tts: Arc<crate::media::tts::Tts>,
+    pub prompts: Arc<super::prompts::Prompts>,
+    pub recordings: super::recordings::Recordings,
     pub runner: Runner,
     pub router: Arc<Router>,
     pub registry: Arc<Registry>,
@@ -184,8 +185,10 @@ async fn run_call(
     let mut voice = VoiceChannel {
         media: &mut media,
         signals: &mut signals,
-        tts: &svc.tts,
+        prompts: &svc.prompts,
+        recordings: &svc.recordings,
         call_id: &call_id,
+        call_sid: &call_sid,
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

@@ -1,76 +1,285 @@
 //! The voice channel: performs the flow's voice effects on a call's media session and reports
-//! the outcome. It knows prompts and media, not widgets.
+//! the outcome. It knows prompts, DTMF and recordings, not widgets.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::prompts::Prompts;
+use super::recordings::Recordings;
 use super::registry::CallSignal;
 use crate::channel::Medium;
-use crate::flow::{Effect, Outcome, Prompt};
-use crate::media::tts::Tts;
-use crate::media::{MediaEvent, MediaSession};
+use crate::flow::{Effect, Gather, Outcome, Prompt, Record};
+use crate::media::engine::MediaEvent;
+use crate::media::vad::Vad;
+use crate::media::{tones, Clip, MediaSession};
 
 /// Studio's `loop: 0` means "until the caller hangs up"; Twilio caps it at 1,000 repetitions.
 const LOOP_FOREVER: u32 = 1000;
+const BEEP_HZ: f64 = 1000.0;
+const BEEP_MS: u32 = 400;
 
 pub struct VoiceChannel<'a> {
     pub media: &'a mut MediaSession,
     pub signals: &'a mut mpsc::UnboundedReceiver<CallSignal>,
-    pub tts: &'a Arc<Tts>,
+    pub prompts: &'a Prompts,
+    pub recordings: &'a Recordings,
     pub call_id: &'a str,
+    pub call_sid: &'a str,
     pub hung_up: bool,
 }
 
+/// Something that happened on the call while we waited.
+enum Happening {
+    Played(u64),
+    Digit(char),
+    HungUp,
+    Audio(Vec<i16>),
+    Deadline,
+}
+
 impl VoiceChannel<'_> {
-    /// say-play: speak or play the prompt `loop` times, then `AudioComplete`.
-    pub async fn say_play(&mut self, p: &Prompt) -> Outcome {
+    /// Wait for the next thing on the call, or `deadline`.
+    async fn next(
+        &mut self,
+        deadline: Option<Instant>,
+        tap: Option<&mut mpsc::UnboundedReceiver<Vec<i16>>>,
+    ) -> Happening {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let audio = async {
+            match tap {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = self.media.events.recv() => match ev {
+                Some(MediaEvent::PlayoutDone { id }) => Happening::Played(id),
+                Some(MediaEvent::Dtmf { digit, source }) => {
+                    tracing::info!(call_id = %self.call_id, %digit, ?source, "DTMF");
+                    Happening::Digit(digit)
+                }
+                None => Happening::HungUp,
+            },
+            sig = self.signals.recv() => match sig {
+                Some(CallSignal::Dtmf(d)) => Happening::Digit(d),
+                Some(CallSignal::Hangup) | None => Happening::HungUp,
+            },
+            Some(frame) = audio => Happening::Audio(frame),
+            _ = sleep => Happening::Deadline,
+        }
+    }
+
+    fn hangup(&mut self) -> Outcome {
+        self.hung_up = true;
+        self.media.stop_playout();
+        Outcome::Hangup
+    }
+
+    /// Queue a prompt (its say/play clips, `loop` times, then its digits); returns the id of
+    /// the last queued item, or None when there is nothing to play.
+    async fn queue_prompt(&mut self, p: &Prompt) -> Option<u64> {
         let loops = if p.loop_count == 0 {
             LOOP_FOREVER
         } else {
             p.loop_count
         };
-        let audio = match (&p.say, &p.play) {
-            (Some(text), _) if !text.trim().is_empty() => {
-                let voice = p.voice.as_deref().unwrap_or("alice");
-                let language = p.language.as_deref().unwrap_or("en-US");
-                match self.tts.say(text, voice, language).await {
-                    Ok(clip) => Some(clip.encoded(self.media.codec())),
-                    Err(e) => {
-                        tracing::error!(call_id = %self.call_id, error = %e, "say failed");
+        let mut clip: Option<Arc<Clip>> = None;
+        if let Some(text) = p.say.as_deref().filter(|t| !t.trim().is_empty()) {
+            let voice = p.voice.as_deref().unwrap_or("alice");
+            let language = p.language.as_deref().unwrap_or("en-US");
+            match self.prompts.say(text, voice, language).await {
+                Ok(c) => clip = Some(c),
+                Err(e) => tracing::error!(call_id = %self.call_id, error = %e, "say failed"),
+            }
+        } else if let Some(url) = p.play.as_deref().filter(|t| !t.trim().is_empty()) {
+            match self.prompts.play(url).await {
+                Ok(c) => clip = Some(c),
+                Err(e) => tracing::error!(call_id = %self.call_id, error = %e, "play failed"),
+            }
+        }
+        let codec = self.media.codec();
+        let mut last = clip.map(|c| self.media.play(c.encoded(codec), loops));
+        if let Some(digits) = p.digits.as_deref().filter(|d| !d.trim().is_empty()) {
+            last = Some(if self.media.can_send_events() {
+                self.media.send_digits(digits)
+            } else {
+                // No telephone-event: send the tones in-band.
+                let mut pcm = Vec::new();
+                for d in digits.chars() {
+                    match d {
+                        'w' => pcm.extend(tones::silence(500, 8000)),
+                        'W' => pcm.extend(tones::silence(1000, 8000)),
+                        d => {
+                            pcm.extend(tones::dtmf_tone(d, 8000, 100, -10.0).unwrap_or_default());
+                            pcm.extend(tones::silence(60, 8000));
+                        }
+                    }
+                }
+                self.media.play(Clip::from_pcm(pcm).encoded(codec), 1)
+            });
+        }
+        last
+    }
+
+    /// say-play: speak or play the prompt `loop` times (and send its digits), then `AudioComplete`.
+    pub async fn say_play(&mut self, p: &Prompt) -> Outcome {
+        let Some(last) = self.queue_prompt(p).await else {
+            return Outcome::AudioComplete;
+        };
+        loop {
+            match self.next(None, None).await {
+                Happening::Played(id) if id == last => return Outcome::AudioComplete,
+                Happening::HungUp => return self.hangup(),
+                _ => {}
+            }
+        }
+    }
+
+    /// gather-input-on-call: prompt, then collect digits until `number_of_digits`, the finish
+    /// key, or `timeout` seconds without input (measured from the end of the prompt).
+    pub async fn gather(&mut self, g: &Gather) -> Outcome {
+        let timeout = Duration::from_secs(g.timeout_secs.clamp(1, 600) as u64);
+        let mut prompt = self.queue_prompt(&g.prompt).await;
+        let mut deadline = prompt.is_none().then(|| Instant::now() + timeout);
+        let mut digits = String::new();
+        if !g.input.dtmf && g.input.speech {
+            tracing::warn!(call_id = %self.call_id, "speech input requested but no speech recogniser is configured; the gather will time out");
+        }
+        loop {
+            match self.next(deadline, None).await {
+                Happening::Played(id) if Some(id) == prompt => {
+                    prompt = None;
+                    deadline = Some(Instant::now() + timeout);
+                }
+                Happening::Digit(d) if g.input.dtmf => {
+                    if prompt.is_some() && g.stop_gather {
+                        self.media.stop_playout(); // barge-in
+                        prompt = None;
+                    }
+                    if g.finish_on_key.contains(d) {
+                        return self.end_gather(digits);
+                    }
+                    digits.push(d);
+                    if g.number_of_digits
+                        .is_some_and(|n| n > 0 && digits.len() >= n as usize)
+                    {
+                        return self.end_gather(digits);
+                    }
+                    if prompt.is_none() {
+                        deadline = Some(Instant::now() + timeout);
+                    }
+                }
+                Happening::Deadline => return self.end_gather(digits),
+                Happening::HungUp => return self.hangup(),
+                _ => {}
+            }
+        }
+    }
+
+    fn end_gather(&mut self, digits: String) -> Outcome {
+        self.media.stop_playout();
+        // No digits is Studio's `timeout`; the engine maps empty Digits to it.
+        Outcome::Digits { digits }
+    }
+
+    /// record-voicemail: beep, then record the caller until silence, the finish key,
+    /// `max_length` or hang-up.
+    pub async fn record(&mut self, r: &Record) -> Outcome {
+        if r.play_beep {
+            let beep = Clip::from_pcm(tones::beep(BEEP_HZ, BEEP_MS, 8000));
+            let id = self.media.play(beep.encoded(self.media.codec()), 1);
+            loop {
+                match self.next(None, None).await {
+                    Happening::Played(done) if done == id => break,
+                    Happening::HungUp => return self.hangup(),
+                    _ => {}
+                }
+            }
+        }
+        let mut tap = self.media.tap();
+        let mut rec = match self.recordings.start(tap.sample_rate) {
+            Ok(r) => r,
+            Err(e) => {
+                self.media.untap();
+                return Outcome::Failed {
+                    error: e.to_string(),
+                };
+            }
+        };
+        let mut vad = Vad::new(tap.sample_rate);
+        let frame_len = vad.frame_len();
+        let mut pending: Vec<i16> = Vec::with_capacity(frame_len * 2);
+        let silence = Duration::from_secs(r.timeout_secs.clamp(1, 3600) as u64);
+        let end_by =
+            Instant::now() + Duration::from_secs(r.max_length_secs.clamp(1, 14_400) as u64);
+        let mut last_voice = Instant::now();
+        let mut heard = false;
+        let mut hung_up = false;
+        loop {
+            let deadline = end_by.min(last_voice + silence);
+            match self.next(Some(deadline), Some(&mut tap.frames)).await {
+                Happening::Audio(pcm) => {
+                    if let Err(e) = rec.write(&pcm) {
+                        self.media.untap();
                         return Outcome::Failed {
                             error: e.to_string(),
                         };
                     }
+                    pending.extend_from_slice(&pcm);
+                    while pending.len() >= frame_len {
+                        if vad.is_speech(&pending[..frame_len]) {
+                            heard = true;
+                            last_voice = Instant::now();
+                        }
+                        pending.drain(..frame_len);
+                    }
+                }
+                Happening::Digit(d) if r.finish_on_key.contains(d) => break,
+                Happening::HungUp => {
+                    hung_up = true;
+                    self.hung_up = true;
+                    break;
+                }
+                Happening::Deadline => break,
+                _ => {}
+            }
+        }
+        self.media.untap();
+        // Frames still in flight when we stopped belong to the recording too.
+        while let Ok(pcm) = tap.frames.try_recv() {
+            let _ = rec.write(&pcm);
+        }
+        if !heard {
+            self.recordings.discard(rec);
+            return if hung_up {
+                Outcome::Hangup
+            } else {
+                Outcome::NoAudio
+            };
+        }
+        let seconds = rec.seconds();
+        match self.recordings.finish(rec, r.trim_silence, self.call_sid) {
+            Ok(saved) => {
+                tracing::info!(call_id = %self.call_id, recording = %saved.sid, seconds, "recording saved");
+                Outcome::Recording {
+                    url: saved.url,
+                    sid: saved.sid,
+                    duration_secs: saved.duration_secs,
+                    transcription: None,
+                    hung_up,
                 }
             }
-            (_, Some(url)) if !url.trim().is_empty() => {
-                return Outcome::Failed {
-                    error: format!("playing audio URLs is not available yet: {url}"),
-                };
-            }
-            _ => None,
-        };
-        let Some(audio) = audio else {
-            return Outcome::AudioComplete;
-        };
-        let id = self.media.play(audio, loops);
-        loop {
-            tokio::select! {
-                ev = self.media.events.recv() => match ev {
-                    Some(MediaEvent::PlayoutDone { id: done }) if done == id => return Outcome::AudioComplete,
-                    Some(_) => {}
-                    None => return Outcome::Hangup,
-                },
-                sig = self.signals.recv() => match sig {
-                    Some(CallSignal::Hangup) | None => {
-                        self.hung_up = true;
-                        self.media.stop_playout();
-                        return Outcome::Hangup;
-                    }
-                    Some(CallSignal::Dtmf(_)) => {}
-                },
-            }
+            Err(e) => Outcome::Failed {
+                error: e.to_string(),
+            },
         }
     }
 }
@@ -82,6 +291,8 @@ impl Medium for VoiceChannel<'_> {
         }
         match effect {
             Effect::SayPlay(p) => Some(self.say_play(p).await),
+            Effect::Gather(g) => Some(self.gather(g).await),
+            Effect::Record(r) => Some(self.record(r).await),
             _ => None,
         }
     }

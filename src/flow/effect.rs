@@ -186,6 +186,9 @@ pub enum Outcome {
         sid: String,
         duration_secs: u32,
         transcription: Option<String>,
+        /// The caller hung up while recording: the recording is kept and published, and the
+        /// widget takes `hangup` instead of `recordingComplete`.
+        hung_up: bool,
     },
     NoAudio,
     Hangup,

@@ -13,6 +13,7 @@ pub struct Clip {
     pcm: Arc<[i16]>,
     pcmu: OnceLock<Arc<[u8]>>,
     pcma: OnceLock<Arc<[u8]>>,
+    g722: OnceLock<Arc<[u8]>>,
 }
 
 impl Clip {
@@ -21,6 +22,7 @@ impl Clip {
             pcm: pcm.into(),
             pcmu: OnceLock::new(),
             pcma: OnceLock::new(),
+            g722: OnceLock::new(),
         })
     }
 
@@ -36,6 +38,7 @@ impl Clip {
         let cell = match codec {
             Codec::Pcmu => &self.pcmu,
             Codec::Pcma => &self.pcma,
+            Codec::G722 => &self.g722,
         };
         cell.get_or_init(|| {
             let mut out = Vec::with_capacity(self.pcm.len());

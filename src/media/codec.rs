@@ -1,10 +1,17 @@
 //! Audio codecs carried over RTP. G.711 is table-free bit arithmetic (ITU-T G.711), so encoding
 //! a prompt once per codec is cheap and the per-packet hot path only copies encoded bytes.
+//! G.722 (wideband, 16 kHz audio) keeps state, so inbound streams own a [`Decoder`].
+
+use std::sync::OnceLock;
+
+use super::g722::{G722Decoder, G722Encoder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
     Pcmu,
     Pcma,
+    /// G.722 at 64 kbit/s: 16 kHz audio, but an 8 kHz RTP clock (RFC 3551 §4.5.2).
+    G722,
 }
 
 impl Codec {
@@ -12,6 +19,7 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
         }
     }
 
@@ -21,34 +29,68 @@ impl Codec {
 
     /// Samples of audio per second (what the decoder yields).
     pub fn sample_rate(self) -> u32 {
-        8000
+        match self {
+            Codec::G722 => 16000,
+            _ => 8000,
+        }
     }
 
     pub fn matches(self, name: &str, rate: u32) -> bool {
         name.eq_ignore_ascii_case(self.rtpmap_name()) && rate == self.rtp_clock_rate()
     }
 
-    /// The encoded byte that decodes to digital silence.
-    pub fn silence_byte(self) -> u8 {
+    /// Encoded bytes of digital silence, at least 60 ms of them (every codec here sends one
+    /// byte per RTP clock tick, so a frame of N clock ticks is the first N bytes).
+    pub fn silence(self) -> &'static [u8] {
+        static PCMU: [u8; 480] = [0xFF; 480];
+        static PCMA: [u8; 480] = [0xD5; 480];
+        static G722: OnceLock<Vec<u8>> = OnceLock::new();
         match self {
-            Codec::Pcmu => 0xFF,
-            Codec::Pcma => 0xD5,
+            Codec::Pcmu => &PCMU,
+            Codec::Pcma => &PCMA,
+            Codec::G722 => G722.get_or_init(|| {
+                // Encode long enough for the encoder to settle, keep the settled tail.
+                let mut out = Vec::new();
+                G722Encoder::new().encode(&[0i16; 3840], &mut out);
+                out.split_off(out.len() - 480)
+            }),
         }
     }
 
-    pub fn encode(self, pcm: &[i16], out: &mut Vec<u8>) {
-        out.reserve(pcm.len());
+    /// Encode 8 kHz PCM (the rate prompts are kept at) for this codec.
+    pub fn encode(self, pcm8k: &[i16], out: &mut Vec<u8>) {
+        out.reserve(pcm8k.len());
         match self {
-            Codec::Pcmu => out.extend(pcm.iter().map(|&s| linear_to_ulaw(s))),
-            Codec::Pcma => out.extend(pcm.iter().map(|&s| linear_to_alaw(s))),
+            Codec::Pcmu => out.extend(pcm8k.iter().map(|&s| linear_to_ulaw(s))),
+            Codec::Pcma => out.extend(pcm8k.iter().map(|&s| linear_to_alaw(s))),
+            Codec::G722 => {
+                let wide = super::resample::resample(pcm8k, 8000, 16000);
+                G722Encoder::new().encode(&wide, out);
+            }
+        }
+    }
+}
+
+/// Per-stream decoder (G.722 is stateful; G.711 is not).
+pub enum Decoder {
+    G711(Codec),
+    G722(Box<G722Decoder>),
+}
+
+impl Decoder {
+    pub fn new(codec: Codec) -> Decoder {
+        match codec {
+            Codec::G722 => Decoder::G722(Box::default()),
+            other => Decoder::G711(other),
         }
     }
 
-    pub fn decode(self, payload: &[u8], out: &mut Vec<i16>) {
-        out.reserve(payload.len());
+    /// Decode one payload, appending PCM at the codec's sample rate.
+    pub fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
         match self {
-            Codec::Pcmu => out.extend(payload.iter().map(|&b| ulaw_to_linear(b))),
-            Codec::Pcma => out.extend(payload.iter().map(|&b| alaw_to_linear(b))),
+            Decoder::G711(Codec::Pcma) => out.extend(payload.iter().map(|&b| alaw_to_linear(b))),
+            Decoder::G711(_) => out.extend(payload.iter().map(|&b| ulaw_to_linear(b))),
+            Decoder::G722(d) => d.decode(payload, out),
         }
     }
 }
@@ -135,7 +177,7 @@ mod tests {
         let m = (s as i32).abs();
         match codec {
             Codec::Pcmu => ((m + ULAW_BIAS) >> 4).max(2) + 2,
-            Codec::Pcma => (m >> 4).max(16) + 2,
+            Codec::Pcma | Codec::G722 => (m >> 4).max(16) + 2,
         }
     }
 
@@ -146,7 +188,7 @@ mod tests {
                 let mut enc = Vec::new();
                 codec.encode(&[s], &mut enc);
                 let mut dec = Vec::new();
-                codec.decode(&enc, &mut dec);
+                Decoder::new(codec).decode(&enc, &mut dec);
                 let err = (dec[0] as i32 - s as i32).abs();
                 let clip = if codec == Codec::Pcmu {
                     32767 - ULAW_CLIP + 200
@@ -160,6 +202,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn g722_prompts_encode_to_one_byte_per_clock_tick_and_decode_at_16k() {
+        let tone: Vec<i16> = (0..8000)
+            .map(|i| ((i as f64 * 0.785).sin() * 8000.0) as i16)
+            .collect();
+        let mut enc = Vec::new();
+        Codec::G722.encode(&tone, &mut enc);
+        assert_eq!(enc.len(), 8000, "64 kbit/s: 8000 bytes per second");
+        let mut pcm = Vec::new();
+        Decoder::new(Codec::G722).decode(&enc, &mut pcm);
+        assert_eq!(pcm.len(), 16000);
+        let rms = (pcm[2000..14000]
+            .iter()
+            .map(|&s| (s as f64).powi(2))
+            .sum::<f64>()
+            / 12000.0)
+            .sqrt();
+        assert!(rms > 3000.0, "tone survives: {rms}");
+        let mut quiet = Vec::new();
+        Decoder::new(Codec::G722).decode(&Codec::G722.silence()[..160], &mut quiet);
+        assert!(quiet.iter().all(|s| s.abs() < 64), "{quiet:?}");
     }
 
     #[test]

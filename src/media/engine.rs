@@ -1,6 +1,11 @@
 //! The media engine: RTP sockets from a port range, and a few pacing workers (OS threads) that
 //! each clock all of their calls' outbound streams from one timer. A late tick advances the
 //! stream by timestamp and sends only the frame that is due now: audio is never burst.
+//!
+//! Inbound, each call has one small task that latches the caller's address (symmetric RTP),
+//! reports DTMF (RFC 4733 events, or in-band tones when telephone-event was not negotiated) and,
+//! only while something listens (recording, voice detection), decodes audio in sequence order
+//! through a jitter buffer and hands it to the call.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -11,14 +16,20 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::codec::Codec;
+use super::codec::{Codec, Decoder};
 use super::dtmf::Rfc4733Receiver;
+use super::goertzel::InbandDtmf;
+use super::jitter::{JitterBuffer, PopResult};
 use super::rtp::{self, RtpSender, HEADER_LEN};
+use super::tones::Rfc4733Sender;
 
 /// Worker clock granularity. Every allowed ptime (10–60 ms) is a multiple of it, so packets
 /// leave exactly on their due tick.
 const TICK: Duration = Duration::from_millis(10);
-const MAX_FRAME: usize = 480; // 60 ms at 8 kHz, one byte per sample
+const MAX_FRAME: usize = 480; // 60 ms at 8 kHz RTP clock, one byte per tick for all our codecs
+/// Length of each DTMF digit we send, and the pause after it.
+const DIGIT_MS: u32 = 100;
+const DIGIT_GAP_MS: u32 = 60;
 
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
@@ -36,6 +47,12 @@ pub enum MediaError {
     Io(#[from] std::io::Error),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfSource {
+    Rfc4733,
+    Inband,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MediaEvent {
     /// A playout item finished (or was stopped).
@@ -44,6 +61,7 @@ pub enum MediaEvent {
     },
     Dtmf {
         digit: char,
+        source: DtmfSource,
     },
 }
 
@@ -57,11 +75,37 @@ pub struct StreamParams {
     pub ptime_ms: u32,
 }
 
+enum Item {
+    Audio {
+        audio: Arc<[u8]>,
+        loops_left: u32,
+        pos: usize,
+    },
+    /// DTMF digits to send as RFC 4733 events; `w`/`W` pause 0.5 s / 1 s (Twilio's syntax).
+    Digits {
+        digits: VecDeque<char>,
+        current: Option<(Rfc4733Sender, u32)>,
+        pause_frames: u32,
+    },
+}
+
 struct PlayItem {
     id: u64,
-    audio: Arc<[u8]>,
-    loops_left: u32,
-    pos: usize,
+    item: Item,
+}
+
+/// Decoded inbound audio for whoever listens (the recorder, voice detection).
+pub struct Tap {
+    pub frames: mpsc::UnboundedReceiver<Vec<i16>>,
+    pub sample_rate: u32,
+}
+
+struct Inbound {
+    decoder: Decoder,
+    inband: Option<InbandDtmf>,
+    jitter: JitterBuffer,
+    tap: Option<mpsc::UnboundedSender<Vec<i16>>>,
+    pcm: Vec<i16>,
 }
 
 struct StreamState {
@@ -74,6 +118,7 @@ struct StreamState {
     next_due: Option<Instant>,
     dtmf: Rfc4733Receiver,
     telephone_event: Option<u8>,
+    inbound: Inbound,
     packets_sent: u64,
     packets_received: u64,
 }
@@ -83,6 +128,16 @@ struct Stream {
     state: Mutex<StreamState>,
     closed: AtomicBool,
     events: mpsc::UnboundedSender<MediaEvent>,
+}
+
+/// What the next frame carries.
+enum Frame {
+    Audio,
+    Event {
+        payload: [u8; 4],
+        marker: bool,
+        timestamp: u32,
+    },
 }
 
 impl Stream {
@@ -103,9 +158,20 @@ impl Stream {
         }
         let frame = st.frame;
         let mut payload = [0u8; MAX_FRAME];
-        self.fill(&mut st, Some(&mut payload[..frame]));
-        let pt = st.rtp.payload_type;
-        let n = st.rtp.write(buf, &payload[..frame], pt, false);
+        let n = match self.fill(&mut st, Some(&mut payload[..frame])) {
+            Frame::Audio => {
+                let pt = st.rtp.payload_type;
+                st.rtp.write(buf, &payload[..frame], pt, false)
+            }
+            Frame::Event {
+                payload: ev,
+                marker,
+                timestamp,
+            } => {
+                let pt = st.telephone_event.unwrap_or(101);
+                st.rtp.write_at(buf, &ev, pt, marker, timestamp)
+            }
+        };
         st.rtp.advance(frame as u32);
         st.next_due = Some(due + frame_dur * (behind + 1));
         st.packets_sent += 1;
@@ -115,35 +181,93 @@ impl Stream {
         let _ = self.socket.try_send_to(&buf[..n], remote);
     }
 
-    /// Take the next frame of audio (or silence) from the play queue; `out` None skips it.
-    fn fill(&self, st: &mut StreamState, mut out: Option<&mut [u8]>) {
-        let silence = st.codec.silence_byte();
+    /// Take the next frame from the play queue (audio, silence or a DTMF event packet);
+    /// `out` None skips it.
+    fn fill(&self, st: &mut StreamState, mut out: Option<&mut [u8]>) -> Frame {
         let frame = st.frame;
         let mut written = 0;
         while written < frame {
-            let Some(item) = st.queue.front_mut() else {
+            let ts_now = st.rtp.timestamp();
+            let ptime_ms = (frame / 8) as u32;
+            let Some(front) = st.queue.front_mut() else {
                 break;
             };
-            let take = (item.audio.len() - item.pos).min(frame - written);
-            if let Some(o) = out.as_deref_mut() {
-                o[written..written + take].copy_from_slice(&item.audio[item.pos..item.pos + take]);
-            }
-            item.pos += take;
-            written += take;
-            if item.pos >= item.audio.len() {
-                if item.loops_left > 1 {
-                    item.loops_left -= 1;
-                    item.pos = 0;
-                } else {
-                    let id = item.id;
-                    st.queue.pop_front();
-                    let _ = self.events.send(MediaEvent::PlayoutDone { id });
+            let id = front.id;
+            match &mut front.item {
+                Item::Audio {
+                    audio,
+                    loops_left,
+                    pos,
+                } => {
+                    let take = (audio.len() - *pos).min(frame - written);
+                    if let Some(o) = out.as_deref_mut() {
+                        o[written..written + take].copy_from_slice(&audio[*pos..*pos + take]);
+                    }
+                    *pos += take;
+                    written += take;
+                    if *pos >= audio.len() {
+                        if *loops_left > 1 {
+                            *loops_left -= 1;
+                            *pos = 0;
+                        } else {
+                            st.queue.pop_front();
+                            let _ = self.events.send(MediaEvent::PlayoutDone { id });
+                        }
+                    }
                 }
+                Item::Digits {
+                    digits,
+                    current,
+                    pause_frames,
+                } if written == 0 => {
+                    if *pause_frames > 0 {
+                        *pause_frames -= 1;
+                        break; // a silent frame
+                    }
+                    if current.is_none() {
+                        match digits.pop_front() {
+                            Some('w') => *pause_frames = 500 / ptime_ms.max(1),
+                            Some('W') => *pause_frames = 1000 / ptime_ms.max(1),
+                            Some(d) => {
+                                *current = Rfc4733Sender::new(d, DIGIT_MS, ptime_ms, 8000)
+                                    .map(|s| (s, ts_now))
+                            }
+                            None => {
+                                st.queue.pop_front();
+                                let _ = self.events.send(MediaEvent::PlayoutDone { id });
+                            }
+                        }
+                        continue;
+                    }
+                    let next = current.as_mut().and_then(|(sender, start)| {
+                        let p = sender.next()?;
+                        let last = p.end && sender.clone().next().is_none();
+                        Some((p, *start, last))
+                    });
+                    match next {
+                        Some((p, start, last)) => {
+                            if last {
+                                *current = None;
+                                *pause_frames = DIGIT_GAP_MS / ptime_ms.max(1);
+                            }
+                            return Frame::Event {
+                                payload: p.payload,
+                                marker: p.marker,
+                                timestamp: start,
+                            };
+                        }
+                        None => *current = None,
+                    }
+                }
+                // DTMF never shares a frame with audio: pad this one with silence.
+                Item::Digits { .. } => break,
             }
         }
         if let Some(o) = out {
-            o[written..].fill(silence);
+            let silence = st.codec.silence();
+            o[written..].copy_from_slice(&silence[written..frame]);
         }
+        Frame::Audio
     }
 }
 
@@ -157,20 +281,44 @@ pub struct MediaSession {
 }
 
 impl MediaSession {
-    /// Queue encoded audio (in the stream's codec) `loops` times; returns the id that its
-    /// `PlayoutDone` will carry.
-    pub fn play(&mut self, audio: Arc<[u8]>, loops: u32) -> u64 {
+    fn enqueue(&mut self, item: Item) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         if let Ok(mut st) = self.stream.state.lock() {
-            st.queue.push_back(PlayItem {
-                id,
-                audio,
-                loops_left: loops.max(1),
-                pos: 0,
-            });
+            st.queue.push_back(PlayItem { id, item });
         }
         id
+    }
+
+    /// Queue encoded audio (in the stream's codec) `loops` times; returns the id that its
+    /// `PlayoutDone` will carry.
+    pub fn play(&mut self, audio: Arc<[u8]>, loops: u32) -> u64 {
+        self.enqueue(Item::Audio {
+            audio,
+            loops_left: loops.max(1),
+            pos: 0,
+        })
+    }
+
+    /// Queue DTMF digits as RFC 4733 events (needs telephone-event; see [`Self::can_send_events`]).
+    pub fn send_digits(&mut self, digits: &str) -> u64 {
+        let digits = digits
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '#'))
+            .collect();
+        self.enqueue(Item::Digits {
+            digits,
+            current: None,
+            pause_frames: 0,
+        })
+    }
+
+    pub fn can_send_events(&self) -> bool {
+        self.stream
+            .state
+            .lock()
+            .map(|s| s.telephone_event.is_some())
+            .unwrap_or(false)
     }
 
     /// Stop everything queued (barge-in); each dropped item reports `PlayoutDone`.
@@ -191,6 +339,27 @@ impl MediaSession {
             .lock()
             .map(|s| s.codec)
             .unwrap_or(Codec::Pcmu)
+    }
+
+    /// Start receiving decoded caller audio (in sequence order) until the tap is dropped.
+    pub fn tap(&self) -> Tap {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut rate = 8000;
+        if let Ok(mut st) = self.stream.state.lock() {
+            rate = st.codec.sample_rate();
+            st.inbound.jitter.reset();
+            st.inbound.tap = Some(tx);
+        }
+        Tap {
+            frames: rx,
+            sample_rate: rate,
+        }
+    }
+
+    pub fn untap(&self) {
+        if let Ok(mut st) = self.stream.state.lock() {
+            st.inbound.tap = None;
+        }
     }
 
     pub fn stats(&self) -> (u64, u64) {
@@ -264,6 +433,11 @@ impl MediaEngine {
         let socket = UdpSocket::from_std(socket)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let frame = (p.ptime_ms.clamp(10, 60) as usize) * 8;
+        // In-band detection only when the caller cannot send RFC 4733 events.
+        let inband = match p.telephone_event {
+            None => InbandDtmf::new(p.codec.sample_rate()).ok(),
+            Some(_) => None,
+        };
         let stream = Arc::new(Stream {
             socket,
             state: Mutex::new(StreamState {
@@ -276,13 +450,20 @@ impl MediaEngine {
                 next_due: None,
                 dtmf: Rfc4733Receiver::default(),
                 telephone_event: p.telephone_event,
+                inbound: Inbound {
+                    decoder: Decoder::new(p.codec),
+                    inband,
+                    jitter: JitterBuffer::new(3),
+                    tap: None,
+                    pcm: Vec::new(),
+                },
                 packets_sent: 0,
                 packets_received: 0,
             }),
             closed: AtomicBool::new(false),
             events: tx,
         });
-        let reader = tokio::spawn(read_loop(stream.clone()));
+        let reader = tokio::spawn(read_loop(stream.clone(), p.payload_type));
         let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         if let Ok(w) = self.workers[i].lock() {
             let _ = w.send(stream.clone());
@@ -297,8 +478,9 @@ impl MediaEngine {
     }
 }
 
-async fn read_loop(stream: Arc<Stream>) {
+async fn read_loop(stream: Arc<Stream>, audio_pt: u8) {
     let mut buf = [0u8; 1500];
+    let mut frame = [0u8; MAX_FRAME];
     loop {
         let (n, from) = match stream.socket.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -307,9 +489,10 @@ async fn read_loop(stream: Arc<Stream>) {
         let Some(pkt) = rtp::parse(&buf[..n]) else {
             continue;
         };
-        let Ok(mut st) = stream.state.lock() else {
+        let Ok(mut guard) = stream.state.lock() else {
             return;
         };
+        let st = &mut *guard;
         st.packets_received += 1;
         // Symmetric RTP: answer to where the caller really sends from (NAT), once it is known.
         if !st.latched {
@@ -318,7 +501,47 @@ async fn read_loop(stream: Arc<Stream>) {
         }
         if Some(pkt.payload_type) == st.telephone_event {
             if let Some(digit) = st.dtmf.on_packet(pkt.timestamp, pkt.payload) {
-                let _ = stream.events.send(MediaEvent::Dtmf { digit });
+                let _ = stream.events.send(MediaEvent::Dtmf {
+                    digit,
+                    source: DtmfSource::Rfc4733,
+                });
+            }
+            continue;
+        }
+        if pkt.payload_type != audio_pt {
+            continue; // comfort noise and anything we did not negotiate
+        }
+        let inb = &mut st.inbound;
+        if let Some(det) = inb.inband.as_mut() {
+            inb.pcm.clear();
+            inb.decoder.decode(pkt.payload, &mut inb.pcm);
+            let events = &stream.events;
+            det.push(&inb.pcm, &mut |digit| {
+                let _ = events.send(MediaEvent::Dtmf {
+                    digit,
+                    source: DtmfSource::Inband,
+                });
+            });
+        }
+        if let Some(tap) = inb.tap.clone() {
+            inb.jitter
+                .push_ssrc(pkt.ssrc, pkt.sequence, pkt.timestamp, pkt.payload);
+            // Release frames once the buffer holds more than its depth (reorder window).
+            while inb.jitter.len() > inb.jitter.depth() {
+                let mut pcm = Vec::with_capacity(frame.len() * 2);
+                match inb.jitter.pop(&mut frame) {
+                    PopResult::Frame(len) => inb.decoder.decode(&frame[..len], &mut pcm),
+                    // A lost frame is concealed with silence of the usual length.
+                    PopResult::Missing => pcm.resize(
+                        pkt.payload.len() * (st.codec.sample_rate() / 8000) as usize,
+                        0,
+                    ),
+                    PopResult::Empty => break,
+                }
+                if tap.send(pcm).is_err() {
+                    inb.tap = None;
+                    break;
+                }
             }
         }
     }

@@ -37,12 +37,26 @@ impl RtpSender {
         payload_type: u8,
         marker: bool,
     ) -> usize {
+        let ts = self.timestamp;
+        self.write_at(out, payload, payload_type, marker, ts)
+    }
+
+    /// As [`write`](Self::write) with an explicit timestamp (RFC 4733 events keep their start
+    /// timestamp on every packet).
+    pub fn write_at(
+        &mut self,
+        out: &mut [u8],
+        payload: &[u8],
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+    ) -> usize {
         let h = Header {
             version: 2,
             marker: marker || self.first,
             payload_type,
             sequence_number: self.seq,
-            timestamp: self.timestamp,
+            timestamp,
             ssrc: self.ssrc,
             ..Default::default()
         };

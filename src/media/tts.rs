@@ -84,6 +84,9 @@ pub struct Tts {
     command: String,
     speed_wpm: u32,
     memory: Mutex<HashMap<String, Arc<Clip>>>,
+    /// One render at a time: many calls asking for the same new prompt start one engine, and
+    /// the rest find it in the cache.
+    render_lock: tokio::sync::Mutex<()>,
 }
 
 impl Tts {
@@ -93,6 +96,7 @@ impl Tts {
             command: command.to_string(),
             speed_wpm,
             memory: Mutex::default(),
+            render_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -142,9 +146,15 @@ impl Tts {
             Err(_) => match seeds::SEEDS.iter().find(|(k, _)| *k == key) {
                 Some((_, bytes)) => Clip::from_wav(bytes)?,
                 None => {
-                    let clip = self.render(text, &ev).await?;
-                    self.store(&path, &clip).await?;
-                    clip
+                    let _one = self.render_lock.lock().await;
+                    match tokio::fs::read(&path).await {
+                        Ok(bytes) => Clip::from_wav(&bytes)?,
+                        Err(_) => {
+                            let clip = self.render(text, &ev).await?;
+                            self.store(&path, &clip).await?;
+                            clip
+                        }
+                    }
                 }
             },
         };

@@ -1,16 +1,17 @@
 //! Voice activity detection for `<Record>` silence timeouts and for trimming recordings.
 //!
 //! Energy-based, per 20 ms frame: a frame is speech when it is clearly louder (10 dB) than the
-//! noise floor and not too quiet in absolute terms. The noise floor is the quietest frame of the
-//! last 1.5 s (minimum statistics): speech has pauses between syllables that pull the minimum
-//! down to the background, while steady noise, however loud, sets the floor to itself. A
+//! noise floor and not too quiet in absolute terms. The noise floor drops at once to any quieter
+//! frame and rises only 2.5 dB/s: pauses between syllables pull it down to the background, a
+//! long stretch of continuous speech does not become "background" within seconds, and steady
+//! noise, however loud, sets the floor to itself from its first frame. A
 //! hangover keeps the decision on for 300 ms after the last loud frame so word endings and short
 //! stops do not count as silence.
 
-/// Frame energies remembered for the noise floor: 1.5 s of 20 ms frames.
-const HISTORY: usize = 75;
 /// How far above the floor a frame must be to count as speech.
 const THRESHOLD_DB: f32 = 10.0;
+/// 0.05 dB per 20 ms frame: 2.5 dB/s.
+const FLOOR_RISE_DB: f32 = 0.05;
 /// Quieter frames are never speech (about -50 dBFS mean square).
 const ABSOLUTE_MIN_DB: f32 = -50.0;
 /// Frames kept "speech" after the last loud one (300 ms).
@@ -21,9 +22,9 @@ const TRIM_MARGIN_MS: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Vad {
     frame_len: usize,
-    history: [f32; HISTORY],
-    filled: usize,
-    pos: usize,
+    /// Noise floor estimate (dBFS): falls at once to a quieter frame, rises slowly, so a long
+    /// stretch of continuous speech is not mistaken for the new background.
+    floor: Option<f32>,
     hangover: u32,
 }
 
@@ -31,9 +32,7 @@ impl Vad {
     pub fn new(sample_rate: u32) -> Self {
         Vad {
             frame_len: (sample_rate as usize / 50).max(1),
-            history: [0.0; HISTORY],
-            filled: 0,
-            pos: 0,
+            floor: None,
             hangover: 0,
         }
     }
@@ -44,8 +43,7 @@ impl Vad {
     }
 
     pub fn reset(&mut self) {
-        self.filled = 0;
-        self.pos = 0;
+        self.floor = None;
         self.hangover = 0;
     }
 
@@ -72,13 +70,11 @@ impl Vad {
         let mean_square =
             frame.iter().map(|&s| (s as f32) * (s as f32)).sum::<f32>() / frame.len() as f32;
         let db = 10.0 * (mean_square / (32768.0 * 32768.0) + 1e-12).log10();
-        self.history[self.pos] = db;
-        self.pos = (self.pos + 1) % HISTORY;
-        self.filled = (self.filled + 1).min(HISTORY);
-        let floor = self.history[..self.filled]
-            .iter()
-            .copied()
-            .fold(f32::INFINITY, f32::min);
+        let floor = match self.floor {
+            Some(f) if db >= f => f + FLOOR_RISE_DB,
+            _ => db,
+        };
+        self.floor = Some(floor);
         db > floor + THRESHOLD_DB && db > ABSOLUTE_MIN_DB
     }
 }

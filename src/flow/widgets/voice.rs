@@ -144,6 +144,7 @@ pub(crate) fn resolve(
                 sid,
                 duration_secs,
                 transcription,
+                hung_up,
             },
         ) => {
             let mut m = map(&[
@@ -154,7 +155,12 @@ pub(crate) fn resolve(
             if let Some(t) = transcription {
                 m.insert("TranscriptionText".into(), json!(t));
             }
-            Resolution::published("recordingComplete", with_call(context, m))
+            let event = if hung_up {
+                "hangup"
+            } else {
+                "recordingComplete"
+            };
+            Resolution::published(event, with_call(context, m))
         }
         ("record-voicemail", Outcome::NoAudio | Outcome::Timeout) => Resolution::event("noAudio"),
         (
