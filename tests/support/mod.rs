@@ -382,3 +382,265 @@ pub fn rms(audio: &[i16]) -> f64 {
     }
     (audio.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / audio.len() as f64).sqrt()
 }
+
+/// A phone on a call: established with [`Phone::dial`], it keeps receiving RTP and answering
+/// BYE in the background while the test sends digits, INFO and audio.
+pub struct Phone {
+    pub sip: std::sync::Arc<UdpSocket>,
+    pub rtp: std::sync::Arc<UdpSocket>,
+    pub target: SocketAddr,
+    pub remote_rtp: SocketAddr,
+    pub ok: String,
+    pub heard: std::sync::Arc<std::sync::Mutex<Heard>>,
+    cseq: u32,
+    seq: u16,
+    ts: u32,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Heard {
+    /// (arrival, payload type, timestamp, payload) of every RTP packet.
+    pub packets: Vec<(Instant, u8, u32, Vec<u8>)>,
+    pub bye_at: Option<Instant>,
+}
+
+impl Heard {
+    /// Decoded PCMU audio with the arrival time of each 20 ms frame.
+    pub fn audio_frames(&self) -> Vec<(Instant, Vec<i16>)> {
+        self.packets
+            .iter()
+            .filter(|p| p.1 == 0)
+            .map(|(t, _, _, p)| (*t, p.iter().map(|&b| ulaw(b)).collect()))
+            .collect()
+    }
+
+    /// Arrival time of the last frame louder than `threshold` RMS.
+    pub fn last_loud(&self, threshold: f64) -> Option<Instant> {
+        self.audio_frames()
+            .into_iter()
+            .filter(|(_, f)| rms(f) > threshold)
+            .map(|(t, _)| t)
+            .last()
+    }
+
+    /// RFC 4733 digits received (one per event, by timestamp) on payload type `pt`.
+    pub fn events(&self, pt: u8) -> String {
+        let mut rx = switchboard::media::dtmf::Rfc4733Receiver::default();
+        self.packets
+            .iter()
+            .filter(|p| p.1 == pt)
+            .filter_map(|(_, _, ts, payload)| rx.on_packet(*ts, payload))
+            .collect()
+    }
+}
+
+pub enum Offer {
+    /// PCMU with telephone-event 101.
+    Rfc4733,
+    /// PCMU only: DTMF must travel in-band.
+    PcmuOnly,
+}
+
+impl Phone {
+    pub async fn dial(target: SocketAddr, from: &str, offer: Offer) -> Phone {
+        let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = sip.local_addr().unwrap();
+        let fmt = match offer {
+            Offer::Rfc4733 => "0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16",
+            Offer::PcmuOnly => "0\r\na=rtpmap:0 PCMU/8000",
+        };
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP {fmt}\r\na=ptime:20\r\n",
+            rtp.local_addr().unwrap().port()
+        );
+        let branch = format!("z9hG4bK{:08x}", rand::random::<u32>());
+        let invite = format!(
+            "INVITE sip:ivr@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+             From: <sip:{from}@{me}>;tag=ph{branch}\r\nTo: <sip:ivr@{target}>\r\nCall-ID: {branch}@phone\r\nCSeq: 1 INVITE\r\n\
+             Contact: <sip:{from}@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        );
+        sip.send_to(invite.as_bytes(), target).await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let ok = loop {
+            let (n, _) = tokio::time::timeout(Duration::from_secs(10), sip.recv_from(&mut buf))
+                .await
+                .expect("answer")
+                .unwrap();
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            match status_of(&msg) {
+                Some(200) => break msg,
+                Some(c) if c >= 300 => panic!("call refused: {msg}"),
+                _ => {}
+            }
+        };
+        let ack = ack_for(&ok, &me, target, &branch);
+        sip.send_to(ack.as_bytes(), target).await.unwrap();
+        let remote_rtp = remote_rtp(&ok).expect("SDP answer");
+        let sip = std::sync::Arc::new(sip);
+        let rtp = std::sync::Arc::new(rtp);
+        let heard = std::sync::Arc::new(std::sync::Mutex::new(Heard::default()));
+        let mut tasks = Vec::new();
+        {
+            let (rtp, heard) = (rtp.clone(), heard.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut b = [0u8; 2048];
+                while let Ok((n, _)) = rtp.recv_from(&mut b).await {
+                    if n >= 12 {
+                        let ts = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                        heard.lock().unwrap().packets.push((
+                            Instant::now(),
+                            b[1] & 0x7F,
+                            ts,
+                            b[12..n].to_vec(),
+                        ));
+                    }
+                }
+            }));
+        }
+        {
+            let (sip, heard) = (sip.clone(), heard.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut b = vec![0u8; 65536];
+                while let Ok((n, from)) = sip.recv_from(&mut b).await {
+                    let msg = String::from_utf8_lossy(&b[..n]).to_string();
+                    if msg.starts_with("BYE ") {
+                        let _ = sip
+                            .send_to(response_to(&msg, 200, "OK").as_bytes(), from)
+                            .await;
+                        heard.lock().unwrap().bye_at.get_or_insert(Instant::now());
+                    }
+                }
+            }));
+        }
+        Phone {
+            sip,
+            rtp,
+            target,
+            remote_rtp,
+            ok,
+            heard,
+            cseq: 1,
+            seq: 0,
+            ts: 0,
+            tasks,
+        }
+    }
+
+    fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) -> Vec<u8> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&self.seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// Send 8 kHz audio as PCMU, paced in real time.
+    pub async fn send_audio(&mut self, pcm: &[i16]) {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for chunk in pcm.chunks(160) {
+            tick.tick().await;
+            let payload: Vec<u8> = chunk
+                .iter()
+                .map(|&s| switchboard::media::codec::linear_to_ulaw(s))
+                .collect();
+            let ts = self.ts;
+            self.ts = self.ts.wrapping_add(160);
+            let p = self.packet(0, false, ts, &payload);
+            self.rtp.send_to(&p, self.remote_rtp).await.unwrap();
+        }
+    }
+
+    /// One RFC 4733 event (100 ms, with the three end packets), paced in real time.
+    pub async fn send_rfc4733(&mut self, digit: char) {
+        let sender =
+            switchboard::media::tones::Rfc4733Sender::new(digit, 100, 20, 8000).expect("digit");
+        let start = self.ts;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for ev in sender {
+            tick.tick().await;
+            let p = self.packet(101, ev.marker, start, &ev.payload);
+            self.rtp.send_to(&p, self.remote_rtp).await.unwrap();
+        }
+        self.ts = self.ts.wrapping_add(800);
+    }
+
+    /// DTMF in-band: the two tones as audio.
+    pub async fn send_inband(&mut self, digit: char) {
+        let mut pcm = switchboard::media::tones::dtmf_tone(digit, 8000, 120, -8.0).expect("digit");
+        pcm.extend(switchboard::media::tones::silence(100, 8000));
+        self.send_audio(&pcm).await;
+    }
+
+    /// DTMF by SIP INFO (application/dtmf-relay).
+    pub async fn send_info(&mut self, digit: char) {
+        self.cseq += 1;
+        let me = self.sip.local_addr().unwrap();
+        let body = format!("Signal={digit}\r\nDuration=160\r\n");
+        let req = in_dialog(&self.ok, "INFO", self.cseq, &me, self.target).replace(
+            "Content-Length: 0\r\n",
+            &format!(
+                "Content-Type: application/dtmf-relay\r\nContent-Length: {}\r\n",
+                body.len()
+            ),
+        ) + &body;
+        self.sip.send_to(req.as_bytes(), self.target).await.unwrap();
+    }
+
+    pub async fn hangup(&mut self) {
+        self.cseq += 1;
+        let me = self.sip.local_addr().unwrap();
+        let bye = in_dialog(&self.ok, "BYE", self.cseq, &me, self.target);
+        self.sip.send_to(bye.as_bytes(), self.target).await.unwrap();
+    }
+
+    /// Wait until the gateway hangs up (or panic after `limit`).
+    pub async fn wait_bye(&self, limit: Duration) -> Instant {
+        let start = Instant::now();
+        loop {
+            if let Some(t) = self.heard.lock().unwrap().bye_at {
+                return t;
+            }
+            assert!(start.elapsed() < limit, "no BYE within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn call_id(&self) -> String {
+        header(&self.ok, "Call-ID").unwrap_or("").to_string()
+    }
+}
+
+impl Drop for Phone {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Executions of the flow in `path` with their steps, from the gateway's database.
+pub async fn executions(
+    gw: &Gateway,
+    flow_path: &Path,
+) -> Vec<(
+    switchboard::store::ExecutionRecord,
+    Vec<switchboard::store::StepRecord>,
+)> {
+    let url = format!(
+        "sqlite://{}?mode=rw",
+        gw.data_dir.join("switchboard.db").display()
+    );
+    let store = switchboard::store::Store::open(&url).await.unwrap();
+    let flow = switchboard::routing::LoadedFlow::from_file(flow_path).unwrap();
+    let mut out = Vec::new();
+    for e in store.executions_for_flow(&flow.sid).await.unwrap() {
+        let steps = store.steps(&e.sid).await.unwrap();
+        out.push((e, steps));
+    }
+    out
+}

@@ -1,0 +1,215 @@
+//! The voice IVR over loopback with real RTP: DTMF by RFC 4733, SIP INFO and in-band tones
+//! each reach the right branch; voicemail recordings end on the finish key and on silence;
+//! barge-in cuts the prompt; DTMF digits are sent back as RFC 4733 events.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::*;
+use switchboard::media::Clip;
+
+const IVR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/flows/ivr-voicemail.json"
+);
+const BARGE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flows/barge-in.json");
+
+/// Real speech to speak into the phone: the demo prompt, pre-rendered in the repository.
+fn speech() -> Vec<i16> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/voice-assets/tts");
+    let f = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.path().extension().is_some_and(|x| x == "wav"))
+        .unwrap();
+    Clip::from_wav(&std::fs::read(f.path()).unwrap())
+        .unwrap()
+        .pcm()
+        .to_vec()
+}
+
+async fn route_taken(gw: &Gateway, call_id: &str) -> (String, serde_json::Value) {
+    for _ in 0..100 {
+        for (e, steps) in executions(gw, Path::new(IVR)).await {
+            if e.context["trigger"]["call"]["SipCallId"] == call_id && e.status == "ended" {
+                let route = steps
+                    .iter()
+                    .find(|s| s.name == "route")
+                    .map(|s| s.transitioned_to.clone())
+                    .unwrap_or_default();
+                return (route, e.context);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("execution for {call_id} did not end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digits_by_rfc4733_info_and_inband_reach_their_branches() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let gw = Gateway::start(Some(Path::new(IVR)));
+
+    let mut a = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.send_rfc4733('1').await;
+    a.wait_bye(Duration::from_secs(15)).await;
+    let (route, ctx) = route_taken(&gw, &a.call_id()).await;
+    assert_eq!(route, "one");
+    assert_eq!(ctx["widgets"]["menu"]["Digits"], "1");
+
+    let mut b = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send_info('2').await;
+    b.wait_bye(Duration::from_secs(15)).await;
+    assert_eq!(route_taken(&gw, &b.call_id()).await.0, "two");
+    // Branch "two" sends the digits 12# back to the caller as RFC 4733 events.
+    assert_eq!(b.heard.lock().unwrap().events(101), "12#");
+
+    let mut c = Phone::dial(gw.sip, "+15550100000", Offer::PcmuOnly).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send_inband('9').await;
+    c.wait_bye(Duration::from_secs(15)).await;
+    let (route, ctx) = route_taken(&gw, &c.call_id()).await;
+    assert_eq!(
+        route, "invalid",
+        "in-band 9 is detected and matches neither 1 nor 2"
+    );
+    assert_eq!(ctx["widgets"]["menu"]["Digits"], "9");
+}
+
+async fn leave_message(
+    gw: &Gateway,
+    speak: &[i16],
+    then_pound: bool,
+) -> (serde_json::Value, Instant, Instant) {
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    // "Press 1." (~1 s) + 1 s gather timeout + beep: recording runs from about 2.5 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    p.send_audio(speak).await;
+    let spoke_until = Instant::now();
+    if then_pound {
+        p.send_rfc4733('#').await;
+    }
+    let bye = p.wait_bye(Duration::from_secs(20)).await;
+    let (_, ctx) = route_taken(gw, &p.call_id()).await;
+    (ctx, spoke_until, bye)
+}
+
+fn wav_of(gw: &Gateway, ctx: &serde_json::Value) -> (f64, Vec<i16>) {
+    let sid = ctx["widgets"]["voicemail"]["RecordingSid"]
+        .as_str()
+        .expect("a recording")
+        .to_string();
+    let r =
+        hound::WavReader::open(gw.data_dir.join("recordings").join(format!("{sid}.wav"))).unwrap();
+    let secs = r.duration() as f64 / r.spec().sample_rate as f64;
+    (secs, r.into_samples::<i16>().map(Result::unwrap).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voicemail_ends_on_the_finish_key_with_the_right_audio() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let gw = Gateway::start(Some(Path::new(IVR)));
+    let speech = speech();
+    let spoken = speech.len() as f64 / 8000.0;
+    let (ctx, spoke_until, bye) = leave_message(&gw, &speech, true).await;
+    let (secs, pcm) = wav_of(&gw, &ctx);
+    assert!(
+        (secs - spoken).abs() < 0.8,
+        "recorded {secs:.2} s of {spoken:.2} s spoken"
+    );
+    assert!(rms(&pcm) > 500.0, "recording is not silent");
+    assert_eq!(
+        ctx["widgets"]["voicemail"]["RecordingDuration"],
+        format!("{}", secs.round() as u32)
+    );
+    // '#' ended it at once: "Goodbye." and the BYE follow within a couple of seconds, far
+    // sooner than the 4 s silence timeout would have.
+    assert!(
+        bye - spoke_until < Duration::from_millis(3500),
+        "{:?}",
+        bye - spoke_until
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voicemail_ends_after_the_silence_timeout() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let gw = Gateway::start(Some(Path::new(IVR)));
+    let speech = speech();
+    let part = &speech[..8000 * 3];
+    let (ctx, spoke_until, bye) = leave_message(&gw, part, false).await;
+    let (secs, pcm) = wav_of(&gw, &ctx);
+    assert!((2.0..4.0).contains(&secs), "silence trimmed: {secs:.2} s");
+    assert!(rms(&pcm) > 500.0);
+    let waited = bye - spoke_until;
+    assert!(
+        waited > Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "timeout is 4 s of silence: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_the_prompt() {
+    let gw = Gateway::start(Some(Path::new(BARGE)));
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pressed = Instant::now();
+    p.send_rfc4733('5').await;
+    p.wait_bye(Duration::from_secs(10)).await;
+    let heard = p.heard.lock().unwrap();
+    let last = heard.last_loud(300.0).expect("heard the prompt");
+    assert!(
+        last < pressed + Duration::from_millis(400),
+        "prompt kept playing {:?} after the key",
+        last - pressed
+    );
+    let before: Vec<i16> = heard
+        .audio_frames()
+        .into_iter()
+        .filter(|(t, _)| *t < pressed)
+        .flat_map(|(_, f)| f)
+        .collect();
+    assert!(
+        rms(&before) > 500.0,
+        "the prompt was playing before the key"
+    );
+    drop(heard);
+    let execs = executions(&gw, Path::new(BARGE)).await;
+    assert_eq!(
+        execs[0]
+            .1
+            .iter()
+            .find(|s| s.name == "menu")
+            .map(|s| s.event.as_str()),
+        Some("keypress")
+    );
+    assert_eq!(execs[0].0.context["widgets"]["menu"]["Digits"], "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hanging_up_mid_prompt_ends_the_execution() {
+    let gw = Gateway::start(Some(Path::new(BARGE)));
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    p.hangup().await;
+    for _ in 0..50 {
+        let execs = executions(&gw, Path::new(BARGE)).await;
+        if execs.len() == 1 && execs[0].0.status == "ended" {
+            let state = &execs[0].0.state;
+            assert_eq!(state["end_reason"]["kind"], "hangup", "{state}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("execution did not end after the caller hung up");
+}
