@@ -419,9 +419,9 @@ impl Heard {
     pub fn last_loud(&self, threshold: f64) -> Option<Instant> {
         self.audio_frames()
             .into_iter()
-            .filter(|(_, f)| rms(f) > threshold)
+            .rev()
+            .find(|(_, f)| rms(f) > threshold)
             .map(|(t, _)| t)
-            .last()
     }
 
     /// RFC 4733 digits received (one per event, by timestamp) on payload type `pt`.
