@@ -6,11 +6,17 @@ use serde_json::{json, Map, Value};
 use switchboard::flow::{Engine, ExecutionInit, Flow, Trigger};
 
 fn ten_step_flow() -> String {
-    let mut states = vec![json!({"name": "Trigger", "type": "trigger", "properties": {},
-        "transitions": [{"event": "incomingMessage", "next": "set-0"}]})];
+    let mut states = vec![
+        json!({"name": "Trigger", "type": "trigger", "properties": {},
+        "transitions": [{"event": "incomingMessage", "next": "set-0"}]}),
+    ];
     for i in 0..4 {
         let next_split = format!("split-{i}");
-        let next_set = if i < 3 { format!("set-{}", i + 1) } else { "done".into() };
+        let next_set = if i < 3 {
+            format!("set-{}", i + 1)
+        } else {
+            "done".into()
+        };
         states.push(json!({"name": format!("set-{i}"), "type": "set-variables",
             "properties": {"variables": [
                 {"key": format!("v{i}"), "value": "{{trigger.message.Body | upcase}}-{{flow.variables.v0 | default: 'none'}}"},
@@ -28,7 +34,8 @@ fn ten_step_flow() -> String {
     states.push(json!({"name": "done", "type": "set-variables",
         "properties": {"variables": [{"key": "result", "value": "{{flow.variables.v3}}"}]},
         "transitions": [{"event": "next"}]}));
-    json!({"states": states, "initial_state": "Trigger", "flags": {"allow_concurrent_calls": true}}).to_string()
+    json!({"states": states, "initial_state": "Trigger", "flags": {"allow_concurrent_calls": true}})
+        .to_string()
 }
 
 fn bench(c: &mut Criterion) {
@@ -38,13 +45,34 @@ fn bench(c: &mut Criterion) {
     message.insert("From".into(), Value::String("+15550100000".into()));
     let now = chrono::Utc::now().fixed_offset();
     // Sanity: the execution really takes 10 steps (trigger + 4×(set+split) + done).
-    let (_, adv) = Engine::start(&flow, init(), Trigger::IncomingMessage { message: message.clone() }, now);
-    assert_eq!(adv.steps.len(), 10, "{:?}", adv.steps.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let (_, adv) = Engine::start(
+        &flow,
+        init(),
+        Trigger::IncomingMessage {
+            message: message.clone(),
+        },
+        now,
+    );
+    assert_eq!(
+        adv.steps.len(),
+        10,
+        "{:?}",
+        adv.steps.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
 
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(10));
     g.bench_function("ten_step_execution", |b| {
-        b.iter(|| Engine::start(&flow, init(), Trigger::IncomingMessage { message: message.clone() }, now))
+        b.iter(|| {
+            Engine::start(
+                &flow,
+                init(),
+                Trigger::IncomingMessage {
+                    message: message.clone(),
+                },
+                now,
+            )
+        })
     });
     g.finish();
 }

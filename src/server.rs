@@ -5,14 +5,27 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::api::{Api, Credentials};
 use crate::call::{dispatch, CallServices, Registry};
 use crate::config::Config;
+use crate::flow::Message;
 use crate::media::tts::Tts;
 use crate::media::{MediaConfig, MediaEngine};
+use crate::messaging::{MessageSink, SendFuture};
 use crate::routing::Router;
 use crate::sip::acl::Acl;
 use crate::sip::{endpoint, CoreConfig};
 use crate::store::{redact, Store};
+
+/// The message sink while no messaging provider is configured: every send fails with a clear
+/// reason, so send-message takes its `failed` transition.
+struct NoMessagingProvider;
+
+impl MessageSink for NoMessagingProvider {
+    fn send<'a>(&'a self, _msg: &'a Message) -> SendFuture<'a> {
+        Box::pin(async { Err("no messaging provider configured".to_string()) })
+    }
+}
 
 pub struct Running {
     pub sip_udp: SocketAddr,
@@ -30,6 +43,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let db_url = cfg.database_url();
     let store = Store::open(&db_url).await?;
     tracing::info!(database = %redact(&db_url), "store open");
+    let stored = crate::api::load_stored_flows(&store, &router).await?;
+    if stored > 0 {
+        tracing::info!(flows = stored, "flows created through the REST API loaded");
+    }
+    let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
+    let runner = crate::channel::Runner {
+        store,
+        http: crate::channel::HttpClient::new(Some((
+            credentials.account_sid.clone(),
+            credentials.auth_token().to_string(),
+        ))),
+        router: router.clone(),
+    };
 
     let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
     if !tts.engine_available() {
@@ -58,16 +84,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip: ep.handle.clone(),
         media,
         tts,
-        runner: crate::channel::Runner {
-            store,
-            http: crate::channel::HttpClient::new(None),
-            router: router.clone(),
-        },
+        runner: runner.clone(),
         router,
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
-        account_sid: "AC00000000000000000000000000000000".to_string(),
+        account_sid: credentials.account_sid.clone(),
     });
     tokio::spawn(dispatch(svc, ep.events));
 
@@ -75,8 +97,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
     let http = listener.local_addr()?;
+    let public_url = match &cfg.api.public_url {
+        Some(u) if !u.is_empty() => u.clone(),
+        _ => format!("http://{http}"),
+    };
+    let api = Arc::new(Api::new(
+        credentials,
+        &public_url,
+        runner,
+        Arc::new(NoMessagingProvider),
+    ));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::router()).await {
+        if let Err(e) = axum::serve(listener, crate::api::router(api)).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
