@@ -172,9 +172,11 @@ impl Config {
         let ours = [
             "data_dir", "flow", "sip", "http", "media", "tts", "database", "api",
         ];
+        // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
+            let k = k.as_str().to_ascii_lowercase();
             ours.iter()
-                .any(|o| k.as_str() == *o || k.as_str().starts_with(&format!("{o}.")))
+                .any(|o| k == *o || k.starts_with(&format!("{o}.")))
         });
         fig = fig.merge(env);
         fig.extract().map_err(|e| ConfigError(Box::new(e)))
@@ -232,5 +234,18 @@ mod tests {
         assert_eq!(c.api.public_url.as_deref(), Some("https://sb.example"));
         let shown = format!("{c:?}");
         assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    #[test]
+    fn environment_overrides_sections() {
+        // Only this test sets these variables.
+        std::env::set_var("SWITCHBOARD_API__AUTH_TOKEN", "from-env");
+        std::env::set_var("SWITCHBOARD_TTS__SPEED_WPM", "99");
+        let c = Config::load(None);
+        std::env::remove_var("SWITCHBOARD_API__AUTH_TOKEN");
+        std::env::remove_var("SWITCHBOARD_TTS__SPEED_WPM");
+        let c = c.unwrap();
+        assert_eq!(c.api.auth_token.as_deref(), Some("from-env"));
+        assert_eq!(c.tts.speed_wpm, 99);
     }
 }
