@@ -21,6 +21,31 @@ pub struct Config {
     pub media: MediaSettings,
     pub tts: TtsConfig,
     pub database: DatabaseConfig,
+    pub api: ApiConfig,
+}
+
+/// The Studio REST API. Without credentials the gateway generates them on first start and
+/// keeps them in `<data_dir>/api-credentials.toml`; the API is never served unauthenticated.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// HTTP Basic user name (`AC` + 32 hex digits, like a Twilio account SID).
+    pub account_sid: Option<String>,
+    /// HTTP Basic password.
+    pub auth_token: Option<String>,
+    /// Base URL written in `url` and `links` fields; default `http://<http.bind>`.
+    pub public_url: Option<String>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    // The token never reaches a log line, even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
+            .field("public_url", &self.public_url)
+            .finish()
+    }
 }
 
 /// Send calls and messages for one number to one flow.
@@ -88,6 +113,7 @@ impl Default for Config {
             media: MediaSettings::default(),
             tts: TtsConfig::default(),
             database: DatabaseConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -144,11 +170,13 @@ impl Config {
         }
         // Only our own sections: other SWITCHBOARD_* variables (test switches) are not config.
         let ours = [
-            "data_dir", "flow", "sip", "http", "media", "tts", "database",
+            "data_dir", "flow", "sip", "http", "media", "tts", "database", "api",
         ];
+        // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
+            let k = k.as_str().to_ascii_lowercase();
             ours.iter()
-                .any(|o| k.as_str() == *o || k.as_str().starts_with(&format!("{o}.")))
+                .any(|o| k == *o || k.starts_with(&format!("{o}.")))
         });
         fig = fig.merge(env);
         fig.extract().map_err(|e| ConfigError(Box::new(e)))
@@ -190,5 +218,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bnid"));
+    }
+
+    #[test]
+    fn api_section_and_redacted_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sb.toml");
+        std::fs::write(
+            &f,
+            "[api]\naccount_sid = \"AC1\"\nauth_token = \"sekrit\"\npublic_url = \"https://sb.example\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.api.account_sid.as_deref(), Some("AC1"));
+        assert_eq!(c.api.public_url.as_deref(), Some("https://sb.example"));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    #[test]
+    fn environment_overrides_sections() {
+        // Only this test sets these variables.
+        std::env::set_var("SWITCHBOARD_API__AUTH_TOKEN", "from-env");
+        std::env::set_var("SWITCHBOARD_TTS__SPEED_WPM", "99");
+        let c = Config::load(None);
+        std::env::remove_var("SWITCHBOARD_API__AUTH_TOKEN");
+        std::env::remove_var("SWITCHBOARD_TTS__SPEED_WPM");
+        let c = c.unwrap();
+        assert_eq!(c.api.auth_token.as_deref(), Some("from-env"));
+        assert_eq!(c.tts.speed_wpm, 99);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -45,6 +45,19 @@ impl LoadedFlow {
         })
     }
 
+    /// A flow known by a SID given elsewhere (flows created through the REST API).
+    pub fn with_sid(sid: &str, name: &str, json: &str) -> Result<LoadedFlow, RoutingError> {
+        let flow = Flow::from_json(json).map_err(|e| RoutingError::Invalid {
+            path: name.to_string(),
+            errors: e.to_string(),
+        })?;
+        Ok(LoadedFlow {
+            sid: sid.to_string(),
+            name: name.to_string(),
+            flow,
+        })
+    }
+
     pub fn from_file(path: &Path) -> Result<LoadedFlow, RoutingError> {
         let name = path.display().to_string();
         let json = std::fs::read_to_string(path).map_err(|source| RoutingError::Read {
@@ -58,6 +71,9 @@ impl LoadedFlow {
 pub struct Router {
     default: Arc<LoadedFlow>,
     by_number: HashMap<String, Arc<LoadedFlow>>,
+    /// Flows created through the REST API, by SID (their published revision, or their latest
+    /// one while none is published); they change at run time.
+    dynamic: RwLock<HashMap<String, Arc<LoadedFlow>>>,
 }
 
 impl Router {
@@ -66,6 +82,7 @@ impl Router {
         Router {
             default: Arc::new(flow),
             by_number: HashMap::new(),
+            dynamic: RwLock::default(),
         }
     }
 
@@ -84,6 +101,7 @@ impl Router {
         Ok(Router {
             default: Arc::new(default),
             by_number,
+            dynamic: RwLock::default(),
         })
     }
 
@@ -94,12 +112,40 @@ impl Router {
             .unwrap_or_else(|| self.default.clone())
     }
 
+    /// A configured flow or one registered through the API.
     pub fn by_sid(&self, sid: &str) -> Option<Arc<LoadedFlow>> {
+        self.flows().find(|f| f.sid == sid).cloned().or_else(|| {
+            self.dynamic
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(sid)
+                .cloned()
+        })
+    }
+
+    /// A configured flow (from the config file or the command line), not one from the API.
+    pub fn configured(&self, sid: &str) -> Option<Arc<LoadedFlow>> {
         self.flows().find(|f| f.sid == sid).cloned()
     }
 
+    /// The configured flows (the default and the routed ones).
     pub fn flows(&self) -> impl Iterator<Item = &Arc<LoadedFlow>> {
         std::iter::once(&self.default).chain(self.by_number.values())
+    }
+
+    /// Make a flow findable by its SID (replacing an earlier version of it).
+    pub fn register(&self, flow: Arc<LoadedFlow>) {
+        self.dynamic
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(flow.sid.clone(), flow);
+    }
+
+    pub fn unregister(&self, sid: &str) {
+        self.dynamic
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sid);
     }
 }
 
@@ -108,4 +154,25 @@ fn normalize(n: &str) -> String {
     n.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '*' || *c == '#')
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_flows_are_found_by_sid() {
+        let router = Router::single(LoadedFlow::from_json("demo", DEMO_FLOW).unwrap());
+        let sid = "FW0123456789abcdef0123456789abcdef";
+        assert!(router.by_sid(sid).is_none());
+        router.register(Arc::new(
+            LoadedFlow::with_sid(sid, "api", DEMO_FLOW).unwrap(),
+        ));
+        assert_eq!(router.by_sid(sid).unwrap().name, "api");
+        assert!(router.configured(sid).is_none());
+        let demo = router.flows().next().unwrap().sid.clone();
+        assert!(router.by_sid(&demo).is_some());
+        router.unregister(sid);
+        assert!(router.by_sid(sid).is_none());
+    }
 }

@@ -5,14 +5,27 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::api::{Api, Credentials};
 use crate::call::{dispatch, CallServices, Registry};
 use crate::config::Config;
+use crate::flow::Message;
 use crate::media::tts::Tts;
 use crate::media::{MediaConfig, MediaEngine};
+use crate::messaging::{MessageSink, SendFuture};
 use crate::routing::Router;
 use crate::sip::acl::Acl;
 use crate::sip::{endpoint, CoreConfig};
 use crate::store::{redact, Store};
+
+/// The message sink while no messaging provider is configured: every send fails with a clear
+/// reason, so send-message takes its `failed` transition.
+struct NoMessagingProvider;
+
+impl MessageSink for NoMessagingProvider {
+    fn send<'a>(&'a self, _msg: &'a Message) -> SendFuture<'a> {
+        Box::pin(async { Err("no messaging provider configured".to_string()) })
+    }
+}
 
 pub struct Running {
     pub sip_udp: SocketAddr,
@@ -30,6 +43,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let db_url = cfg.database_url();
     let store = Store::open(&db_url).await?;
     tracing::info!(database = %redact(&db_url), "store open");
+    let stored = crate::api::load_stored_flows(&store, &router).await?;
+    if stored > 0 {
+        tracing::info!(flows = stored, "flows created through the REST API loaded");
+    }
+    let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
+    let runner = crate::channel::Runner {
+        store,
+        http: crate::channel::HttpClient::new(Some((
+            credentials.account_sid.clone(),
+            credentials.auth_token().to_string(),
+        ))),
+        router: router.clone(),
+    };
 
     let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
     if !tts.engine_available() {
@@ -54,40 +80,45 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         acl,
     };
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
-    let account_sid = "AC00000000000000000000000000000000".to_string();
-    let http = crate::channel::HttpClient::new(None);
+    // HTTP is bound before calls start so recording URLs can name its real address.
+    let listener = tokio::net::TcpListener::bind(cfg.http.bind)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
+    let http = listener.local_addr()?;
+    let public_url = match &cfg.api.public_url {
+        Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
+        _ => format!("http://{http}"),
+    };
     let svc = Arc::new(CallServices {
         sip: ep.handle.clone(),
         media,
         prompts: Arc::new(crate::call::prompts::Prompts::new(
             tts,
-            http.client().clone(),
+            runner.http.client().clone(),
             &cfg.data_dir,
         )),
         recordings: crate::call::recordings::Recordings {
             dir: cfg.data_dir.join("recordings"),
-            public_url: format!("http://{}", cfg.http.bind),
-            account_sid: account_sid.clone(),
+            public_url: public_url.clone(),
+            account_sid: credentials.account_sid.clone(),
         },
-        runner: crate::channel::Runner {
-            store,
-            http: crate::channel::HttpClient::new(None),
-            router: router.clone(),
-        },
+        runner: runner.clone(),
         router,
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
-        account_sid,
+        account_sid: credentials.account_sid.clone(),
     });
     tokio::spawn(dispatch(svc, ep.events));
 
-    let listener = tokio::net::TcpListener::bind(cfg.http.bind)
-        .await
-        .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
-    let http = listener.local_addr()?;
+    let api = Arc::new(Api::new(
+        credentials,
+        &public_url,
+        runner,
+        Arc::new(NoMessagingProvider),
+    ));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::router()).await {
+        if let Err(e) = axum::serve(listener, crate::api::router(api)).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });

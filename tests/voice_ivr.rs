@@ -166,24 +166,25 @@ async fn barge_in_stops_the_prompt() {
     let pressed = Instant::now();
     p.send_rfc4733('5').await;
     p.wait_bye(Duration::from_secs(10)).await;
-    let heard = p.heard.lock().unwrap();
-    let last = heard.last_loud(300.0).expect("heard the prompt");
-    assert!(
-        last < pressed + Duration::from_millis(400),
-        "prompt kept playing {:?} after the key",
-        last - pressed
-    );
-    let before: Vec<i16> = heard
-        .audio_frames()
-        .into_iter()
-        .filter(|(t, _)| *t < pressed)
-        .flat_map(|(_, f)| f)
-        .collect();
-    assert!(
-        rms(&before) > 500.0,
-        "the prompt was playing before the key"
-    );
-    drop(heard);
+    {
+        let heard = p.heard.lock().unwrap();
+        let last = heard.last_loud(300.0).expect("heard the prompt");
+        assert!(
+            last < pressed + Duration::from_millis(400),
+            "prompt kept playing {:?} after the key",
+            last - pressed
+        );
+        let before: Vec<i16> = heard
+            .audio_frames()
+            .into_iter()
+            .filter(|(t, _)| *t < pressed)
+            .flat_map(|(_, f)| f)
+            .collect();
+        assert!(
+            rms(&before) > 500.0,
+            "the prompt was playing before the key"
+        );
+    }
     let execs = executions(&gw, Path::new(BARGE)).await;
     assert_eq!(
         execs[0]

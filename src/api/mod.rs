@@ -1,8 +1,169 @@
-//! HTTP: health now; the Studio REST API v2 mounts here.
+//! HTTP: `/healthz` (open) and the Studio REST API v2 under `/v2` (HTTP Basic with the account
+//! SID and auth token). Twilio's paths, parameters (form-encoded, or JSON) and snake_case JSON.
+//!
+//! - `auth`: credentials (configured or generated) and the Basic check.
+//! - `params`: form/query/JSON request parameters.
+//! - `paging`: `PageSize`/`Page`/`PageToken` and the `meta` block.
+//! - `flows`: Flows, Revisions, Validate, TestUsers.
+//! - `executions`: Executions, their Context, Steps and step Context.
+//! - `errors`: Twilio-shaped error bodies.
 
-use axum::routing::get;
+pub mod auth;
+pub mod errors;
+mod executions;
+mod flows;
+pub mod paging;
+pub mod params;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
 use axum::Router;
 
-pub fn router() -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" }))
+pub use auth::Credentials;
+pub use errors::ApiError;
+
+use crate::channel::Runner;
+use crate::messaging::MessageSink;
+use crate::routing::{LoadedFlow, Router as FlowRouter};
+use crate::store::{Store, StoreError};
+
+/// What the API handlers share.
+pub struct Api {
+    pub credentials: Credentials,
+    /// Base of `url` and `links` fields, without a trailing slash.
+    pub public_url: String,
+    pub store: Store,
+    pub router: Arc<FlowRouter>,
+    pub runner: Runner,
+    /// Where executions started through the API send their messages.
+    pub sink: Arc<dyn MessageSink>,
+    /// Executions this node is driving, so ending one stops it.
+    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Compiled flow revisions by (flow SID, revision).
+    compiled: Mutex<HashMap<(String, i64), Arc<LoadedFlow>>>,
+}
+
+impl Api {
+    pub fn new(
+        credentials: Credentials,
+        public_url: &str,
+        runner: Runner,
+        sink: Arc<dyn MessageSink>,
+    ) -> Api {
+        Api {
+            credentials,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            store: runner.store.clone(),
+            router: runner.router.clone(),
+            runner,
+            sink,
+            running: Mutex::default(),
+            compiled: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url)
+    }
+}
+
+/// The HTTP routes: `/healthz` without authentication, everything else behind Basic auth.
+pub fn router(api: Arc<Api>) -> Router {
+    let v2 = Router::new()
+        .route("/v2/Flows", get(flows::list).post(flows::create))
+        .route("/v2/Flows/Validate", post(flows::validate))
+        .route(
+            "/v2/Flows/{sid}",
+            get(flows::fetch).post(flows::update).delete(flows::delete),
+        )
+        .route("/v2/Flows/{sid}/Revisions", get(flows::revisions))
+        .route("/v2/Flows/{sid}/Revisions/{revision}", get(flows::revision))
+        .route(
+            "/v2/Flows/{sid}/TestUsers",
+            get(flows::test_users).post(flows::set_test_users),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions",
+            get(executions::list).post(executions::create),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions/{execution}",
+            get(executions::fetch)
+                .post(executions::update)
+                .delete(executions::delete),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions/{execution}/Context",
+            get(executions::context),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions/{execution}/Steps",
+            get(executions::steps),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions/{execution}/Steps/{step}",
+            get(executions::step),
+        )
+        .route(
+            "/v2/Flows/{sid}/Executions/{execution}/Steps/{step}/Context",
+            get(executions::step_context),
+        )
+        .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
+        .layer(from_fn_with_state(api.clone(), auth::require))
+        .with_state(api);
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(v2)
+}
+
+/// Register every flow stored through the API in the router (at start-up). A stored flow that
+/// no longer compiles is reported and skipped.
+pub async fn load_stored_flows(store: &Store, router: &FlowRouter) -> Result<usize, StoreError> {
+    let mut n = 0;
+    for sid in store.flow_sids().await? {
+        match flows::runnable_revision(store, &sid).await? {
+            Some(rev) => match LoadedFlow::with_sid(&sid, &rev.friendly_name, &rev.definition) {
+                Ok(f) => {
+                    router.register(Arc::new(f));
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(flow = %sid, error = %e, "stored flow does not load"),
+            },
+            None => continue,
+        }
+    }
+    Ok(n)
+}
+
+/// Twilio's date form: `2026-11-26T02:58:33Z` (stored dates carry milliseconds).
+pub(crate) fn twilio_date(stored: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(stored)
+        .map(|d| {
+            d.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        })
+        .unwrap_or_else(|_| stored.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_in_twilio_form() {
+        assert_eq!(
+            twilio_date("2026-11-26T02:58:33.123Z"),
+            "2026-11-26T02:58:33Z"
+        );
+        assert_eq!(
+            twilio_date("2026-11-26T03:58:33+01:00"),
+            "2026-11-26T02:58:33Z"
+        );
+        assert_eq!(twilio_date("garbage"), "garbage");
+    }
 }

@@ -5,6 +5,10 @@
 //! already decided. `active_key` is unique while an execution is active: it is what stops two
 //! nodes from starting a second execution for the same session.
 
+mod api;
+
+pub use api::{ExecutionFilter, FlowRecord, RevisionRecord};
+
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -81,6 +85,30 @@ const SCHEMA: &[&str] = &[
         date_created TEXT NOT NULL,
         seq BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS steps_execution ON steps (execution_sid, seq)",
+    "CREATE TABLE IF NOT EXISTS flows (
+        sid TEXT PRIMARY KEY,
+        friendly_name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        date_created TEXT NOT NULL,
+        date_updated TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS flow_revisions (
+        flow_sid TEXT NOT NULL,
+        revision BIGINT NOT NULL,
+        friendly_name TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        status TEXT NOT NULL,
+        commit_message TEXT,
+        valid BIGINT NOT NULL,
+        errors TEXT NOT NULL,
+        warnings TEXT NOT NULL,
+        date_created TEXT NOT NULL,
+        date_updated TEXT NOT NULL,
+        PRIMARY KEY (flow_sid, revision))",
+    "CREATE TABLE IF NOT EXISTS test_users (
+        flow_sid TEXT NOT NULL,
+        address TEXT NOT NULL,
+        PRIMARY KEY (flow_sid, address))",
 ];
 
 pub fn now_rfc3339() -> String {
@@ -173,7 +201,9 @@ impl Store {
         } else {
             None
         };
-        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7")
+        // An execution ended from outside (the REST API) stays ended: a runner that was still
+        // driving it cannot make it active again.
+        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7 AND NOT (status = 'ended' AND $1 = 'active')")
             .bind(&e.status)
             .bind(e.context.to_string())
             .bind(e.state.to_string())

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 
+/// REST API credentials every test gateway is started with (through the environment).
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+pub const AUTH_TOKEN: &str = "feedc0de0123456789abcdef01234567";
+
 pub struct Gateway {
     child: Child,
     pub sip: SocketAddr,
@@ -30,6 +34,16 @@ impl Gateway {
 
     /// Start on a given data directory (restarts keep their data).
     pub fn start_in(data_dir: &Path, flow: Option<&Path>, extra: &[&str]) -> Gateway {
+        Self::start_with(data_dir, flow, extra, Some((ACCOUNT_SID, AUTH_TOKEN)))
+    }
+
+    /// Start with the given REST API credentials, or none (the gateway then generates them).
+    pub fn start_with(
+        data_dir: &Path,
+        flow: Option<&Path>,
+        extra: &[&str],
+        api: Option<(&str, &str)>,
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.args([
             "serve",
@@ -45,8 +59,14 @@ impl Gateway {
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .env_remove("SWITCHBOARD_API__ACCOUNT_SID")
+        .env_remove("SWITCHBOARD_API__AUTH_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+        if let Some((sid, token)) = api {
+            cmd.env("SWITCHBOARD_API__ACCOUNT_SID", sid)
+                .env("SWITCHBOARD_API__AUTH_TOKEN", token);
+        }
         if let Some(f) = flow {
             cmd.arg("--flow").arg(f);
         }
@@ -77,6 +97,11 @@ impl Gateway {
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
         }
+    }
+
+    /// Base URL of the HTTP server (`http://127.0.0.1:PORT`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
     }
 
     pub fn kill(&mut self) {
