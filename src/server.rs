@@ -89,6 +89,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
         _ => format!("http://{http}"),
     };
+    let recordings = crate::call::recordings::Recordings {
+        dir: cfg.data_dir.join("recordings"),
+        public_url: public_url.clone(),
+        account_sid: credentials.account_sid.clone(),
+    };
     let svc = Arc::new(CallServices {
         sip: ep.handle.clone(),
         media,
@@ -97,11 +102,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             runner.http.client().clone(),
             &cfg.data_dir,
         )),
-        recordings: crate::call::recordings::Recordings {
-            dir: cfg.data_dir.join("recordings"),
-            public_url: public_url.clone(),
-            account_sid: credentials.account_sid.clone(),
-        },
+        recordings: recordings.clone(),
         runner: runner.clone(),
         router,
         registry: Arc::new(Registry::default()),
@@ -111,12 +112,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     tokio::spawn(dispatch(svc, ep.events));
 
-    let api = Arc::new(Api::new(
-        credentials,
-        &public_url,
-        runner,
-        Arc::new(NoMessagingProvider),
-    ));
+    let api = Arc::new(
+        Api::new(
+            credentials,
+            &public_url,
+            runner,
+            Arc::new(NoMessagingProvider),
+        )
+        .with_recordings(recordings),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, crate::api::router(api)).await {
             tracing::error!(error = %e, "HTTP server stopped");

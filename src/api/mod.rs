@@ -14,6 +14,7 @@ mod executions;
 mod flows;
 pub mod paging;
 pub mod params;
+mod recordings;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,8 @@ pub struct Api {
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Compiled flow revisions by (flow SID, revision).
     compiled: Mutex<HashMap<(String, i64), Arc<LoadedFlow>>>,
+    /// Where record-voicemail keeps its files (served under /2010-04-01/.../Recordings).
+    pub recordings: Option<crate::call::recordings::Recordings>,
 }
 
 impl Api {
@@ -63,7 +66,13 @@ impl Api {
             sink,
             running: Mutex::default(),
             compiled: Mutex::default(),
+            recordings: None,
         }
+    }
+
+    pub fn with_recordings(mut self, recordings: crate::call::recordings::Recordings) -> Api {
+        self.recordings = Some(recordings);
+        self
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -111,6 +120,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(
             "/v2/Flows/{sid}/Executions/{execution}/Steps/{step}/Context",
             get(executions::step_context),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/Recordings/{file}",
+            get(recordings::fetch),
         )
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))
