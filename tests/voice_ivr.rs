@@ -214,3 +214,57 @@ async fn caller_hanging_up_mid_prompt_ends_the_execution() {
     }
     panic!("execution did not end after the caller hung up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_tts_engine_is_a_step_error_not_a_silent_call() {
+    let flow = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/say-dynamic.json"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sb.toml");
+    std::fs::write(&cfg, "[tts]\ncommand = \"/nonexistent/espeak-ng\"\n").unwrap();
+    let gw = Gateway::start_in(dir.path(), Some(flow), &["--config", cfg.to_str().unwrap()]);
+    let p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    p.wait_bye(Duration::from_secs(5)).await;
+    let execs = executions(&gw, flow).await;
+    let (e, steps) = &execs[0];
+    assert_eq!(e.status, "ended");
+    let hello = steps
+        .iter()
+        .find(|s| s.name == "hello")
+        .expect("the failing step is logged");
+    let error = hello.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("not installed") && error.contains("espeak-ng"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn say_renders_new_text_with_espeak() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let flow = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/say-dynamic.json"
+    ));
+    let gw = Gateway::start(Some(flow));
+    let p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    p.wait_bye(Duration::from_secs(15)).await;
+    let heard = p.heard.lock().unwrap();
+    let pcm: Vec<i16> = heard
+        .audio_frames()
+        .into_iter()
+        .flat_map(|(_, f)| f)
+        .collect();
+    assert!(
+        active_span(&pcm, 300.0) > Duration::from_secs(2),
+        "heard {:?} of speech",
+        active_span(&pcm, 300.0)
+    );
+    // The rendered prompt landed in the content-addressed cache.
+    let cached = std::fs::read_dir(gw.data_dir.join("tts")).unwrap().count();
+    assert_eq!(cached, 1);
+}

@@ -84,8 +84,10 @@ impl VoiceChannel<'_> {
     }
 
     /// Queue a prompt (its say/play clips, `loop` times, then its digits); returns the id of
-    /// the last queued item, or None when there is nothing to play.
-    async fn queue_prompt(&mut self, p: &Prompt) -> Option<u64> {
+    /// the last queued item, or None when there is nothing to play. Speech that cannot be
+    /// rendered is an error; a `play` URL that cannot be fetched is logged and skipped, as
+    /// Twilio's <Play> does.
+    async fn queue_prompt(&mut self, p: &Prompt) -> Result<Option<u64>, String> {
         let loops = if p.loop_count == 0 {
             LOOP_FOREVER
         } else {
@@ -97,7 +99,11 @@ impl VoiceChannel<'_> {
             let language = p.language.as_deref().unwrap_or("en-US");
             match self.prompts.say(text, voice, language).await {
                 Ok(c) => clip = Some(c),
-                Err(e) => tracing::error!(call_id = %self.call_id, error = %e, "say failed"),
+                Err(e) => {
+                    // Not a silent call: the widget fails and the step log says why.
+                    tracing::error!(call_id = %self.call_id, error = %e, "say failed");
+                    return Err(e.to_string());
+                }
             }
         } else if let Some(url) = p.play.as_deref().filter(|t| !t.trim().is_empty()) {
             match self.prompts.play(url).await {
@@ -126,13 +132,15 @@ impl VoiceChannel<'_> {
                 self.media.play(Clip::from_pcm(pcm).encoded(codec), 1)
             });
         }
-        last
+        Ok(last)
     }
 
     /// say-play: speak or play the prompt `loop` times (and send its digits), then `AudioComplete`.
     pub async fn say_play(&mut self, p: &Prompt) -> Outcome {
-        let Some(last) = self.queue_prompt(p).await else {
-            return Outcome::AudioComplete;
+        let last = match self.queue_prompt(p).await {
+            Ok(Some(last)) => last,
+            Ok(None) => return Outcome::AudioComplete,
+            Err(error) => return Outcome::Failed { error },
         };
         loop {
             match self.next(None, None).await {
@@ -147,7 +155,10 @@ impl VoiceChannel<'_> {
     /// key, or `timeout` seconds without input (measured from the end of the prompt).
     pub async fn gather(&mut self, g: &Gather) -> Outcome {
         let timeout = Duration::from_secs(g.timeout_secs.clamp(1, 600) as u64);
-        let mut prompt = self.queue_prompt(&g.prompt).await;
+        let mut prompt = match self.queue_prompt(&g.prompt).await {
+            Ok(p) => p,
+            Err(error) => return Outcome::Failed { error },
+        };
         let mut deadline = prompt.is_none().then(|| Instant::now() + timeout);
         let mut digits = String::new();
         if !g.input.dtmf && g.input.speech {

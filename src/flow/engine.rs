@@ -337,14 +337,26 @@ impl Engine {
                 }
                 run(flow, exec, next, steps, now)
             }
-            Err(message) => finish(
-                exec,
-                Vec::new(),
-                EndReason::Error {
-                    widget: name,
-                    message,
-                },
-            ),
+            Err(message) => {
+                // The step log shows why the execution stopped here.
+                exec.step_count = exec.step_count.saturating_add(1);
+                let step = Step {
+                    name: name.clone(),
+                    transitioned_from: name.clone(),
+                    transitioned_to: ENDED.into(),
+                    event: "failed".into(),
+                    context: exec.context.clone(),
+                    error: Some(message.clone()),
+                };
+                finish(
+                    exec,
+                    vec![step],
+                    EndReason::Error {
+                        widget: name,
+                        message,
+                    },
+                )
+            }
         }
     }
 }

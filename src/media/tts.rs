@@ -107,7 +107,7 @@ impl Tts {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
+            .is_ok() // flite answers --version with exit status 1; running at all is what counts
     }
 
     pub fn engine_name(&self) -> &str {
@@ -117,10 +117,30 @@ impl Tts {
             .unwrap_or("espeak-ng")
     }
 
+    fn is_flite(&self) -> bool {
+        self.engine_name().starts_with("flite")
+    }
+
+    /// The engine's own voice name for Studio's `voice`/`language`.
+    fn engine_voice(&self, voice: &str, language: &str) -> String {
+        let espeak = espeak_voice(voice, language);
+        if self.is_flite() {
+            // flite speaks English only; its female and male voices stand in for Studio's.
+            if espeak.ends_with("+f3") {
+                "slt"
+            } else {
+                "rms"
+            }
+            .to_string()
+        } else {
+            espeak
+        }
+    }
+
     pub fn key_for(&self, text: &str, voice: &str, language: &str) -> String {
         cache_key(
             self.engine_name(),
-            &espeak_voice(voice, language),
+            &self.engine_voice(voice, language),
             text.trim(),
         )
     }
@@ -135,7 +155,7 @@ impl Tts {
         if text.is_empty() {
             return Err(TtsError::Empty);
         }
-        let ev = espeak_voice(voice, language);
+        let ev = self.engine_voice(voice, language);
         let key = cache_key(self.engine_name(), &ev, text);
         if let Some(c) = self.memory.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(c);
@@ -177,10 +197,22 @@ impl Tts {
         let tmp = self
             .dir
             .join(format!(".render-{:016x}.wav", rand::random::<u64>()));
-        let child = tokio::process::Command::new(&self.command)
-            .args(["-v", voice, "-s", &self.speed_wpm.to_string(), "-w"])
-            .arg(&tmp)
-            .arg("--stdin")
+        let mut cmd = tokio::process::Command::new(&self.command);
+        let text_file = tmp.with_extension("txt");
+        if self.is_flite() {
+            // flite reads text from a file (an argument with spaces would be taken literally,
+            // one without as a file name).
+            tokio::fs::write(&text_file, text).await.map_err(io)?;
+            cmd.args(["-voice", voice, "-f"])
+                .arg(&text_file)
+                .arg("-o")
+                .arg(&tmp);
+        } else {
+            cmd.args(["-v", voice, "-s", &self.speed_wpm.to_string(), "-w"])
+                .arg(&tmp)
+                .arg("--stdin");
+        }
+        let child = cmd
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -199,7 +231,9 @@ impl Tts {
             }
         };
         if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(text.as_bytes()).await;
+            if !self.is_flite() {
+                let _ = stdin.write_all(text.as_bytes()).await;
+            }
         }
         let out =
             tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
@@ -231,6 +265,7 @@ impl Tts {
             })
         };
         let _ = tokio::fs::remove_file(&tmp).await;
+        let _ = tokio::fs::remove_file(&text_file).await;
         result
     }
 
@@ -268,6 +303,44 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_eq!(a, cache_key("espeak-ng", "en-us+f3", "hello"));
         assert_ne!(a, cache_key("espeak-ng", "en-us+m3", "hello"));
+    }
+
+    #[tokio::test]
+    async fn flite_renders_when_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tts = Tts::new(dir.path(), "flite", 160);
+        if !tts.engine_available() {
+            // flite is optional (espeak-ng is the default engine); CI installs it.
+            assert_ne!(
+                std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref(),
+                Ok("1"),
+                "flite is required in CI"
+            );
+            return;
+        }
+        let clip = tts
+            .say("Your call is important to us.", "woman", "en-US")
+            .await
+            .unwrap();
+        let secs = clip.duration().as_secs_f64();
+        assert!((1.0..5.0).contains(&secs), "{secs}");
+        let rms = (clip.pcm().iter().map(|&s| (s as f64).powi(2)).sum::<f64>()
+            / clip.pcm().len() as f64)
+            .sqrt();
+        assert!(rms > 300.0, "speech, not silence: {rms}");
+        assert_eq!(
+            tts.key_for("Your call is important to us.", "woman", "en-US")
+                .len(),
+            64
+        );
+        assert!(dir
+            .path()
+            .join("tts")
+            .join(format!(
+                "{}.wav",
+                tts.key_for("Your call is important to us.", "woman", "en-US")
+            ))
+            .exists());
     }
 
     #[tokio::test]
