@@ -94,7 +94,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         public_url: public_url.clone(),
         account_sid: credentials.account_sid.clone(),
     };
+    // Inbound SIP MESSAGEs join conversations on the flow routed for the number they reach.
+    let sink: Arc<dyn MessageSink> = Arc::new(NoMessagingProvider);
+    let conversations = Arc::new(crate::messaging::Conversations::new(
+        runner.clone(),
+        sink.clone(),
+    ));
+    let (messages_tx, mut messages_rx) =
+        tokio::sync::mpsc::unbounded_channel::<crate::messaging::InboundMessage>();
+    {
+        let (conversations, router) = (conversations.clone(), router.clone());
+        tokio::spawn(async move {
+            while let Some(m) = messages_rx.recv().await {
+                let (conversations, flow) = (conversations.clone(), router.route(&m.to));
+                tokio::spawn(async move {
+                    if let Err(e) = conversations.inbound(&flow, m).await {
+                        tracing::warn!(error = %e, "inbound SIP MESSAGE not delivered");
+                    }
+                });
+            }
+        });
+    }
     let svc = Arc::new(CallServices {
+        messages: Some(messages_tx),
         sip: ep.handle.clone(),
         media,
         prompts: Arc::new(crate::call::prompts::Prompts::new(

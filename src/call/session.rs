@@ -29,6 +29,8 @@ pub struct CallServices {
     pub registry: Arc<Registry>,
     pub public_ip: Option<IpAddr>,
     pub max_calls: usize,
+    /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
+    pub messages: Option<mpsc::UnboundedSender<crate::messaging::InboundMessage>>,
     pub account_sid: String,
 }
 
@@ -56,6 +58,31 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 }
             }
             Event::Acked { call_id } => tracing::debug!(%call_id, "ACK"),
+            Event::Message {
+                from,
+                to,
+                body,
+                call_id,
+                ..
+            } => {
+                tracing::info!(%call_id, %from, %to, "SIP MESSAGE");
+                match &svc.messages {
+                    Some(tx) => {
+                        let m = crate::messaging::InboundMessage {
+                            from,
+                            to,
+                            body,
+                            message_sid: new_sid("SM"),
+                            ..Default::default()
+                        };
+                        let _ = tx.send(m);
+                    }
+                    None => {
+                        tracing::warn!(%call_id, "SIP MESSAGE received but messaging is not enabled")
+                    }
+                }
+            }
+            Event::MessageResult { .. } => {}
             Event::Refused { .. } => {}
         }
     }

@@ -74,6 +74,20 @@ pub enum EndReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Invite(Box<IncomingInvite>),
+    /// An instant message (RFC 3428) outside any dialog, already answered with 200.
+    Message {
+        from: String,
+        to: String,
+        body: String,
+        call_id: String,
+        peer: Peer,
+    },
+    /// The final answer to a MESSAGE we sent (`status` 408 when nobody answered).
+    MessageResult {
+        id: u64,
+        status: u16,
+        reason: String,
+    },
     Cancelled {
         call_id: String,
     },
@@ -102,6 +116,15 @@ pub enum Event {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Send a text/plain MESSAGE to `to` at `peer` (a configured trunk), from our `local` address.
+    SendMessage {
+        id: u64,
+        peer: Peer,
+        local: SocketAddr,
+        request_uri: String,
+        from_user: String,
+        body: String,
+    },
     Answer {
         call_id: String,
         sdp: String,
@@ -195,6 +218,10 @@ enum TimerKind {
     ByeRetransmit,
     /// Give up on our BYE (timer F).
     ByeTimeout,
+    /// Resend a MESSAGE (timer E; keyed by branch).
+    MessageRetransmit,
+    /// Give up on a MESSAGE (timer F).
+    MessageTimeout,
 }
 
 pub struct SipCore {
@@ -205,10 +232,20 @@ pub struct SipCore {
     timers: BTreeMap<(Instant, u64), (String, TimerKind)>,
     timer_seq: u64,
     next_purge: Option<Instant>,
+    /// MESSAGE client transactions by branch.
+    messages: HashMap<String, MessageTx>,
     out: VecDeque<Output>,
 }
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+#[derive(Debug)]
+struct MessageTx {
+    id: u64,
+    peer: Peer,
+    data: Vec<u8>,
+    interval: Duration,
+}
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE";
 
 impl SipCore {
     pub fn new(cfg: CoreConfig) -> Self {
@@ -219,6 +256,7 @@ impl SipCore {
             timers: BTreeMap::new(),
             timer_seq: 0,
             next_purge: None,
+            messages: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -360,8 +398,8 @@ impl SipCore {
                     ),
                 }
             }
-            "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "MESSAGE" | "REFER" | "UPDATE"
-            | "PRACK" => {
+            "MESSAGE" => self.on_message(now, peer, &req, &branch),
+            "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "REFER" | "UPDATE" | "PRACK" => {
                 let extra = format!("Allow: {ALLOW}\r\n");
                 self.reply_cached(now, peer, &head, &branch, 405, "Method Not Allowed", &extra);
             }
@@ -580,7 +618,60 @@ impl SipCore {
         }));
     }
 
+    fn on_message(&mut self, now: Instant, peer: Peer, req: &Request, branch: &str) {
+        let head = Head::of(req);
+        let ct = req
+            .content_type
+            .as_deref()
+            .unwrap_or("text/plain")
+            .to_ascii_lowercase();
+        if !ct.starts_with("text/plain") {
+            let extra = "Accept: text/plain\r\n";
+            self.reply_cached(
+                now,
+                peer,
+                &head,
+                branch,
+                415,
+                "Unsupported Media Type",
+                extra,
+            );
+            return;
+        }
+        let Ok(body) = String::from_utf8(req.body.clone()) else {
+            self.reply_cached(
+                now,
+                peer,
+                &head,
+                branch,
+                400,
+                "Bad Request",
+                "Warning: 399 switchboard \"body is not UTF-8\"\r\n",
+            );
+            return;
+        };
+        self.reply_cached(now, peer, &head, branch, 200, "OK", "");
+        self.out.push_back(Output::Event(Event::Message {
+            from: user_of(uri_of(&req.from)).to_string(),
+            to: user_of(&req.uri).to_string(),
+            body,
+            call_id: req.call_id.clone(),
+            peer,
+        }));
+    }
+
     fn on_response(&mut self, resp: Response) {
+        if resp.cseq_method == "MESSAGE" && resp.status >= 200 {
+            let branch = resp.branch.clone().unwrap_or_default();
+            if let Some(tx) = self.messages.remove(&branch) {
+                self.out.push_back(Output::Event(Event::MessageResult {
+                    id: tx.id,
+                    status: resp.status,
+                    reason: String::new(),
+                }));
+            }
+            return;
+        }
         if resp.cseq_method != "BYE" || resp.status < 200 {
             return;
         }
@@ -599,6 +690,43 @@ impl SipCore {
 
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
+            Command::SendMessage {
+                id,
+                peer,
+                local,
+                request_uri,
+                from_user,
+                body,
+            } => {
+                let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+                let data = format!(
+                    "MESSAGE {request_uri} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+                     From: <sip:{from_user}@{}>;tag={}\r\nTo: <{request_uri}>\r\nCall-ID: {:016x}@switchboard\r\nCSeq: 1 MESSAGE\r\n\
+                     User-Agent: {}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+                    peer.transport.as_str(),
+                    host_port(local),
+                    host_port(local),
+                    new_tag(),
+                    rand::random::<u64>(),
+                    self.cfg.server_name,
+                    body.len()
+                )
+                .into_bytes();
+                self.send(peer, data.clone());
+                if peer.transport == Transport::Udp {
+                    self.schedule(now + T1, &branch, TimerKind::MessageRetransmit);
+                }
+                self.schedule(now + TIMER_64T1, &branch, TimerKind::MessageTimeout);
+                self.messages.insert(
+                    branch,
+                    MessageTx {
+                        id,
+                        peer,
+                        data,
+                        interval: T1,
+                    },
+                );
+            }
             Command::Answer { call_id, sdp } => {
                 let Some(d) = self.dialogs.get_mut(&call_id) else {
                     return;
@@ -714,6 +842,28 @@ impl SipCore {
     }
 
     fn fire(&mut self, now: Instant, call_id: &str, kind: TimerKind) {
+        match kind {
+            TimerKind::MessageRetransmit => {
+                if let Some(tx) = self.messages.get_mut(call_id) {
+                    tx.interval = (tx.interval * 2).min(T2);
+                    let (peer, data, next) = (tx.peer, tx.data.clone(), now + tx.interval);
+                    self.send(peer, data);
+                    self.schedule(next, call_id, TimerKind::MessageRetransmit);
+                }
+                return;
+            }
+            TimerKind::MessageTimeout => {
+                if let Some(tx) = self.messages.remove(call_id) {
+                    self.out.push_back(Output::Event(Event::MessageResult {
+                        id: tx.id,
+                        status: 408,
+                        reason: "no answer from the trunk".into(),
+                    }));
+                }
+                return;
+            }
+            _ => {}
+        }
         let Some(d) = self.dialogs.get_mut(call_id) else {
             return;
         };
@@ -1195,5 +1345,94 @@ mod tests {
             }
         }
         panic!("no ACK timeout");
+    }
+
+    #[test]
+    fn inbound_message_is_answered_and_reported() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let msg = |ct: &str, branch: &str| {
+            format!(
+                "MESSAGE sip:+15550199999@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\
+                 From: <sip:+15550100000@127.0.0.1>;tag=m1\r\nTo: <sip:+15550199999@127.0.0.1>\r\nCall-ID: msg-{branch}\r\n\
+                 CSeq: 1 MESSAGE\r\nContent-Type: {ct}\r\nContent-Length: 5\r\n\r\nhello"
+            )
+        };
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            msg("text/plain", "z9hG4bKm1").as_bytes(),
+        );
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 200 OK"), "{tx:?}");
+        assert!(
+            matches!(&ev[0], Event::Message { from, to, body, .. } if from == "+15550100000" && to == "+15550199999" && body == "hello")
+        );
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            msg("application/im-iscomposing+xml", "z9hG4bKm2").as_bytes(),
+        );
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 415"), "{tx:?}");
+        assert!(ev.is_empty());
+    }
+
+    #[test]
+    fn outbound_message_retransmits_until_answered_or_times_out() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let trunk = Peer {
+            addr: "127.0.0.1:5080".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        let send = |id| Command::SendMessage {
+            id,
+            peer: trunk,
+            local: local(),
+            request_uri: "sip:+15550100000@127.0.0.1:5080".into(),
+            from_user: "+15550199999".into(),
+            body: "Your code is 1234".into(),
+        };
+        c.handle_command(t0, send(7));
+        let (tx, _) = drain(&mut c);
+        assert!(tx[0].starts_with("MESSAGE sip:+15550100000@127.0.0.1:5080 SIP/2.0"));
+        assert!(tx[0].ends_with("\r\n\r\nYour code is 1234"));
+        let branch = param(
+            tx[0].lines().find(|l| l.starts_with("Via:")).unwrap(),
+            "branch",
+        )
+        .unwrap();
+        c.handle_timeout(t0 + T1);
+        assert_eq!(drain(&mut c).0.len(), 1, "retransmitted");
+        let ok = format!(
+            "SIP/2.0 202 Accepted\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={branch}\r\nFrom: <sip:a@b>;tag=1\r\n\
+             To: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n"
+        );
+        c.handle_message(t0 + T1, trunk, local(), ok.as_bytes());
+        let (_, ev) = drain(&mut c);
+        assert_eq!(
+            ev,
+            vec![Event::MessageResult {
+                id: 7,
+                status: 202,
+                reason: String::new()
+            }]
+        );
+
+        c.handle_command(t0, send(8));
+        drain(&mut c);
+        c.handle_timeout(t0 + TIMER_64T1);
+        let (_, ev) = drain(&mut c);
+        assert!(
+            ev.contains(&Event::MessageResult {
+                id: 8,
+                status: 408,
+                reason: "no answer from the trunk".into()
+            }),
+            "{ev:?}"
+        );
     }
 }

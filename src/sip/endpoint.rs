@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, Transport};
 
@@ -22,16 +22,85 @@ pub enum EndpointError {
     },
 }
 
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(u16, String)>>>>;
+
 /// Handle the call layer uses to drive signalling.
 #[derive(Clone)]
 pub struct SipHandle {
     cmd: mpsc::UnboundedSender<Command>,
+    pending: Pending,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendMessageError {
+    #[error("invalid SIP URI {0:?}")]
+    BadUri(String),
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error("the trunk answered {0} {1}")]
+    Refused(u16, String),
+    #[error("the SIP endpoint has stopped")]
+    Stopped,
 }
 
 impl SipHandle {
     pub fn send(&self, cmd: Command) {
         // The endpoint only stops when the process does; a closed channel is not an error then.
         let _ = self.cmd.send(cmd);
+    }
+
+    /// Send a text MESSAGE (RFC 3428) to `uri` (`sip:user@host[:port]`) and wait for the final
+    /// answer. Only ever called with URIs of configured trunks: nothing else dials out.
+    pub async fn send_message(
+        &self,
+        uri: &str,
+        from_user: &str,
+        body: &str,
+    ) -> Result<(), SendMessageError> {
+        let hostport = uri
+            .strip_prefix("sip:")
+            .and_then(|r| r.split([';', '?']).next())
+            .map(|r| r.rsplit('@').next().unwrap_or(r))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| SendMessageError::BadUri(uri.to_string()))?;
+        let with_port = if hostport.starts_with('[')
+            || hostport
+                .rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:5060")
+        };
+        let addr = tokio::net::lookup_host(&with_port)
+            .await
+            .map_err(|e| SendMessageError::Resolve(with_port.clone(), e.to_string()))?
+            .next()
+            .ok_or_else(|| SendMessageError::Resolve(with_port.clone(), "no address".into()))?;
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        self.send(Command::SendMessage {
+            id,
+            peer: Peer {
+                addr,
+                transport: Transport::Udp,
+            },
+            local: addr, // replaced by the driver with our address as seen from `addr`
+            request_uri: uri.to_string(),
+            from_user: from_user.to_string(),
+            body: body.to_string(),
+        });
+        match rx.await {
+            Ok((status, _)) if (200..300).contains(&status) => Ok(()),
+            Ok((status, reason)) => Err(SendMessageError::Refused(status, reason)),
+            Err(_) => Err(SendMessageError::Stopped),
+        }
     }
 }
 
@@ -84,6 +153,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let writers: TcpWriters = Arc::default();
     let max = cfg.max_message_bytes;
     tokio::spawn(accept_tcp(tcp, in_tx, writers.clone(), max));
+    let pending: Pending = Arc::default();
     let driver = Driver {
         core: SipCore::new(cfg),
         udp: Arc::new(udp),
@@ -91,10 +161,15 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
         writers,
         ev: ev_tx,
         routes: HashMap::new(),
+        pending: pending.clone(),
     };
     tokio::spawn(driver.run(cmd_rx, in_rx));
     Ok(Endpoint {
-        handle: SipHandle { cmd: cmd_tx },
+        handle: SipHandle {
+            cmd: cmd_tx,
+            pending,
+            next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        },
         events: ev_rx,
         udp_addr,
         tcp_addr,
@@ -108,6 +183,7 @@ struct Driver {
     writers: TcpWriters,
     ev: mpsc::UnboundedSender<Event>,
     routes: HashMap<IpAddr, IpAddr>,
+    pending: Pending,
 }
 
 impl Driver {
@@ -136,7 +212,12 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
                 },
                 Some(m) = tcp_in.recv() => self.core.handle_message(Instant::now(), m.peer, m.local, &m.data),
-                Some(cmd) = cmds.recv() => self.core.handle_command(Instant::now(), cmd),
+                Some(mut cmd) = cmds.recv() => {
+                    if let Command::SendMessage { peer, local, .. } = &mut cmd {
+                        *local = self.local_for(peer.addr.ip());
+                    }
+                    self.core.handle_command(Instant::now(), cmd)
+                }
                 _ = sleep => self.core.handle_timeout(Instant::now()),
             }
             self.flush();
@@ -192,6 +273,11 @@ impl Driver {
                     reason,
                 }) => {
                     tracing::info!(from = %peer.addr, status, %reason, "SIP request refused");
+                }
+                Output::Event(Event::MessageResult { id, status, reason }) => {
+                    if let Some(tx) = self.pending.lock().ok().and_then(|mut p| p.remove(&id)) {
+                        let _ = tx.send((status, reason));
+                    }
                 }
                 Output::Event(e) => {
                     let _ = self.ev.send(e);

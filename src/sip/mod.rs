@@ -5,6 +5,7 @@ pub mod acl;
 pub mod core;
 pub mod endpoint;
 pub mod message;
+pub mod message_sink;
 pub mod sdp;
 
 pub use self::core::{Command, CoreConfig, EndReason, Event, IncomingInvite, Peer, Transport};
