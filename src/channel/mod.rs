@@ -53,6 +53,24 @@ pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().fixed_offset()
 }
 
+/// What the runner keeps of an execution's stored record while driving it.
+#[derive(Debug, Clone)]
+struct Base {
+    contact: String,
+    active_key: Option<String>,
+    date_created: String,
+}
+
+impl From<&ExecutionRecord> for Base {
+    fn from(r: &ExecutionRecord) -> Base {
+        Base {
+            contact: r.contact.clone(),
+            active_key: r.active_key.clone(),
+            date_created: r.date_created.clone(),
+        }
+    }
+}
+
 /// Identity of a new execution as the store keeps it.
 pub struct NewExecution {
     pub init: ExecutionInit,
@@ -72,11 +90,13 @@ impl Runner {
     ) -> Result<(Execution, Finished), StoreError> {
         let (exec, adv) = Engine::start(&flow.flow, new.init, new.trigger, now());
         let created = now_rfc3339();
-        let mut rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
-        self.store.create_execution(&rec).await?;
+        let base = {
+            let rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
+            self.store.create_execution(&rec).await?;
+            Base::from(&rec)
+        };
         tracing::info!(execution = %exec.sid, flow = %flow.name, contact = %new.contact, "execution started");
-        rec.date_created = created;
-        self.drive(flow, exec, adv, rec, medium, 0).await
+        self.drive(flow, exec, adv, base, medium, 0).await
     }
 
     /// Resume a stored execution with an outcome (a reply, a timeout) and drive it on.
@@ -87,9 +107,10 @@ impl Runner {
         outcome: Outcome,
         medium: &mut M,
     ) -> Result<(Execution, Finished), StoreError> {
-        let mut exec: Execution = serde_json::from_value(rec.state.clone())?;
+        let base = Base::from(&rec);
+        let mut exec: Execution = serde_json::from_value(rec.state)?;
         let adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
-        self.drive(flow, exec, adv, rec, medium, 0).await
+        self.drive(flow, exec, adv, base, medium, 0).await
     }
 
     fn drive<'a, M: Medium>(
@@ -97,7 +118,7 @@ impl Runner {
         flow: &'a LoadedFlow,
         mut exec: Execution,
         mut adv: Advance,
-        base: ExecutionRecord,
+        base: Base,
         medium: &'a mut M,
         depth: u32,
     ) -> Driven<'a> {
@@ -114,22 +135,24 @@ impl Runner {
                     _ => None,
                 };
                 // The step is committed before its effect runs: a crash never loses a decided step.
-                let rec = ExecutionRecord {
-                    date_updated: now_rfc3339(),
-                    ..record(
+                {
+                    let rec = record(
                         &exec,
                         &base.contact,
                         base.active_key.clone(),
                         &base.date_created,
                         waiting.clone(),
-                    )
-                };
-                self.store
-                    .record_progress(&rec, &steps(&exec, &adv))
-                    .await?;
+                    );
+                    self.store
+                        .record_progress(&rec, &steps(&exec, &adv))
+                        .await?;
+                }
                 for s in adv.steps.iter().filter(|s| s.error.is_some()) {
                     tracing::warn!(execution = %exec.sid, widget = %s.name, error = s.error.as_deref().unwrap_or(""), "step error");
                 }
+                // The steps' context snapshots are stored; a call waiting on its effect for
+                // minutes should not keep them in memory.
+                adv.steps = Vec::new();
                 let outcome = match &adv.effect {
                     Effect::End(reason) => {
                         tracing::info!(execution = %exec.sid, %reason, "execution ended");
@@ -210,7 +233,7 @@ impl Runner {
             };
         }
         match self
-            .drive(&child_flow, exec, adv, rec, medium, depth + 1)
+            .drive(&child_flow, exec, adv, Base::from(&rec), medium, depth + 1)
             .await
         {
             Ok((child, Finished::Ended(EndReason::Completed { .. }))) => {

@@ -103,7 +103,8 @@ pub struct Tap {
 struct Inbound {
     decoder: Decoder,
     inband: Option<InbandDtmf>,
-    jitter: JitterBuffer,
+    /// Made when someone taps the audio (it holds ~8 KB of frame slots; most calls never need it).
+    jitter: Option<JitterBuffer>,
     tap: Option<mpsc::UnboundedSender<Vec<i16>>>,
     pcm: Vec<i16>,
 }
@@ -347,7 +348,7 @@ impl MediaSession {
         let mut rate = 8000;
         if let Ok(mut st) = self.stream.state.lock() {
             rate = st.codec.sample_rate();
-            st.inbound.jitter.reset();
+            st.inbound.jitter = Some(JitterBuffer::new(3));
             st.inbound.tap = Some(tx);
         }
         Tap {
@@ -359,6 +360,7 @@ impl MediaSession {
     pub fn untap(&self) {
         if let Ok(mut st) = self.stream.state.lock() {
             st.inbound.tap = None;
+            st.inbound.jitter = None;
         }
     }
 
@@ -453,7 +455,7 @@ impl MediaEngine {
                 inbound: Inbound {
                     decoder: Decoder::new(p.codec),
                     inband,
-                    jitter: JitterBuffer::new(3),
+                    jitter: None,
                     tap: None,
                     pcm: Vec::new(),
                 },
@@ -479,72 +481,88 @@ impl MediaEngine {
 }
 
 async fn read_loop(stream: Arc<Stream>, audio_pt: u8) {
-    let mut buf = [0u8; 1500];
-    let mut frame = [0u8; MAX_FRAME];
+    // The buffer lives only between awaits, so a waiting call's task holds no packet memory.
     loop {
-        let (n, from) = match stream.socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(_) => continue,
-        };
-        let Some(pkt) = rtp::parse(&buf[..n]) else {
-            continue;
-        };
-        let Ok(mut guard) = stream.state.lock() else {
+        if stream.socket.readable().await.is_err() {
             return;
-        };
-        let st = &mut *guard;
-        st.packets_received += 1;
-        // Symmetric RTP: answer to where the caller really sends from (NAT), once it is known.
-        if !st.latched {
-            st.remote = from;
-            st.latched = true;
         }
-        if Some(pkt.payload_type) == st.telephone_event {
-            if let Some(digit) = st.dtmf.on_packet(pkt.timestamp, pkt.payload) {
-                let _ = stream.events.send(MediaEvent::Dtmf {
-                    digit,
-                    source: DtmfSource::Rfc4733,
-                });
-            }
-            continue;
-        }
-        if pkt.payload_type != audio_pt {
-            continue; // comfort noise and anything we did not negotiate
-        }
-        let inb = &mut st.inbound;
-        if let Some(det) = inb.inband.as_mut() {
-            inb.pcm.clear();
-            inb.decoder.decode(pkt.payload, &mut inb.pcm);
-            let events = &stream.events;
-            det.push(&inb.pcm, &mut |digit| {
-                let _ = events.send(MediaEvent::Dtmf {
-                    digit,
-                    source: DtmfSource::Inband,
-                });
-            });
-        }
-        if let Some(tap) = inb.tap.clone() {
-            inb.jitter
-                .push_ssrc(pkt.ssrc, pkt.sequence, pkt.timestamp, pkt.payload);
-            // Release frames once the buffer holds more than its depth (reorder window).
-            while inb.jitter.len() > inb.jitter.depth() {
-                let mut pcm = Vec::with_capacity(frame.len() * 2);
-                match inb.jitter.pop(&mut frame) {
-                    PopResult::Frame(len) => inb.decoder.decode(&frame[..len], &mut pcm),
-                    // A lost frame is concealed with silence of the usual length.
-                    PopResult::Missing => pcm.resize(
-                        pkt.payload.len() * (st.codec.sample_rate() / 8000) as usize,
-                        0,
-                    ),
-                    PopResult::Empty => break,
+        let mut buf = [0u8; 1500];
+        loop {
+            match stream.socket.try_recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    if !receive(&stream, audio_pt, &buf[..n], from) {
+                        return;
+                    }
                 }
-                if tap.send(pcm).is_err() {
-                    inb.tap = None;
-                    break;
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP errors (port unreachable) surface here; keep listening.
+                Err(_) => break,
             }
         }
     }
+}
+
+/// Handle one inbound datagram; false when the stream is gone.
+fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> bool {
+    let Some(pkt) = rtp::parse(datagram) else {
+        return true;
+    };
+    let Ok(mut guard) = stream.state.lock() else {
+        return false;
+    };
+    let st = &mut *guard;
+    st.packets_received += 1;
+    // Symmetric RTP: answer to where the caller really sends from (NAT), once it is known.
+    if !st.latched {
+        st.remote = from;
+        st.latched = true;
+    }
+    if Some(pkt.payload_type) == st.telephone_event {
+        if let Some(digit) = st.dtmf.on_packet(pkt.timestamp, pkt.payload) {
+            let _ = stream.events.send(MediaEvent::Dtmf {
+                digit,
+                source: DtmfSource::Rfc4733,
+            });
+        }
+        return true;
+    }
+    if pkt.payload_type != audio_pt {
+        return true; // comfort noise and anything we did not negotiate
+    }
+    let inb = &mut st.inbound;
+    if let Some(det) = inb.inband.as_mut() {
+        inb.pcm.clear();
+        inb.decoder.decode(pkt.payload, &mut inb.pcm);
+        let events = &stream.events;
+        det.push(&inb.pcm, &mut |digit| {
+            let _ = events.send(MediaEvent::Dtmf {
+                digit,
+                source: DtmfSource::Inband,
+            });
+        });
+    }
+    if let (Some(tap), Some(jitter)) = (inb.tap.clone(), inb.jitter.as_mut()) {
+        let mut frame = [0u8; MAX_FRAME];
+        jitter.push_ssrc(pkt.ssrc, pkt.sequence, pkt.timestamp, pkt.payload);
+        // Release frames once the buffer holds more than its depth (reorder window).
+        while jitter.len() > jitter.depth() {
+            let mut pcm = Vec::with_capacity(frame.len() * 2);
+            match jitter.pop(&mut frame) {
+                PopResult::Frame(len) => inb.decoder.decode(&frame[..len], &mut pcm),
+                // A lost frame is concealed with silence of the usual length.
+                PopResult::Missing => pcm.resize(
+                    pkt.payload.len() * (st.codec.sample_rate() / 8000) as usize,
+                    0,
+                ),
+                PopResult::Empty => break,
+            }
+            if tap.send(pcm).is_err() {
+                inb.tap = None;
+                break;
+            }
+        }
+    }
+    true
 }
 
 fn worker(rx: std_mpsc::Receiver<Arc<Stream>>) {
