@@ -45,6 +45,8 @@ pub struct Api {
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     /// Compiled flow revisions by (flow SID, revision).
     compiled: Mutex<HashMap<(String, i64), Arc<LoadedFlow>>>,
+    /// The inbound messaging webhook (`/v1/Accounts/{AccountSid}/Flows/{FlowSid}`), if served.
+    webhook: Option<Arc<crate::messaging::webhook::Webhook>>,
 }
 
 impl Api {
@@ -63,7 +65,14 @@ impl Api {
             sink,
             running: Mutex::default(),
             compiled: Mutex::default(),
+            webhook: None,
         }
+    }
+
+    /// Serve the inbound messaging webhook too (it checks signatures, not Basic auth).
+    pub fn with_webhook(mut self, webhook: Arc<crate::messaging::webhook::Webhook>) -> Api {
+        self.webhook = Some(webhook);
+        self
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -73,6 +82,7 @@ impl Api {
 
 /// The HTTP routes: `/healthz` without authentication, everything else behind Basic auth.
 pub fn router(api: Arc<Api>) -> Router {
+    let webhook = api.webhook.clone();
     let v2 = Router::new()
         .route("/v2/Flows", get(flows::list).post(flows::create))
         .route("/v2/Flows/Validate", post(flows::validate))
@@ -115,9 +125,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))
         .with_state(api);
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .merge(v2)
+    let open = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let open = match webhook {
+        Some(w) => open.merge(crate::messaging::webhook::routes(w)),
+        None => open,
+    };
+    open.merge(v2)
 }
 
 /// Register every flow stored through the API in the router (at start-up). A stored flow that
