@@ -868,7 +868,7 @@ fn deliver(s: &Settings, sm: pdu::ShortMessage, inbound: &mpsc::Sender<InboundMe
             .receipted_message_id
             .clone()
             .unwrap_or_else(|| field("id:"));
-        tracing::info!(provider = %s.name, message = %id, stat = %field("stat:"), err = %field("err:"), "SMPP delivery receipt");
+        tracing::info!(provider = %s.name, message_id = %id, stat = %field("stat:"), err = %field("err:"), "SMPP delivery receipt");
         return pdu::ESME_ROK;
     }
     let mut extra = Map::new();
