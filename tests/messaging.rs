@@ -535,6 +535,56 @@ async fn one_flow_serves_a_call_and_a_conversation() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_ends_and_deletes_old_executions() {
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(
+        tmp.path(),
+        "[retention]\nmax_age_secs = 1\nmax_active_secs = 1\ninterval_secs = 1\n",
+    );
+    let flow = flow_path("sms-survey.json");
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let gw = Gateway::start_in(
+        tmp.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "hello").await;
+    assert_eq!(status, StatusCode::OK);
+    let ex = executions(&gw, &flow).await;
+    assert_eq!(ex.len(), 1);
+    let sid = ex[0].0.sid.clone();
+    // Waiting for a reply (active) but older than the limit: ended, then deleted with its steps.
+    let ex = wait_until(&gw, &flow, Duration::from_secs(10), |ex| ex.is_empty()).await;
+    assert!(ex.is_empty(), "{ex:?}");
+    let start = Instant::now();
+    let ended = loop {
+        let ended: Vec<Value> = recorder
+            .events()
+            .into_iter()
+            .filter(|e| {
+                e["type"] == "com.twilio.studio.flow.execution.ended"
+                    && e["data"]["execution_sid"] == json!(sid)
+            })
+            .collect();
+        if !ended.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break ended;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["data"]["ended_reason"], "ENDED_BY_RETENTION");
+    // The session is free: the contact starts afresh.
+    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "again").await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = recorder.wait_messages(2, Duration::from_secs(10)).await;
+    assert_eq!(
+        sent.last().unwrap().get("Body"),
+        "Hi again! What is your name?"
+    );
+}
+
 /// The npm `smpp` package as installed by .ci/run, or None (skip; a failure when peers are
 /// required).
 fn smpp_peer() -> Option<PathBuf> {
