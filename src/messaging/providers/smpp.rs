@@ -959,6 +959,93 @@ mod tests {
         assert!(status_name(0x0E).contains("ESME_RINVPASWD"));
     }
 
+    /// An SMSC that answers bind_transceiver and submit_sm with the given statuses.
+    async fn fake_smsc(bind_status: u32, submit_status: u32) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    loop {
+                        let p = loop {
+                            if let Some(p) = decode(&mut buf).unwrap() {
+                                break p;
+                            }
+                            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        };
+                        let (status, body) = match p.command_id {
+                            BIND_TRANSCEIVER => (bind_status, b"smsc\0".to_vec()),
+                            SUBMIT_SM if submit_status == ESME_ROK => {
+                                let sm = parse_short_message(&p.body).unwrap();
+                                assert_eq!(sm.dest, "15550002");
+                                (ESME_ROK, b"m1\0".to_vec())
+                            }
+                            SUBMIT_SM => (submit_status, Vec::new()),
+                            _ => (ESME_ROK, Vec::new()),
+                        };
+                        s.write_all(&p.response(status, body).encode())
+                            .await
+                            .unwrap();
+                        if p.command_id == BIND_TRANSCEIVER && bind_status != ESME_ROK {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn provider(addr: std::net::SocketAddr) -> SmppProvider {
+        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "name": "smsc", "kind": "smpp", "host": "127.0.0.1", "port": addr.port(),
+            "system_id": "sb", "password": "sekrit1"
+        }))
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        SmppProvider::start(&cfg, tx).unwrap()
+    }
+
+    fn message() -> Message {
+        Message {
+            from: "+15550001".into(),
+            to: "+15550002".into(),
+            body: "hi".into(),
+            media_url: None,
+            service: None,
+            channel: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn submits_and_their_failures() {
+        let ok = provider(fake_smsc(ESME_ROK, ESME_ROK).await);
+        let fields = ok.send(&message()).await.unwrap();
+        assert_eq!(fields["Sid"], "m1");
+        assert_eq!(fields["To"], "+15550002");
+
+        let refused = provider(fake_smsc(ESME_ROK, 0x45).await);
+        let err = refused.send(&message()).await.unwrap_err();
+        assert!(err.contains("ESME_RSUBMITFAIL"), "{err}");
+
+        let bad_password = provider(fake_smsc(0x0E, ESME_ROK).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let err = bad_password.send(&message()).await.unwrap_err();
+        assert!(err.contains("bind refused: ESME_RINVPASWD"), "{err}");
+        assert!(!err.contains("sekrit1"), "{err}");
+
+        let cfg: ProviderConfig = serde_json::from_value(serde_json::json!({
+            "name": "smsc", "kind": "smpp", "host": "127.0.0.1", "system_id": "sb",
+            "password": "longer-than-eight"
+        }))
+        .unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(SmppProvider::start(&cfg, tx).is_err());
+    }
+
     #[test]
     fn addresses() {
         let a = Addressing { ton: 1, npi: 1 };
