@@ -90,6 +90,7 @@ pub async fn run(o: ChatOptions) -> anyhow::Result<()> {
         store: store.clone(),
         http: HttpClient::new(None),
         router,
+        events: None,
     };
     let conv = Conversations::new(runner, Arc::new(Terminal));
     let data: Map<String, Value> = o

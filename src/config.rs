@@ -22,6 +22,128 @@ pub struct Config {
     pub tts: TtsConfig,
     pub database: DatabaseConfig,
     pub api: ApiConfig,
+    pub messaging: MessagingConfig,
+    pub events: EventsConfig,
+    pub retention: RetentionConfig,
+}
+
+pub use crate::events::EventsConfig;
+
+/// `[messaging]`: the inbound webhook and the outbound providers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingConfig {
+    /// Check `X-Twilio-Signature` on the inbound webhook against the API auth token.
+    pub validate_signatures: bool,
+    /// Outbound providers. A message goes out through the provider that lists its `from`
+    /// number in `numbers`, else through the one named `default`.
+    pub providers: Vec<ProviderConfig>,
+}
+
+impl Default for MessagingConfig {
+    fn default() -> Self {
+        MessagingConfig {
+            validate_signatures: true,
+            providers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Twilio's Messages API or any compatible service.
+    Twilio,
+    /// SIP MESSAGE (RFC 3428) to a trunk.
+    Sip,
+    /// SMPP 3.4 (needs the `smpp` cargo feature).
+    Smpp,
+}
+
+/// `[[messaging.providers]]`: one outbound provider. Fields not used by its kind are ignored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `default` serves every number no other provider lists.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Our numbers (message `from`) this provider sends for.
+    #[serde(default)]
+    pub numbers: Vec<String>,
+    /// twilio: API base URL (default `https://api.twilio.com`).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// twilio: HTTP Basic user (the account SID).
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    /// twilio: HTTP Basic password.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// smpp: SMSC host and port.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// smpp: bind credentials and system type.
+    #[serde(default)]
+    pub system_id: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub system_type: Option<String>,
+    /// smpp: type of number / numbering plan of addresses (default 1/1: international, E.164).
+    #[serde(default)]
+    pub ton: Option<u8>,
+    #[serde(default)]
+    pub npi: Option<u8>,
+    /// smpp: seconds between enquire_link keep-alives (default 30).
+    #[serde(default)]
+    pub enquire_link_secs: Option<u64>,
+    /// sip: the trunk or URI messages go to.
+    #[serde(default)]
+    pub trunk: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    // Auth tokens and SMPP passwords never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("numbers", &self.numbers)
+            .field("base_url", &self.base_url)
+            .field("account_sid", &self.account_sid)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "***"))
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("system_id", &self.system_id)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("system_type", &self.system_type)
+            .field("trunk", &self.trunk)
+            .finish()
+    }
+}
+
+/// `[retention]`: how long executions and steps are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Executions (and their steps) created longer ago than this are deleted (default 30 days).
+    pub max_age_secs: u64,
+    /// Active executions created longer ago than this are ended first (default 30 days).
+    pub max_active_secs: u64,
+    /// How often the clean-up runs (it also runs once at start).
+    pub interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_secs: 30 * 24 * 3600,
+            max_active_secs: 30 * 24 * 3600,
+            interval_secs: 3600,
+        }
+    }
 }
 
 /// The Studio REST API. Without credentials the gateway generates them on first start and
@@ -114,6 +236,9 @@ impl Default for Config {
             tts: TtsConfig::default(),
             database: DatabaseConfig::default(),
             api: ApiConfig::default(),
+            messaging: MessagingConfig::default(),
+            events: EventsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -170,7 +295,17 @@ impl Config {
         }
         // Only our own sections: other SWITCHBOARD_* variables (test switches) are not config.
         let ours = [
-            "data_dir", "flow", "sip", "http", "media", "tts", "database", "api",
+            "data_dir",
+            "flow",
+            "sip",
+            "http",
+            "media",
+            "tts",
+            "database",
+            "api",
+            "messaging",
+            "events",
+            "retention",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {
@@ -234,6 +369,55 @@ mod tests {
         assert_eq!(c.api.public_url.as_deref(), Some("https://sb.example"));
         let shown = format!("{c:?}");
         assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    #[test]
+    fn messaging_events_and_retention_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sb.toml");
+        std::fs::write(
+            &f,
+            r#"
+[messaging]
+validate_signatures = false
+[[messaging.providers]]
+name = "default"
+kind = "twilio"
+base_url = "http://127.0.0.1:9"
+account_sid = "AC1"
+auth_token = "tok-sekrit"
+[[messaging.providers]]
+name = "smsc"
+kind = "smpp"
+numbers = ["+15550001"]
+host = "127.0.0.1"
+port = 2775
+system_id = "sb"
+password = "pw-sekrit"
+[events]
+sinks = ["http://127.0.0.1:9/events"]
+batch_size = 10
+[retention]
+max_age_secs = 60
+"#,
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert!(!c.messaging.validate_signatures);
+        assert_eq!(c.messaging.providers.len(), 2);
+        assert_eq!(c.messaging.providers[1].kind, ProviderKind::Smpp);
+        assert_eq!(c.events.batch_size, 10);
+        assert_eq!(c.events.flush_ms, 1000, "defaults fill the rest");
+        assert_eq!(c.retention.max_age_secs, 60);
+        assert_eq!(c.retention.interval_secs, 3600);
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+        std::fs::write(
+            &f,
+            "[[messaging.providers]]\nname = \"x\"\nkind = \"carrier-pigeon\"\n",
+        )
+        .unwrap();
+        assert!(Config::load(Some(&f)).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod call;
 pub mod channel;
 pub mod chat;
 pub mod config;
+pub mod events;
 pub mod flow;
 pub mod media;
 pub mod messaging;

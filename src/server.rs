@@ -8,24 +8,16 @@ use anyhow::Context as _;
 use crate::api::{Api, Credentials};
 use crate::call::{dispatch, CallServices, Registry};
 use crate::config::Config;
-use crate::flow::Message;
+use crate::events::Events;
 use crate::media::tts::Tts;
 use crate::media::{MediaConfig, MediaEngine};
-use crate::messaging::{MessageSink, SendFuture};
+use crate::messaging::providers::{ProviderContext, Providers};
+use crate::messaging::webhook::Webhook;
+use crate::messaging::Conversations;
 use crate::routing::Router;
 use crate::sip::acl::Acl;
 use crate::sip::{endpoint, CoreConfig};
 use crate::store::{redact, Store};
-
-/// The message sink while no messaging provider is configured: every send fails with a clear
-/// reason, so send-message takes its `failed` transition.
-struct NoMessagingProvider;
-
-impl MessageSink for NoMessagingProvider {
-    fn send<'a>(&'a self, _msg: &'a Message) -> SendFuture<'a> {
-        Box::pin(async { Err("no messaging provider configured".to_string()) })
-    }
-}
 
 pub struct Running {
     pub sip_udp: SocketAddr,
@@ -48,14 +40,74 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
     }
     let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
+    let http_client = crate::channel::HttpClient::new(Some((
+        credentials.account_sid.clone(),
+        credentials.auth_token().to_string(),
+    )));
+    let events = Events::start(
+        &cfg.events,
+        &credentials.account_sid,
+        http_client.client().clone(),
+    )?;
+    if events.is_some() {
+        tracing::info!(sinks = cfg.events.sinks.len(), "event streams on");
+    }
+    tokio::spawn(crate::store::retention::run(
+        store.clone(),
+        cfg.retention.clone(),
+        events.clone(),
+    ));
     let runner = crate::channel::Runner {
         store,
-        http: crate::channel::HttpClient::new(Some((
-            credentials.account_sid.clone(),
-            credentials.auth_token().to_string(),
-        ))),
+        http: http_client,
         router: router.clone(),
+        events,
     };
+
+    let acl = Acl::parse(&cfg.sip.acl)?;
+    let core_cfg = CoreConfig {
+        max_message_bytes: cfg.sip.max_message_bytes,
+        server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+        acl,
+    };
+    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
+    // Outbound providers by number; messages they receive themselves (SMPP) come back here.
+    let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);
+    let sip_handle = ep.handle.clone();
+    let sip_factory = move |p: &crate::config::ProviderConfig| -> Result<
+        Arc<dyn crate::messaging::MessageSink>,
+        crate::messaging::providers::ProviderError,
+    > {
+        let trunk = p
+            .trunk
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                crate::messaging::providers::ProviderError::invalid(
+                    p,
+                    "kind = \"sip\" needs trunk = \"sip:host[:port]\"",
+                )
+            })?;
+        Ok(Arc::new(crate::sip::message_sink::SipMessageSink {
+            handle: sip_handle.clone(),
+            trunk,
+        }))
+    };
+    let providers = Arc::new(Providers::from_config_with(
+        &cfg.messaging,
+        &ProviderContext {
+            http: runner.http.client().clone(),
+            inbound: inbound_tx.clone(),
+        },
+        &sip_factory,
+    )?);
+    if providers.is_empty() {
+        tracing::info!("no messaging provider configured: send-message widgets will fail");
+    }
+    let conversations = Arc::new(Conversations::new(runner.clone(), providers.clone()));
+    // Reply timeouts are in the store: they fire after a restart too.
+    tokio::spawn(conversations.clone().run_timeouts());
+    tokio::spawn(conversations.clone().run_inbound(inbound_rx));
 
     let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
     if !tts.engine_available() {
@@ -73,13 +125,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         port_max: cfg.media.rtp_port_max,
         workers,
     });
-    let acl = Acl::parse(&cfg.sip.acl)?;
-    let core_cfg = CoreConfig {
-        max_message_bytes: cfg.sip.max_message_bytes,
-        server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
-        acl,
-    };
-    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
     // HTTP is bound before calls start so recording URLs can name its real address.
     let listener = tokio::net::TcpListener::bind(cfg.http.bind)
         .await
@@ -94,29 +139,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         public_url: public_url.clone(),
         account_sid: credentials.account_sid.clone(),
     };
-    // Inbound SIP MESSAGEs join conversations on the flow routed for the number they reach.
-    let sink: Arc<dyn MessageSink> = Arc::new(NoMessagingProvider);
-    let conversations = Arc::new(crate::messaging::Conversations::new(
-        runner.clone(),
-        sink.clone(),
-    ));
-    let (messages_tx, mut messages_rx) =
-        tokio::sync::mpsc::unbounded_channel::<crate::messaging::InboundMessage>();
-    {
-        let (conversations, router) = (conversations.clone(), router.clone());
-        tokio::spawn(async move {
-            while let Some(m) = messages_rx.recv().await {
-                let (conversations, flow) = (conversations.clone(), router.route(&m.to));
-                tokio::spawn(async move {
-                    if let Err(e) = conversations.inbound(&flow, m).await {
-                        tracing::warn!(error = %e, "inbound SIP MESSAGE not delivered");
-                    }
-                });
-            }
-        });
-    }
     let svc = Arc::new(CallServices {
-        messages: Some(messages_tx),
+        messages: Some(inbound_tx.clone()),
         sip: ep.handle.clone(),
         media,
         prompts: Arc::new(crate::call::prompts::Prompts::new(
@@ -134,14 +158,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     });
     tokio::spawn(dispatch(svc, ep.events));
 
+    let webhook = Arc::new(Webhook::new(
+        conversations,
+        &credentials.account_sid,
+        credentials.auth_token(),
+        &public_url,
+        cfg.messaging.validate_signatures,
+    ));
+    if !cfg.messaging.validate_signatures {
+        tracing::warn!("[messaging] validate_signatures = false: anyone can post inbound messages");
+    }
     let api = Arc::new(
-        Api::new(
-            credentials,
-            &public_url,
-            runner,
-            Arc::new(NoMessagingProvider),
-        )
-        .with_recordings(recordings),
+        Api::new(credentials, &public_url, runner, providers)
+            .with_webhook(webhook)
+            .with_recordings(recordings),
     );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, crate::api::router(api)).await {

@@ -75,6 +75,7 @@ async fn setup(
         store,
         http: HttpClient::new(None),
         router,
+        events: None,
     };
     (
         Conversations::new(runner, capture.clone()),

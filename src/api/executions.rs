@@ -307,10 +307,17 @@ pub async fn update(
             o.insert("status".into(), json!("ended"));
             o.insert("current".into(), Value::Null);
         }
-        api.store
-            .end_execution(&sid, &state, &now_rfc3339())
-            .await?;
+        let now = now_rfc3339();
+        let ended = api.store.end_execution(&sid, &state, &now).await?;
         tracing::info!(execution = %sid, flow = %flow_sid, "execution ended through the API");
+        if let (true, Some(ev)) = (ended, &api.runner.events) {
+            let rec = ExecutionRecord {
+                status: "ended".into(),
+                date_updated: now,
+                ..e.clone()
+            };
+            ev.execution_ended(&rec, "ENDED_BY_API");
+        }
     }
     let e = execution_of(&api, &flow_sid, &sid).await?;
     Ok(Json(execution_json(&api, &e)))

@@ -48,6 +48,8 @@ pub struct Api {
     compiled: Mutex<HashMap<(String, i64), Arc<LoadedFlow>>>,
     /// Where record-voicemail keeps its files (served under /2010-04-01/.../Recordings).
     pub recordings: Option<crate::call::recordings::Recordings>,
+    /// The inbound messaging webhook (`/v1/Accounts/{AccountSid}/Flows/{FlowSid}`), if served.
+    webhook: Option<Arc<crate::messaging::webhook::Webhook>>,
 }
 
 impl Api {
@@ -67,11 +69,18 @@ impl Api {
             running: Mutex::default(),
             compiled: Mutex::default(),
             recordings: None,
+            webhook: None,
         }
     }
 
     pub fn with_recordings(mut self, recordings: crate::call::recordings::Recordings) -> Api {
         self.recordings = Some(recordings);
+        self
+    }
+
+    /// Serve the inbound messaging webhook too (it checks signatures, not Basic auth).
+    pub fn with_webhook(mut self, webhook: Arc<crate::messaging::webhook::Webhook>) -> Api {
+        self.webhook = Some(webhook);
         self
     }
 
@@ -82,6 +91,7 @@ impl Api {
 
 /// The HTTP routes: `/healthz` without authentication, everything else behind Basic auth.
 pub fn router(api: Arc<Api>) -> Router {
+    let webhook = api.webhook.clone();
     let v2 = Router::new()
         .route("/v2/Flows", get(flows::list).post(flows::create))
         .route("/v2/Flows/Validate", post(flows::validate))
@@ -128,9 +138,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))
         .with_state(api);
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .merge(v2)
+    let open = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    let open = match webhook {
+        Some(w) => open.merge(crate::messaging::webhook::routes(w)),
+        None => open,
+    };
+    open.merge(v2)
 }
 
 /// Register every flow stored through the API in the router (at start-up). A stored flow that

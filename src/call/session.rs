@@ -30,7 +30,7 @@ pub struct CallServices {
     pub public_ip: Option<IpAddr>,
     pub max_calls: usize,
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
-    pub messages: Option<mpsc::UnboundedSender<crate::messaging::InboundMessage>>,
+    pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
     pub account_sid: String,
 }
 
@@ -75,7 +75,9 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                             message_sid: new_sid("SM"),
                             ..Default::default()
                         };
-                        let _ = tx.send(m);
+                        if tx.try_send(m).is_err() {
+                            tracing::warn!(%call_id, "inbound message queue full; SIP MESSAGE dropped");
+                        }
                     }
                     None => {
                         tracing::warn!(%call_id, "SIP MESSAGE received but messaging is not enabled")

@@ -47,6 +47,8 @@ pub struct Runner {
     pub store: Store,
     pub http: HttpClient,
     pub router: Arc<Router>,
+    /// Event Streams (execution started/ended, step ended); None when no sink is configured.
+    pub events: Option<crate::events::Events>,
 }
 
 pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
@@ -93,6 +95,9 @@ impl Runner {
         let base = {
             let rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
             self.store.create_execution(&rec).await?;
+            if let Some(ev) = &self.events {
+                ev.execution_started(&rec);
+            }
             Base::from(&rec)
         };
         tracing::info!(execution = %exec.sid, flow = %flow.name, contact = %new.contact, "execution started");
@@ -143,9 +148,14 @@ impl Runner {
                         &base.date_created,
                         waiting.clone(),
                     );
-                    self.store
-                        .record_progress(&rec, &steps(&exec, &adv))
-                        .await?;
+                    let taken = steps(&exec, &adv);
+                    self.store.record_progress(&rec, &taken).await?;
+                    if let Some(ev) = &self.events {
+                        taken.iter().for_each(|s| ev.step_ended(&rec.flow_sid, s));
+                        if let Effect::End(reason) = &adv.effect {
+                            ev.execution_ended(&rec, crate::events::end_code(reason));
+                        }
+                    }
                 }
                 for s in adv.steps.iter().filter(|s| s.error.is_some()) {
                     tracing::warn!(execution = %exec.sid, widget = %s.name, error = s.error.as_deref().unwrap_or(""), "step error");
@@ -231,6 +241,9 @@ impl Runner {
             return Outcome::Failed {
                 error: format!("cannot store subflow execution: {e}"),
             };
+        }
+        if let Some(ev) = &self.events {
+            ev.execution_started(&rec);
         }
         match self
             .drive(&child_flow, exec, adv, Base::from(&rec), medium, depth + 1)

@@ -3,6 +3,10 @@
 //! otherwise it starts a new execution at the trigger's `incomingMessage`. Waiting executions
 //! live in the store with their deadline, so replies and timeouts work across restarts.
 
+pub mod providers;
+pub mod signature;
+pub mod webhook;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -225,6 +229,25 @@ impl Conversations {
             out.push((sid, state));
         }
         Ok(out)
+    }
+
+    /// Background task: deliver messages that providers received themselves (SMPP
+    /// `deliver_sm`) to the flow routed for the number they were sent to.
+    pub async fn run_inbound(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<InboundMessage>) {
+        while let Some(m) = rx.recv().await {
+            let flow = self.runner.router.route(&m.to);
+            let conv = self.clone();
+            // Per-contact order is kept by the session lock; contacts do not wait on each other.
+            tokio::spawn(async move {
+                match conv.inbound(&flow, m).await {
+                    Ok(Delivery::Busy { sid }) => {
+                        tracing::info!(execution = %sid, "message ignored: the contact's execution is not waiting for a reply")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(flow = %flow.sid, error = %e, "inbound message"),
+                }
+            });
+        }
     }
 
     /// Background task: fire reply timeouts as they fall due (checked every second).

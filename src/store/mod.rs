@@ -6,8 +6,10 @@
 //! nodes from starting a second execution for the same session.
 
 mod api;
+pub mod retention;
 
 pub use api::{ExecutionFilter, FlowRecord, RevisionRecord};
+pub use retention::Swept;
 
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
