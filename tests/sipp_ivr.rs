@@ -32,33 +32,15 @@ fn sipp(gw: &Gateway, scenario: &str, calls: u32) {
             "120s",
             "-timeout_error",
             "-nostdin",
-            "-trace_stat",
-            "-stf",
-            "stats.csv",
         ])
         .output()
         .expect("run sipp");
-    let stats = std::fs::read_to_string(dir.path().join("stats.csv")).unwrap_or_default();
-    let header: Vec<&str> = stats.lines().next().unwrap_or("").split(';').collect();
-    let last = stats.lines().last().unwrap_or("");
-    let col = |name: &str| -> u64 {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .and_then(|i| last.split(';').nth(i))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u64::MAX)
-    };
+    // SIPp exits 0 only when every call succeeded; the tests then check the gateway's records.
     assert_eq!(
         out.status.code(),
         Some(0),
         "sipp {scenario}: {}",
         String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(
-        (col("SuccessfulCall(C)"), col("FailedCall(C)")),
-        (calls as u64, 0),
-        "{last}"
     );
 }
 
