@@ -20,6 +20,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub media: MediaSettings,
     pub tts: TtsConfig,
+    /// Speech recognition for gather widgets with speech input.
+    pub speech: crate::speech::SpeechConfig,
     pub database: DatabaseConfig,
     pub api: ApiConfig,
     pub messaging: MessagingConfig,
@@ -234,6 +236,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             media: MediaSettings::default(),
             tts: TtsConfig::default(),
+            speech: crate::speech::SpeechConfig::default(),
             database: DatabaseConfig::default(),
             api: ApiConfig::default(),
             messaging: MessagingConfig::default(),
@@ -306,6 +309,7 @@ impl Config {
             "messaging",
             "events",
             "retention",
+            "speech",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {

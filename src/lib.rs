@@ -16,4 +16,5 @@ pub mod messaging;
 pub mod routing;
 pub mod server;
 pub mod sip;
+pub mod speech;
 pub mod store;

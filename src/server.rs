@@ -154,6 +154,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
+        speech: crate::speech::from_config(&cfg.speech),
         account_sid: credentials.account_sid.clone(),
     });
     tokio::spawn(dispatch(svc, ep.events));

@@ -225,7 +225,10 @@ async fn concurrent_calls_from_one_caller_get_their_own_executions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_calls_invites_get_503_and_live_calls_keep_audio() {
-    let flow = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flows/barge-in.json"));
+    let flow = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/barge-in.json"
+    ));
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("sb.toml");
     std::fs::write(&cfg, "[sip]\nmax_calls = 2\n").unwrap();
@@ -238,7 +241,10 @@ async fn beyond_max_calls_invites_get_503_and_live_calls_keep_audio() {
     ua.sip.send_to(inv.as_bytes(), gw.sip).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let resp = loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf)).await.expect("an answer").unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), ua.sip.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
         let msg = String::from_utf8_lossy(&buf[..n]).to_string();
         if status_of(&msg).is_some_and(|c| c >= 200) {
             break msg;
@@ -251,7 +257,11 @@ async fn beyond_max_calls_invites_get_503_and_live_calls_keep_audio() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for p in [&a, &b] {
         let heard = p.heard.lock().unwrap();
-        let pcm: Vec<i16> = heard.audio_frames().into_iter().flat_map(|(_, f)| f).collect();
+        let pcm: Vec<i16> = heard
+            .audio_frames()
+            .into_iter()
+            .flat_map(|(_, f)| f)
+            .collect();
         assert!(pcm.len() >= 8000 * 2, "{} samples", pcm.len());
         assert!(rms(&pcm) > 500.0, "clean prompt audio continues");
     }

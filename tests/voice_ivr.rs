@@ -268,3 +268,45 @@ async fn say_renders_new_text_with_espeak() {
     let cached = std::fs::read_dir(gw.data_dir.join("tts")).unwrap().count();
     assert_eq!(cached, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_answer_is_recognised_and_branches() {
+    if !peer_available("espeak-ng") || !peer_available("pocketsphinx_continuous") {
+        return;
+    }
+    let flow = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/speech.json"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sb.toml");
+    std::fs::write(&cfg, "[speech]\nengine = \"pocketsphinx\"\n").unwrap();
+    let gw = Gateway::start_in(dir.path(), Some(flow), &["--config", cfg.to_str().unwrap()]);
+    let tts = switchboard::media::tts::Tts::new(dir.path(), "espeak-ng", 150);
+    let word = tts.say("operator", "woman", "en-US").await.unwrap();
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut audio = switchboard::media::tones::silence(300, 8000);
+    audio.extend_from_slice(word.pcm());
+    audio.extend(switchboard::media::tones::silence(1500, 8000));
+    p.send_audio(&audio).await;
+    p.wait_bye(Duration::from_secs(15)).await;
+    let execs = executions(&gw, flow).await;
+    let (e, steps) = &execs[0];
+    assert_eq!(
+        steps
+            .iter()
+            .find(|s| s.name == "ask")
+            .map(|s| s.event.as_str()),
+        Some("speech"),
+        "{steps:?}"
+    );
+    assert_eq!(e.context["widgets"]["ask"]["SpeechResult"], "operator");
+    assert_eq!(
+        steps
+            .iter()
+            .find(|s| s.name == "route")
+            .map(|s| s.transitioned_to.as_str()),
+        Some("operator")
+    );
+}

@@ -29,6 +29,7 @@ pub struct CallServices {
     pub registry: Arc<Registry>,
     pub public_ip: Option<IpAddr>,
     pub max_calls: usize,
+    pub speech: Option<Box<dyn crate::speech::Recognizer>>,
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
     pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
     pub account_sid: String,
@@ -218,6 +219,7 @@ async fn run_call(
         recordings: &svc.recordings,
         call_id: &call_id,
         call_sid: &call_sid,
+        speech: svc.speech.as_deref(),
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

@@ -28,6 +28,8 @@ pub struct VoiceChannel<'a> {
     pub recordings: &'a Recordings,
     pub call_id: &'a str,
     pub call_sid: &'a str,
+    /// Speech recognition for gathers with speech input, when configured.
+    pub speech: Option<&'a dyn crate::speech::Recognizer>,
     pub hung_up: bool,
 }
 
@@ -152,7 +154,9 @@ impl VoiceChannel<'_> {
     }
 
     /// gather-input-on-call: prompt, then collect digits until `number_of_digits`, the finish
-    /// key, or `timeout` seconds without input (measured from the end of the prompt).
+    /// key, or `timeout` seconds without input (measured from the end of the prompt); with
+    /// speech input, an utterance (voice activity, then `speech_timeout` of silence) goes to the
+    /// recogniser.
     pub async fn gather(&mut self, g: &Gather) -> Outcome {
         let timeout = Duration::from_secs(g.timeout_secs.clamp(1, 600) as u64);
         let mut prompt = match self.queue_prompt(&g.prompt).await {
@@ -161,14 +165,27 @@ impl VoiceChannel<'_> {
         };
         let mut deadline = prompt.is_none().then(|| Instant::now() + timeout);
         let mut digits = String::new();
-        if !g.input.dtmf && g.input.speech {
-            tracing::warn!(call_id = %self.call_id, "speech input requested but no speech recogniser is configured; the gather will time out");
+        if g.input.speech && self.speech.is_none() {
+            tracing::warn!(call_id = %self.call_id, "speech input requested but no speech recogniser is configured ([speech] engine); speech will time out");
         }
+        let mut tap = (g.input.speech && self.speech.is_some()).then(|| self.media.tap());
+        let rate = tap.as_ref().map(|t| t.sample_rate).unwrap_or(8000);
+        let mut vad = Vad::new(rate);
+        let frame_len = vad.frame_len();
+        let speech_end = speech_end(g.speech_timeout.as_deref());
+        let max_utterance = rate as usize * 30;
+        let (mut pending, mut utterance) = (Vec::new(), Vec::new());
+        let mut talking = false;
         loop {
-            match self.next(deadline, None).await {
+            match self
+                .next(deadline, tap.as_mut().map(|t| &mut t.frames))
+                .await
+            {
                 Happening::Played(id) if Some(id) == prompt => {
                     prompt = None;
-                    deadline = Some(Instant::now() + timeout);
+                    if !talking {
+                        deadline = Some(Instant::now() + timeout);
+                    }
                 }
                 Happening::Digit(d) if g.input.dtmf => {
                     if prompt.is_some() && g.stop_gather {
@@ -188,14 +205,68 @@ impl VoiceChannel<'_> {
                         deadline = Some(Instant::now() + timeout);
                     }
                 }
-                Happening::Deadline => return self.end_gather(digits),
-                Happening::HungUp => return self.hangup(),
+                Happening::Audio(frame) => {
+                    pending.extend_from_slice(&frame);
+                    let mut voiced_now = false;
+                    while pending.len() >= frame_len {
+                        if vad.is_speech(&pending[..frame_len]) {
+                            voiced_now = true;
+                            talking = true;
+                        }
+                        if talking && utterance.len() < max_utterance {
+                            utterance.extend_from_slice(&pending[..frame_len]);
+                        }
+                        pending.drain(..frame_len);
+                    }
+                    if voiced_now {
+                        if prompt.is_some() && g.stop_gather {
+                            self.media.stop_playout();
+                            prompt = None;
+                        }
+                        deadline = Some(Instant::now() + speech_end);
+                    }
+                }
+                Happening::Deadline => {
+                    self.media.untap();
+                    if talking && digits.is_empty() {
+                        if let Some(r) = self.speech {
+                            let hints: Vec<String> = g
+                                .hints
+                                .as_deref()
+                                .unwrap_or("")
+                                .split(',')
+                                .map(|h| h.trim().to_string())
+                                .filter(|h| !h.is_empty())
+                                .collect();
+                            match r.recognize(&utterance, rate, &hints).await {
+                                Ok(Some(rec)) => {
+                                    tracing::info!(call_id = %self.call_id, result = %rec.text, "speech recognised");
+                                    self.media.stop_playout();
+                                    return Outcome::Speech {
+                                        result: rec.text,
+                                        confidence: rec.confidence,
+                                    };
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    tracing::warn!(call_id = %self.call_id, error = %e, "speech recognition failed")
+                                }
+                            }
+                        }
+                    }
+                    return self.end_gather(digits);
+                }
+                Happening::HungUp => {
+                    self.media.untap();
+                    return self.hangup();
+                }
                 _ => {}
             }
         }
     }
 
     fn end_gather(&mut self, digits: String) -> Outcome {
+        self.media.untap();
         self.media.stop_playout();
         // No digits is Studio's `timeout`; the engine maps empty Digits to it.
         Outcome::Digits { digits }
@@ -293,6 +364,14 @@ impl VoiceChannel<'_> {
             },
         }
     }
+}
+
+/// Studio's `speech_timeout`: seconds of silence that end an utterance, or `auto` (1 s).
+fn speech_end(v: Option<&str>) -> Duration {
+    v.and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(60.0)))
+        .unwrap_or(Duration::from_secs(1))
 }
 
 impl Medium for VoiceChannel<'_> {
