@@ -266,3 +266,37 @@ async fn beyond_max_calls_invites_get_503_and_live_calls_keep_audio() {
         assert!(rms(&pcm) > 500.0, "clean prompt audio continues");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtcp_sender_reports_describe_the_stream() {
+    let flow = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/barge-in.json"
+    ));
+    let gw = Gateway::start(Some(flow));
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    // Our media, so the gateway's report has a block about us.
+    let speech: Vec<i16> = (0..8000 * 6)
+        .map(|i| (((i as f64) * 0.2).sin() * 3000.0) as i16)
+        .collect();
+    p.send_audio(&speech).await;
+    let heard = p.heard.lock().unwrap();
+    let sr = heard
+        .rtcp
+        .iter()
+        .find(|r| r.len() >= 28 && r[1] == 200)
+        .expect("a sender report within 6 s");
+    let ssrc = u32::from_be_bytes([sr[4], sr[5], sr[6], sr[7]]);
+    let packets = u32::from_be_bytes([sr[20], sr[21], sr[22], sr[23]]);
+    let octets = u32::from_be_bytes([sr[24], sr[25], sr[26], sr[27]]);
+    assert!(packets >= 250, "{packets}");
+    assert_eq!(octets, packets * 160, "PCMU: 160 payload bytes per packet");
+    // One report block, about our stream (SSRC 0x12345678 from the test phone), no loss.
+    assert_eq!(sr[0] & 0x1F, 1, "one report block");
+    assert_eq!(
+        u32::from_be_bytes([sr[28], sr[29], sr[30], sr[31]]),
+        0x1234_5678
+    );
+    assert_eq!(sr[32], 0, "fraction lost");
+    assert_ne!(ssrc, 0);
+}

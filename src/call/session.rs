@@ -166,7 +166,7 @@ async fn run_call(
     key: CallKey,
     inv: IncomingInvite,
     neg: Negotiated,
-    socket: std::net::UdpSocket,
+    socket: crate::media::engine::Ports,
     mut signals: mpsc::UnboundedReceiver<CallSignal>,
 ) {
     let call_id = key.call_id.clone();
@@ -241,5 +241,16 @@ async fn run_call(
         tracing::info!(%call_id, "hanging up");
     }
     let (sent, received) = media.stats();
-    tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, "call finished");
+    match media.quality() {
+        Some(((expected, got, jitter_ms), peer)) => {
+            let lost_by_peer = peer
+                .map(|(f, l, _)| format!("{l} ({:.1}%)", f as f64 * 100.0 / 256.0))
+                .unwrap_or_else(|| "no RTCP report".into());
+            let peer_jitter = peer
+                .map(|(_, _, j)| format!("{j:.1} ms"))
+                .unwrap_or_default();
+            tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, inbound_expected = expected, inbound_received = got, inbound_jitter_ms = format!("{jitter_ms:.1}"), lost_by_peer, peer_jitter, "call finished");
+        }
+        None => tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, "call finished"),
+    }
 }

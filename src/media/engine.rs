@@ -20,6 +20,7 @@ use super::codec::{Codec, Decoder};
 use super::dtmf::Rfc4733Receiver;
 use super::goertzel::InbandDtmf;
 use super::jitter::{JitterBuffer, PopResult};
+use super::rtcp::{self, ReceiverStats, REPORT_EVERY_PACKETS};
 use super::rtp::{self, RtpSender, HEADER_LEN};
 use super::tones::Rfc4733Sender;
 
@@ -112,6 +113,14 @@ struct Inbound {
 struct StreamState {
     remote: SocketAddr,
     latched: bool,
+    /// Where our RTCP goes: the RTP port + 1 (RFC 3550 §11), or where the peer's RTCP comes from.
+    rtcp_remote: SocketAddr,
+    rtcp_latched: bool,
+    started: Instant,
+    recv_stats: ReceiverStats,
+    octets_sent: u64,
+    /// The peer's latest report about our stream: fraction lost, cumulative lost, jitter.
+    peer_report: Option<(u8, u32, u32)>,
     codec: Codec,
     frame: usize,
     rtp: RtpSender,
@@ -126,6 +135,7 @@ struct StreamState {
 
 struct Stream {
     socket: UdpSocket,
+    rtcp: Option<UdpSocket>,
     state: Mutex<StreamState>,
     closed: AtomicBool,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -176,10 +186,38 @@ impl Stream {
         st.rtp.advance(frame as u32);
         st.next_due = Some(due + frame_dur * (behind + 1));
         st.packets_sent += 1;
+        st.octets_sent += (n - HEADER_LEN) as u64;
         let remote = st.remote;
-        drop(st);
         // A full socket buffer drops this one frame, like a congested network would.
         let _ = self.socket.try_send_to(&buf[..n], remote);
+        if st.packets_sent % REPORT_EVERY_PACKETS == 0 {
+            if let Some(sock) = &self.rtcp {
+                let mut report = [0u8; 128];
+                let (ssrc, ts, pkts, octets) = (
+                    st.rtp.ssrc,
+                    st.rtp.timestamp(),
+                    st.packets_sent as u32,
+                    st.octets_sent as u32,
+                );
+                let cname = format!(
+                    "switchboard@{}",
+                    self.socket
+                        .local_addr()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_default()
+                );
+                let len = rtcp::sender_report(
+                    &mut report,
+                    ssrc,
+                    ts,
+                    pkts,
+                    octets,
+                    &mut st.recv_stats,
+                    &cname,
+                );
+                let _ = sock.try_send_to(&report[..len], st.rtcp_remote);
+            }
+        }
     }
 
     /// Take the next frame from the play queue (audio, silence or a DTMF event packet);
@@ -371,6 +409,22 @@ impl MediaSession {
             .map(|s| (s.packets_sent, s.packets_received))
             .unwrap_or((0, 0))
     }
+
+    /// Inbound quality (expected, received, jitter in ms) and the peer's RTCP report about our
+    /// stream (fraction lost /256, cumulative lost, jitter in ms), for the call's last log line.
+    pub fn quality(&self) -> Option<((u64, u64, f64), Option<(u8, u32, f64)>)> {
+        let st = self.stream.state.lock().ok()?;
+        let rate = st.codec.rtp_clock_rate() as f64 / 1000.0;
+        let inbound = (
+            st.recv_stats.expected(),
+            st.recv_stats.received,
+            st.recv_stats.jitter() as f64 / rate,
+        );
+        Some((
+            inbound,
+            st.peer_report.map(|(f, l, j)| (f, l, j as f64 / rate)),
+        ))
+    }
 }
 
 impl Drop for MediaSession {
@@ -378,6 +432,12 @@ impl Drop for MediaSession {
         self.stream.closed.store(true, Ordering::Relaxed);
         self.reader.abort();
     }
+}
+
+/// A call's RTP and RTCP sockets.
+pub struct Ports {
+    pub rtp: std::net::UdpSocket,
+    pub rtcp: std::net::UdpSocket,
 }
 
 pub struct MediaEngine {
@@ -410,29 +470,33 @@ impl MediaEngine {
         })
     }
 
-    /// Bind an RTP socket from the port range (even ports, RFC 3550 §11).
-    pub fn allocate(&self) -> Result<std::net::UdpSocket, MediaError> {
+    /// Bind RTP on an even port from the range and RTCP on the odd port above it (RFC 3550 §11).
+    pub fn allocate(&self) -> Result<Ports, MediaError> {
         let (lo, hi) = (self.cfg.port_min & !1, self.cfg.port_max);
-        let slots = ((hi.saturating_sub(lo)) / 2 + 1) as u32;
+        let slots = ((hi.saturating_sub(lo)) / 2).max(1) as u32;
         for _ in 0..slots {
             let n = self.next_port.fetch_add(1, Ordering::Relaxed) % slots;
             let port = lo + (n * 2) as u16;
-            if let Ok(s) = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port)) {
-                s.set_nonblocking(true)?;
-                return Ok(s);
-            }
+            let Ok(rtp) = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port)) else {
+                continue;
+            };
+            let Ok(rtcp) = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1))
+            else {
+                continue;
+            };
+            rtp.set_nonblocking(true)?;
+            rtcp.set_nonblocking(true)?;
+            return Ok(Ports { rtp, rtcp });
         }
         Err(MediaError::NoPort(lo, hi))
     }
 
     /// Start a stream on a socket from [`allocate`]: inbound reading and outbound pacing.
-    pub fn start(
-        &self,
-        socket: std::net::UdpSocket,
-        p: StreamParams,
-    ) -> Result<MediaSession, MediaError> {
-        let local = socket.local_addr()?;
-        let socket = UdpSocket::from_std(socket)?;
+    pub fn start(&self, ports: Ports, p: StreamParams) -> Result<MediaSession, MediaError> {
+        let local = ports.rtp.local_addr()?;
+        let socket = UdpSocket::from_std(ports.rtp)?;
+        let rtcp = UdpSocket::from_std(ports.rtcp).ok();
+        let rtcp_remote = SocketAddr::new(p.remote.ip(), p.remote.port().wrapping_add(1));
         let (tx, rx) = mpsc::unbounded_channel();
         let frame = (p.ptime_ms.clamp(10, 60) as usize) * 8;
         // In-band detection only when the caller cannot send RFC 4733 events.
@@ -442,9 +506,16 @@ impl MediaEngine {
         };
         let stream = Arc::new(Stream {
             socket,
+            rtcp,
             state: Mutex::new(StreamState {
                 remote: p.remote,
                 latched: false,
+                rtcp_remote,
+                rtcp_latched: false,
+                started: Instant::now(),
+                recv_stats: ReceiverStats::default(),
+                octets_sent: 0,
+                peer_report: None,
                 codec: p.codec,
                 frame,
                 rtp: RtpSender::new(p.payload_type),
@@ -483,22 +554,53 @@ impl MediaEngine {
 async fn read_loop(stream: Arc<Stream>, audio_pt: u8) {
     // The buffer lives only between awaits, so a waiting call's task holds no packet memory.
     loop {
-        if stream.socket.readable().await.is_err() {
-            return;
-        }
-        let mut buf = [0u8; 1500];
-        loop {
-            match stream.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => {
+        let rtcp_ready = async {
+            match &stream.rtcp {
+                Some(s) => s.readable().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = stream.socket.readable() => {
+                if r.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1500];
+                while let Ok((n, from)) = stream.socket.try_recv_from(&mut buf) {
                     if !receive(&stream, audio_pt, &buf[..n], from) {
                         return;
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ICMP errors (port unreachable) surface here; keep listening.
-                Err(_) => break,
+            }
+            r = rtcp_ready => {
+                if r.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1500];
+                while let Some(Ok((n, from))) = stream.rtcp.as_ref().map(|s| s.try_recv_from(&mut buf)) {
+                    receive_rtcp(&stream, &buf[..n], from);
+                }
             }
         }
+    }
+}
+
+fn receive_rtcp(stream: &Stream, datagram: &[u8], from: SocketAddr) {
+    let Ok(mut st) = stream.state.lock() else {
+        return;
+    };
+    let Some(report) = rtcp::parse(datagram, st.rtp.ssrc) else {
+        return;
+    };
+    if !st.rtcp_latched {
+        st.rtcp_remote = from;
+        st.rtcp_latched = true;
+    }
+    if let Some(mid) = report.sr_ntp_middle {
+        st.recv_stats.on_sender_report(mid);
+    }
+    if report.about_us.is_some() {
+        st.peer_report = report.about_us;
     }
 }
 
@@ -512,6 +614,12 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
     };
     let st = &mut *guard;
     st.packets_received += 1;
+    let arrival = (st.started.elapsed().as_micros() as u64 * st.codec.rtp_clock_rate() as u64
+        / 1_000_000) as u32;
+    if Some(pkt.payload_type) != st.telephone_event {
+        st.recv_stats
+            .on_rtp(pkt.ssrc, pkt.sequence, pkt.timestamp, arrival);
+    }
     // Symmetric RTP: answer to where the caller really sends from (NAT), once it is known.
     if !st.latched {
         st.remote = from;

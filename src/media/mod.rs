@@ -9,6 +9,7 @@ pub mod goertzel;
 pub mod jitter;
 pub mod player;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod tones;
 pub mod tts;

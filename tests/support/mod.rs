@@ -427,6 +427,8 @@ pub struct Phone {
 pub struct Heard {
     /// (arrival, payload type, timestamp, payload) of every RTP packet.
     pub packets: Vec<(Instant, u8, u32, Vec<u8>)>,
+    /// RTCP datagrams received on the RTP port + 1.
+    pub rtcp: Vec<Vec<u8>>,
     pub bye_at: Option<Instant>,
 }
 
@@ -470,7 +472,16 @@ pub enum Offer {
 impl Phone {
     pub async fn dial(target: SocketAddr, from: &str, offer: Offer) -> Phone {
         let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // RTP on an even port with RTCP on the next one, as RFC 3550 pairs them.
+        let (rtp, rtcp) = loop {
+            let r = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = r.local_addr().unwrap().port();
+            if port % 2 == 0 {
+                if let Ok(c) = UdpSocket::bind(("127.0.0.1", port + 1)).await {
+                    break (r, c);
+                }
+            }
+        };
         let me = sip.local_addr().unwrap();
         let fmt = match offer {
             Offer::Rfc4733 => "0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16",
@@ -522,6 +533,15 @@ impl Phone {
                             b[12..n].to_vec(),
                         ));
                     }
+                }
+            }));
+        }
+        {
+            let heard = heard.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = [0u8; 2048];
+                while let Ok((n, _)) = rtcp.recv_from(&mut b).await {
+                    heard.lock().unwrap().rtcp.push(b[..n].to_vec());
                 }
             }));
         }
