@@ -83,6 +83,8 @@ struct Run {
     max_active: u64,
     started: Instant,
     recorded: Option<Result<f64, CallerError>>,
+    first_start: Option<Instant>,
+    last_answer: Option<Instant>,
 }
 
 /// Place the calls `opts` asks for and summarise them.
@@ -120,6 +122,8 @@ pub async fn run(opts: Options) -> Result<Summary, CallerError> {
         max_active: 0,
         started: now,
         recorded: None,
+        first_start: None,
+        last_answer: None,
         opts,
     };
     if verbose {
@@ -197,12 +201,19 @@ pub async fn run(opts: Options) -> Result<Summary, CallerError> {
     if progress {
         eprintln!();
     }
-    let summary = Summary::new(
+    let mut summary = Summary::new(
         run.opts.target.request_uri(target),
         &run.stats,
         run.started.elapsed(),
         run.max_active,
     );
+    if let (Some(a), Some(b)) = (run.first_start, run.last_answer) {
+        let span = (b - a).as_secs_f64();
+        if span > 0.0 && run.stats.answered > 1 {
+            summary.setup_rate_cps =
+                Some(((run.stats.answered as f64 / span) * 100.0).round() / 100.0);
+        }
+    }
     if let Some(Err(e)) = run.recorded.take() {
         return Err(e);
     }
@@ -296,6 +307,7 @@ impl Run {
     }
 
     async fn start_call(&mut self, n: u64, now: Instant) {
+        self.first_start.get_or_insert(now);
         self.active += 1;
         self.max_active = self.max_active.max(self.active);
         let rtp = StdUdpSocket::bind(SocketAddr::new(self.local_ip, 0))
@@ -436,6 +448,7 @@ impl Run {
             return Vec::new();
         };
         let setup = now - c.uac.started();
+        self.last_answer = Some(now);
         let neg = match sdp::negotiate(sdp_answer, &self.opts.codecs) {
             Ok(neg) => neg,
             Err(e) => return c.uac.reject_answer(now, e.to_string()),

@@ -23,6 +23,8 @@ pub struct Summary {
     pub dtmf_to_prompt_ms: Option<Percentiles>,
     pub elapsed_s: f64,
     pub calls_per_second: f64,
+    /// Answered calls per second from the first INVITE to the last 200 OK.
+    pub setup_rate_cps: Option<f64>,
     pub max_concurrent: u64,
     #[serde(skip)]
     pub first_failure: Option<String>,
@@ -57,6 +59,7 @@ impl Summary {
             } else {
                 0.0
             },
+            setup_rate_cps: None,
             max_concurrent,
             first_failure: stats.first_failure.clone(),
         }
