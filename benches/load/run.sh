@@ -77,9 +77,14 @@ measure() {
   sleep "$delay"
   c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
   sleep "$window"
-  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
-  python3 -c "print(round(100 * ($c1 - $c0) / $TICK / ($t1 - $t0), 2))" > "$work/$name.cpu"
   rss_kb "$pid" > "$work/$name.rss"
+  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+  # A process that ended inside the window gives no figure rather than a wrong one.
+  if [ -e "/proc/$pid/stat" ]; then
+    python3 -c "print(round(100 * ($c1 - $c0) / $TICK / ($t1 - $t0), 2))" > "$work/$name.cpu"
+  else
+    echo "run.sh: $name ended inside the measurement window" >&2
+  fi
 }
 
 # capture PORT SECONDS NAME: inter-packet intervals (ms) of packets sent from PORT on lo.
@@ -264,7 +269,7 @@ print(f"| CPU, all calls (% of one core) | {f(base_cpu)} | {f(g1['cpu_pct'])}{ra
 print(f"| CPU per active call (% of one core) | {f(res['baseline']['cpu_pct_per_call'])} | {f(g1['cpu_pct_per_call'])} | {f(g2['cpu_pct_per_call'])} |")
 print(f"| resident memory per call (KiB) | – | {f(g1['rss_kib_per_call'])} | {f(g2['rss_kib_per_call'])} |")
 print(f"| outbound RTP interval p50 / p99 / max (ms) | {pace(res['baseline']['pacing'])} | – | {pace(g2['pacing'])} |")
-print(f"| calls ok | – | SIPp exit {f(g1['sipp_exit'])} | {f(call and call['completed'])}/{n}, audio on {f(call and call['audio']['with'])} |")
+print(f"| calls ok | – | SIPp exit {f(g1['sipp_exit'])} | {f(call and call['completed'])}/{n}, audio on {f(call and call['audio']['with'])}, max {f(call and call['max_concurrent'])} up at once |")
 print(f"| setup INVITE→200 p50 / p99 / max (ms) | – | – | {pct(call, 'setup_ms')} |")
 print(f"| DTMF→prompt p50 / p99 / max (ms) | – | – | {pct(call, 'dtmf_to_prompt_ms')} |")
 print(f"\nLoad generator (`switchboard call`) CPU: {f(lg)} % of one core ({f(res['load_generator']['cpu_pct_per_call'])} % per call).")
