@@ -302,7 +302,7 @@ impl Run {
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
-        // A full socket buffer loses the datagram as the network would; timers resend it.
+        // Send errors (e.g. ICMP unreachable reported on the socket) are left to the timers.
         let _ = self.sip.send_to(bytes, to).await;
     }
 
