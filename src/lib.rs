@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod call;
+pub mod caller;
 pub mod channel;
 pub mod chat;
 pub mod config;

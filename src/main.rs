@@ -53,6 +53,10 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Call a SIP URI as a real user agent (SIP/UDP, RTP, RFC 4733 DTMF): one test call, or
+    /// a load run with --calls/--concurrency/--rate. Prints a summary; the last stdout line is
+    /// JSON ({"summary": ...}). Exits 0 when every call was answered and ended cleanly.
+    Call(switchboard::caller::CallArgs),
     /// Studio flow tools.
     Flow {
         #[command(subcommand)]
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Call(args) => call(&args),
         Cmd::Flow {
             command: FlowCmd::Validate { files },
         } => validate(&files),
@@ -174,6 +179,48 @@ fn serve(cfg: Config) -> ExitCode {
             }
         }
     })
+}
+
+fn call(args: &switchboard::caller::CallArgs) -> ExitCode {
+    match run_call(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("switchboard call: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Ok(true) when every call completed; the summary goes to stdout, its JSON line last.
+fn run_call(args: &switchboard::caller::CallArgs) -> anyhow::Result<bool> {
+    use anyhow::Context as _;
+    let opts = args.validate()?;
+    let single = opts.calls == 1;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start runtime")?;
+    let summary = rt.block_on(switchboard::caller::run(opts))?;
+    print!("{}", summary.human());
+    println!("{}", summary.json_line());
+    if summary.success() {
+        return Ok(true);
+    }
+    if single {
+        let why = summary
+            .first_failure
+            .as_deref()
+            .unwrap_or("did not complete");
+        eprintln!("switchboard call: call failed: {why}");
+    } else {
+        eprintln!(
+            "switchboard call: {} of {} calls failed",
+            summary.attempted - summary.completed,
+            summary.attempted
+        );
+    }
+    Ok(false)
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

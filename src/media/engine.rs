@@ -310,6 +310,10 @@ impl Stream {
     }
 }
 
+/// Inbound (expected, received, jitter ms) and the peer's report about us (fraction lost /256,
+/// cumulative lost, jitter ms).
+pub type Quality = ((u64, u64, f64), Option<(u8, u32, f64)>);
+
 /// A call's handle on its RTP stream.
 pub struct MediaSession {
     stream: Arc<Stream>,
@@ -412,7 +416,7 @@ impl MediaSession {
 
     /// Inbound quality (expected, received, jitter in ms) and the peer's RTCP report about our
     /// stream (fraction lost /256, cumulative lost, jitter in ms), for the call's last log line.
-    pub fn quality(&self) -> Option<((u64, u64, f64), Option<(u8, u32, f64)>)> {
+    pub fn quality(&self) -> Option<Quality> {
         let st = self.stream.state.lock().ok()?;
         let rate = st.codec.rtp_clock_rate() as f64 / 1000.0;
         let inbound = (

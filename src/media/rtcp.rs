@@ -77,11 +77,9 @@ impl ReceiverStats {
         self.expected_prior = expected;
         self.received_prior = self.received;
         let lost_int = exp_int.saturating_sub(rec_int);
-        let fraction = if exp_int == 0 {
-            0
-        } else {
-            ((lost_int << 8) / exp_int).min(255) as u8
-        };
+        let fraction = (lost_int << 8)
+            .checked_div(exp_int)
+            .map_or(0, |f| f.min(255) as u8);
         let (lsr, dlsr) = match self.last_sr {
             Some((mid, at)) => (mid, (at.elapsed().as_secs_f64() * 65536.0) as u32),
             None => (0, 0),
