@@ -25,11 +25,14 @@ struct Seen {
     signed: bool,
 }
 
+/// An answer: status, body (`{base}` becomes the server's URL), delay in milliseconds.
+type Answer = (u16, String, u64);
+
 /// Per path: the answers to give, in turn (the last one repeats).
 #[derive(Clone, Default)]
 struct App {
     base: Arc<Mutex<String>>,
-    routes: Arc<Mutex<HashMap<String, VecDeque<(u16, String, u64)>>>>,
+    routes: Arc<Mutex<HashMap<String, VecDeque<Answer>>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
