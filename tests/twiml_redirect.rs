@@ -21,11 +21,14 @@ struct Seen {
     signed: bool,
 }
 
+/// An answer: status and body.
+type Answer = (u16, String);
+
 #[derive(Clone, Default)]
 struct App {
     base: Arc<Mutex<String>>,
     /// Per path, answers in turn (the last one repeats): status and body.
-    routes: Arc<Mutex<HashMap<String, VecDeque<(u16, String)>>>>,
+    routes: Arc<Mutex<HashMap<String, VecDeque<Answer>>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
