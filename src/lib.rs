@@ -19,3 +19,4 @@ pub mod server;
 pub mod sip;
 pub mod speech;
 pub mod store;
+pub mod twiml;
