@@ -156,6 +156,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         max_calls: cfg.sip.max_calls,
         speech: crate::speech::from_config(&cfg.speech),
         account_sid: credentials.account_sid.clone(),
+        auth_token: credentials.auth_token().to_string(),
     });
     tokio::spawn(dispatch(svc, ep.events));
 

@@ -140,7 +140,6 @@ async fn ended_execution(
 
 // Enabled when VoiceChannel implements VoiceOps (and performs Effect::Redirect with
 // switchboard::twiml::run_redirect, signing with the API auth token).
-#[ignore]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twiml_app_gathers_and_returns_to_the_flow() {
     if !peer_available("espeak-ng") {

@@ -33,6 +33,8 @@ pub struct CallServices {
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
     pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
     pub account_sid: String,
+    /// The API auth token: TwiML requests are signed with it, as Twilio signs its webhooks.
+    pub auth_token: String,
 }
 
 /// Consume SIP events for the life of the process.
@@ -198,6 +200,7 @@ async fn run_call(
 
     let call_sid = new_sid("CA");
     let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
+    let params = call_params(svc, &call_sid, &inv);
     let new = NewExecution {
         init: ExecutionInit {
             sid: new_sid("FN"),
@@ -207,7 +210,7 @@ async fn run_call(
             data: Value::Object(Map::new()),
         },
         trigger: Trigger::IncomingCall {
-            call: call_params(svc, &call_sid, &inv),
+            call: params.clone(),
         },
         contact: inv.caller.clone(),
         active_key: Some(key.session_key(concurrent)),
@@ -220,6 +223,10 @@ async fn run_call(
         call_id: &call_id,
         call_sid: &call_sid,
         speech: svc.speech.as_deref(),
+        http: svc.runner.http.client(),
+        call_params: &params,
+        flow_sid: &flow.sid,
+        auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

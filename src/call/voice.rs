@@ -30,6 +30,11 @@ pub struct VoiceChannel<'a> {
     pub call_sid: &'a str,
     /// Speech recognition for gathers with speech input, when configured.
     pub speech: Option<&'a dyn crate::speech::Recognizer>,
+    /// What TwiML redirects need: the HTTP client, `trigger.call`, the flow, the API account.
+    pub http: &'a reqwest::Client,
+    pub call_params: &'a serde_json::Map<String, serde_json::Value>,
+    pub flow_sid: &'a str,
+    pub auth: Option<(&'a str, &'a str)>,
     pub hung_up: bool,
 }
 
@@ -383,11 +388,54 @@ impl Medium for VoiceChannel<'_> {
             Effect::SayPlay(p) => Some(self.say_play(p).await),
             Effect::Gather(g) => Some(self.gather(g).await),
             Effect::Record(r) => Some(self.record(r).await),
+            Effect::Redirect(r) => {
+                let env = crate::twiml::RedirectEnv {
+                    http: self.http,
+                    call: self.call_params,
+                    flow_sid: self.flow_sid,
+                    auth: self.auth,
+                    limits: crate::twiml::Limits::default(),
+                };
+                let outcome = crate::twiml::run_redirect(self, &env, r).await;
+                // A redirect that timed out may have left a prompt playing.
+                self.media.stop_playout();
+                Some(outcome)
+            }
             _ => None,
         }
     }
 
     fn name(&self) -> &'static str {
         "voice call"
+    }
+}
+
+impl crate::twiml::VoiceOps for VoiceChannel<'_> {
+    async fn say_play(&mut self, p: &Prompt) -> Outcome {
+        VoiceChannel::say_play(self, p).await
+    }
+
+    async fn gather(&mut self, g: &Gather) -> Outcome {
+        VoiceChannel::gather(self, g).await
+    }
+
+    async fn record(&mut self, r: &Record) -> Outcome {
+        VoiceChannel::record(self, r).await
+    }
+
+    async fn pause(&mut self, d: Duration) -> Outcome {
+        let until = Instant::now() + d;
+        loop {
+            match self.next(Some(until), None).await {
+                Happening::Deadline => return Outcome::AudioComplete,
+                Happening::HungUp => return self.hangup(),
+                _ => {}
+            }
+        }
+    }
+
+    fn hangup(&mut self) {
+        // The flow ends on the Hangup outcome that follows; the call then sends its BYE.
+        self.media.stop_playout();
     }
 }

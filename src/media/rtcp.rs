@@ -61,6 +61,9 @@ impl ReceiverStats {
     }
 
     pub fn expected(&self) -> u64 {
+        if self.received == 0 {
+            return 0;
+        }
         (self.extended_max() as u64).saturating_sub(self.base_seq as u64) + 1
     }
 
