@@ -677,15 +677,44 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
     true
 }
 
+/// Pacing threads wake every 10 ms and must not wait behind signalling or database work on a
+/// busy machine: ask for real-time scheduling (SCHED_FIFO, low priority), else a better nice
+/// value. Without the privilege both fail quietly and pacing runs at normal priority.
+#[cfg(target_os = "linux")]
+fn raise_priority() -> &'static str {
+    // SAFETY: plain syscalls on the calling thread with a valid, initialised sched_param.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 10 };
+        if libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 {
+            return "realtime";
+        }
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, -10) == 0 {
+            return "nice -10";
+        }
+    }
+    "normal"
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_priority() -> &'static str {
+    "normal"
+}
+
 fn worker(rx: std_mpsc::Receiver<Arc<Stream>>) {
+    let priority = raise_priority();
+    tracing::debug!(priority, "media pacing thread started");
     let mut streams: Vec<Arc<Stream>> = Vec::new();
     let mut buf = [0u8; HEADER_LEN + MAX_FRAME];
     let mut next = Instant::now() + TICK;
     loop {
+        // Always sleep a little, even when behind: a real-time thread that never sleeps would
+        // starve signalling on its core.
         let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        }
+        std::thread::sleep(
+            next.saturating_duration_since(now)
+                .max(Duration::from_micros(500)),
+        );
         loop {
             match rx.try_recv() {
                 Ok(s) => streams.push(s),
