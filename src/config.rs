@@ -16,6 +16,9 @@ pub struct Config {
     /// Flow that answers every number without a route. Empty: the bundled demo IVR.
     pub flow: Option<PathBuf>,
     pub routes: Vec<Route>,
+    /// Twilio Function SIDs mapped to URLs that serve them (run-function widgets in exported
+    /// flows name Functions by SID only).
+    pub functions: std::collections::HashMap<String, String>,
     pub sip: SipConfig,
     pub http: HttpConfig,
     pub media: MediaSettings,
@@ -232,6 +235,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             flow: None,
             routes: Vec::new(),
+            functions: std::collections::HashMap::new(),
             sip: SipConfig::default(),
             http: HttpConfig::default(),
             media: MediaSettings::default(),
@@ -310,6 +314,7 @@ impl Config {
             "events",
             "retention",
             "speech",
+            "functions",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {

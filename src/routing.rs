@@ -33,10 +33,7 @@ pub struct LoadedFlow {
 
 impl LoadedFlow {
     pub fn from_json(name: &str, json: &str) -> Result<LoadedFlow, RoutingError> {
-        let flow = Flow::from_json(json).map_err(|e| RoutingError::Invalid {
-            path: name.to_string(),
-            errors: e.to_string(),
-        })?;
+        let flow = compile(name, json)?;
         let digest = Sha256::digest(json.as_bytes());
         Ok(LoadedFlow {
             sid: format!("FW{}", &hex::encode(digest)[..32]),
@@ -47,10 +44,7 @@ impl LoadedFlow {
 
     /// A flow known by a SID given elsewhere (flows created through the REST API).
     pub fn with_sid(sid: &str, name: &str, json: &str) -> Result<LoadedFlow, RoutingError> {
-        let flow = Flow::from_json(json).map_err(|e| RoutingError::Invalid {
-            path: name.to_string(),
-            errors: e.to_string(),
-        })?;
+        let flow = compile(name, json)?;
         Ok(LoadedFlow {
             sid: sid.to_string(),
             name: name.to_string(),
@@ -66,6 +60,34 @@ impl LoadedFlow {
         })?;
         Self::from_json(&name, &json)
     }
+}
+
+/// Twilio Function SIDs (`ZH…`) mapped to URLs that serve them here (`[functions]` in config).
+/// Set once at start-up, before flows load.
+static FUNCTION_URLS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+
+pub fn set_function_urls(map: HashMap<String, String>) {
+    let _ = FUNCTION_URLS.set(map);
+}
+
+/// Compile a flow, first giving `run-function` widgets that name a mapped Function SID but no
+/// `url` the configured URL (exports reference Functions by SID only).
+fn compile(name: &str, json: &str) -> Result<Flow, RoutingError> {
+    let invalid = |errors: String| RoutingError::Invalid { path: name.to_string(), errors };
+    let map = FUNCTION_URLS.get().filter(|m| !m.is_empty());
+    let Some(map) = map else { return Flow::from_json(json).map_err(|e| invalid(e.to_string())) };
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
+    if let Some(states) = value.get_mut("states").and_then(|s| s.as_array_mut()) {
+        for st in states.iter_mut().filter(|st| st.get("type").and_then(|t| t.as_str()) == Some("run-function")) {
+            let Some(props) = st.get_mut("properties").and_then(|p| p.as_object_mut()) else { continue };
+            let has_url = props.get("url").and_then(|u| u.as_str()).is_some_and(|u| !u.trim().is_empty());
+            let sid = props.get("function_sid").and_then(|u| u.as_str()).unwrap_or_default().to_string();
+            if let (false, Some(url)) = (has_url, map.get(&sid)) {
+                props.insert("url".into(), serde_json::Value::String(url.clone()));
+            }
+        }
+    }
+    Flow::from_value(&value).map_err(|e| invalid(e.to_string()))
 }
 
 pub struct Router {

@@ -28,6 +28,7 @@ pub struct Running {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    crate::routing::set_function_urls(cfg.functions.clone());
     let router = Arc::new(Router::from_config(&cfg)?);
     for f in router.flows() {
         tracing::info!(flow = %f.name, sid = %f.sid, "flow loaded");
