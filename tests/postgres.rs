@@ -859,3 +859,140 @@ async fn two_nodes_share_sessions_replies_timeouts_and_calls_on_postgres() {
     pa.hangup().await;
     pb.hangup().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Kamailio (examples/kamailio) in front of two nodes on one database; SIPp places the calls.
+
+/// Kamailio in the foreground on loopback with the example configuration; killed on drop.
+struct Kamailio {
+    child: std::process::Child,
+    log: PathBuf,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Kamailio {
+    fn start(dir: &Path, nodes: &[std::net::SocketAddr]) -> Kamailio {
+        let list = dir.join("dispatcher.list");
+        let entries: String = nodes.iter().map(|n| format!("1 sip:{n}\n")).collect();
+        std::fs::write(&list, entries).unwrap();
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let run = dir.join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let log = dir.join("kamailio.log");
+        let cfg = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/kamailio/kamailio.cfg"
+        );
+        let child = Command::new("kamailio")
+            .args(["-f", cfg, "-DD", "-E", "-m", "64", "-M", "8"])
+            .args(["-Y", run.to_str().unwrap()])
+            .args(["-A", &format!("LISTEN=udp:127.0.0.1:{port}")])
+            .args(["-A", &format!("DISPATCHER_LIST=\"{}\"", list.display())])
+            .args(["-A", "PING_INTERVAL=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn kamailio");
+        let k = Kamailio {
+            child,
+            log,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
+        // Ready once it answers a keep-alive.
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let me = sock.local_addr().unwrap();
+        let start = Instant::now();
+        loop {
+            let ping = format!(
+                "OPTIONS sip:{a} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{r:08x};rport\r\n\
+                 From: <sip:test@{me}>;tag={r:x}\r\nTo: <sip:{a}>\r\nCall-ID: {r:x}@ka\r\nCSeq: 1 OPTIONS\r\n\
+                 Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+                a = k.addr,
+                r = rand::random::<u32>()
+            );
+            let _ = sock.send_to(ping.as_bytes(), k.addr);
+            let mut buf = [0u8; 4096];
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]);
+                assert_eq!(status_of(&msg), Some(200), "keep-alive answer: {msg}");
+                return k;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "kamailio did not start: {}",
+                std::fs::read_to_string(&k.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kamailio_dispatcher_spreads_calls_over_two_nodes_on_postgres() {
+    if !peer_available("kamailio") || !peer_available("sipp") {
+        return;
+    }
+    let Some(db_url) = database() else { return };
+    let (_outbox, provider) = Outbox::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = tmp.path().join("two-node.json");
+    std::fs::write(&flow, TWO_NODE_FLOW).unwrap();
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let cfg = node_config(tmp.path(), &db_url, &provider);
+    let cfg = cfg.to_str().unwrap();
+    let a = Gateway::start_in(&tmp.path().join("node-a"), Some(&flow), &["--config", cfg]);
+    let b = Gateway::start_in(&tmp.path().join("node-b"), Some(&flow), &["--config", cfg]);
+    let k = Kamailio::start(tmp.path(), &[a.sip, b.sip]);
+
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/through-proxy.xml");
+    let calls = 12;
+    let sipp_dir = tmp.path().to_path_buf();
+    let proxy = k.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sipp")
+            .current_dir(&sipp_dir)
+            .args(["-sf", scenario, "-s", "ivr", &proxy])
+            .args(["-i", "127.0.0.1", "-p", "0", "-mp", "0"])
+            .args(["-m", &calls.to_string(), "-l", "12", "-r", "12"])
+            .args(["-timeout", "60s", "-timeout_error", "-nostdin"])
+            .output()
+            .expect("run sipp")
+    })
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(&k.log).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "sipp through kamailio failed: {}\n{}\nkamailio: {log}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every call is one execution in the shared database, and both nodes answered some.
+    let store = Store::open(&db_url).await.unwrap();
+    let execs = store.executions_for_flow(&flow_sid).await.unwrap();
+    assert_eq!(execs.len(), calls, "one execution per call");
+    for e in &execs {
+        let steps = store.steps(&e.sid).await.unwrap();
+        assert_eq!(steps[0].transitioned_to, "greet", "{e:?}");
+    }
+    for node in [a.sip, b.sip] {
+        let n = log
+            .lines()
+            .filter(|l| l.contains("INVITE") && l.contains(&format!("-> sip:{node}")))
+            .count();
+        assert!(n > 0, "no call went to node {node}: {log}");
+    }
+}
