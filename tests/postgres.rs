@@ -507,7 +507,7 @@ async fn store_flows_revisions_test_users_and_listings_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_open_together_and_only_one_wins_a_session_on_postgres() {
     let Some(url) = database() else { return };
-    let opens = (0..6).map(|_| {
+    let opens = (0..8).map(|_| {
         let url = url.clone();
         tokio::spawn(async move { Store::open(&url).await })
     });
