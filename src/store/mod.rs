@@ -159,8 +159,21 @@ impl Store {
             url: redact(url),
             source,
         })?;
-        for stmt in SCHEMA {
-            sqlx::query(*stmt).execute(&pool).await?;
+        if sqlite {
+            for stmt in SCHEMA {
+                sqlx::query(*stmt).execute(&pool).await?;
+            }
+        } else {
+            // PostgreSQL: nodes starting together would race on `CREATE ... IF NOT EXISTS`
+            // (it can fail with a duplicate key in the catalog); one creates, the others wait.
+            let mut tx = pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7361626974636862)")
+                .execute(&mut *tx)
+                .await?;
+            for stmt in SCHEMA {
+                sqlx::query(*stmt).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
         }
         Ok(Store { pool })
     }
