@@ -73,15 +73,33 @@ pub fn set_function_urls(map: HashMap<String, String>) {
 /// Compile a flow, first giving `run-function` widgets that name a mapped Function SID but no
 /// `url` the configured URL (exports reference Functions by SID only).
 fn compile(name: &str, json: &str) -> Result<Flow, RoutingError> {
-    let invalid = |errors: String| RoutingError::Invalid { path: name.to_string(), errors };
+    let invalid = |errors: String| RoutingError::Invalid {
+        path: name.to_string(),
+        errors,
+    };
     let map = FUNCTION_URLS.get().filter(|m| !m.is_empty());
-    let Some(map) = map else { return Flow::from_json(json).map_err(|e| invalid(e.to_string())) };
-    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
+    let Some(map) = map else {
+        return Flow::from_json(json).map_err(|e| invalid(e.to_string()));
+    };
+    let mut value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
     if let Some(states) = value.get_mut("states").and_then(|s| s.as_array_mut()) {
-        for st in states.iter_mut().filter(|st| st.get("type").and_then(|t| t.as_str()) == Some("run-function")) {
-            let Some(props) = st.get_mut("properties").and_then(|p| p.as_object_mut()) else { continue };
-            let has_url = props.get("url").and_then(|u| u.as_str()).is_some_and(|u| !u.trim().is_empty());
-            let sid = props.get("function_sid").and_then(|u| u.as_str()).unwrap_or_default().to_string();
+        for st in states
+            .iter_mut()
+            .filter(|st| st.get("type").and_then(|t| t.as_str()) == Some("run-function"))
+        {
+            let Some(props) = st.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+                continue;
+            };
+            let has_url = props
+                .get("url")
+                .and_then(|u| u.as_str())
+                .is_some_and(|u| !u.trim().is_empty());
+            let sid = props
+                .get("function_sid")
+                .and_then(|u| u.as_str())
+                .unwrap_or_default()
+                .to_string();
             if let (false, Some(url)) = (has_url, map.get(&sid)) {
                 props.insert("url".into(), serde_json::Value::String(url.clone()));
             }

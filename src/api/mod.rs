@@ -165,6 +165,29 @@ pub async fn load_stored_flows(store: &Store, router: &FlowRouter) -> Result<usi
     Ok(n)
 }
 
+/// Find a flow stored through the API that this node has not loaded yet (another node created
+/// or published it) and register it; `None` when the store has no runnable revision.
+pub async fn load_stored_flow(
+    store: &Store,
+    router: &FlowRouter,
+    sid: &str,
+) -> Result<Option<Arc<LoadedFlow>>, StoreError> {
+    let Some(rev) = flows::runnable_revision(store, sid).await? else {
+        return Ok(None);
+    };
+    match LoadedFlow::with_sid(sid, &rev.friendly_name, &rev.definition) {
+        Ok(f) => {
+            let f = Arc::new(f);
+            router.register(f.clone());
+            Ok(Some(f))
+        }
+        Err(e) => {
+            tracing::warn!(flow = %sid, error = %e, "stored flow does not load");
+            Ok(None)
+        }
+    }
+}
+
 /// Twilio's date form: `2026-11-26T02:58:33Z` (stored dates carry milliseconds).
 pub(crate) fn twilio_date(stored: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(stored)

@@ -83,6 +83,20 @@ pub struct NewExecution {
 }
 
 impl Runner {
+    /// The flow with this SID: loaded here already, or stored by another node through the API.
+    pub async fn flow_by_sid(&self, sid: &str) -> Option<Arc<LoadedFlow>> {
+        if let Some(f) = self.router.by_sid(sid) {
+            return Some(f);
+        }
+        match crate::api::load_stored_flow(&self.store, &self.router, sid).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(flow = %sid, error = %e, "looking up a stored flow");
+                None
+            }
+        }
+    }
+
     /// Start an execution and drive it until it ends or waits.
     pub async fn start<M: Medium>(
         &self,
@@ -199,7 +213,7 @@ impl Runner {
                 error: format!("subflows nest deeper than {MAX_SUBFLOW_DEPTH}"),
             };
         }
-        let Some(child_flow) = self.router.by_sid(&s.flow_sid) else {
+        let Some(child_flow) = self.flow_by_sid(&s.flow_sid).await else {
             return Outcome::Failed {
                 error: format!("subflow {:?} is not loaded here", s.flow_sid),
             };

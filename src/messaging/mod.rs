@@ -157,8 +157,12 @@ impl Conversations {
         };
         for _ in 0..2 {
             if let Some(rec) = self.runner.store.active_for_key(&key).await? {
-                if rec.wait_until.is_none() {
+                let Some(until) = rec.wait_until.clone() else {
                     return Ok(Delivery::Busy { sid: rec.sid });
+                };
+                // Claim the wait in the store: another node may be resuming it this instant.
+                if !self.runner.store.claim_wait(&rec.sid, &until).await? {
+                    continue;
                 }
                 let sid = rec.sid.clone();
                 let (_, state) = self
@@ -204,7 +208,7 @@ impl Conversations {
         let due = self.runner.store.due_waits(&now_rfc3339()).await?;
         let mut out = Vec::new();
         for rec in due {
-            let Some(flow) = self.runner.router.by_sid(&rec.flow_sid) else {
+            let Some(flow) = self.runner.flow_by_sid(&rec.flow_sid).await else {
                 tracing::warn!(execution = %rec.sid, flow = %rec.flow_sid, "waiting execution's flow is not loaded");
                 continue;
             };
@@ -215,8 +219,11 @@ impl Conversations {
             let Some(rec) = self.runner.store.execution(&rec.sid).await? else {
                 continue;
             };
-            if rec.wait_until.is_none() || rec.status != "active" {
+            let Some(until) = rec.wait_until.clone().filter(|_| rec.status == "active") else {
                 continue;
+            };
+            if !self.runner.store.claim_wait(&rec.sid, &until).await? {
+                continue; // the reply (or another node's timer) got there first
             }
             let sid = rec.sid.clone();
             let mut channel = MessagingChannel {

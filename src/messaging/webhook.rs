@@ -97,7 +97,7 @@ async fn inbound(
     if account != w.account_sid {
         return ApiError::NotFound(path).into_response();
     }
-    let Some(flow) = w.conversations.runner.router.by_sid(&flow_sid) else {
+    let Some(flow) = w.conversations.runner.flow_by_sid(&flow_sid).await else {
         return ApiError::NotFound(path).into_response();
     };
     let m = match inbound_message(&params) {

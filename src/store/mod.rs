@@ -267,6 +267,17 @@ impl Store {
         row.map(|r| execution_from(&r)).transpose()
     }
 
+    /// Take a waiting execution for resuming: true for exactly one caller, across nodes, even
+    /// when a reply and its timeout (or two replies) arrive at once.
+    pub async fn claim_wait(&self, sid: &str, wait_until: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE executions SET wait_until = NULL WHERE sid = $1 AND wait_until = $2 AND status = 'active'")
+            .bind(sid)
+            .bind(wait_until)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Executions whose wait for a reply has run out by `now` (RFC 3339, UTC: compares as text).
     pub async fn due_waits(&self, now: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
         let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' ORDER BY wait_until")
@@ -408,6 +419,19 @@ mod tests {
         assert_eq!(got.status, "ended");
         assert_eq!(got.active_key, None, "ending frees the session key");
         assert_eq!(store.steps("FN1").await.unwrap().len(), 2);
+        // A wait is claimed once: the second claimant (a racing reply or timeout) loses.
+        let mut w = exec("FN9", Some("FW1|+1999"));
+        w.wait_until = Some("2026-01-01T00:00:00.000Z".into());
+        w.flow_sid = "FW9".into();
+        store.create_execution(&w).await.unwrap();
+        assert!(store
+            .claim_wait("FN9", "2026-01-01T00:00:00.000Z")
+            .await
+            .unwrap());
+        assert!(!store
+            .claim_wait("FN9", "2026-01-01T00:00:00.000Z")
+            .await
+            .unwrap());
         // The key is free again once the first execution ended.
         store
             .create_execution(&exec("FN3", Some("FW1|+1555")))
