@@ -17,6 +17,10 @@ use sqlx::{AnyPool, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("database write failed: {0}")]
+    Write(String),
+    #[error("the database writer has stopped")]
+    Closed,
     #[error("database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
     #[error("database: {0}")]
@@ -59,7 +63,42 @@ pub struct StepRecord {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Progress writes go through one writer task that commits whatever has queued up in one
+    /// transaction (group commit): under load, SQLite does one commit for many calls' steps.
+    writer: tokio::sync::mpsc::Sender<ProgressWrite>,
 }
+
+/// One execution's progress, serialised and ready to bind.
+struct Progress {
+    sid: String,
+    status: String,
+    context: String,
+    state: String,
+    active_key: Option<String>,
+    wait_until: Option<String>,
+    date_updated: String,
+    steps: Vec<PreparedStep>,
+}
+
+struct PreparedStep {
+    sid: String,
+    execution_sid: String,
+    name: String,
+    from: String,
+    to: String,
+    event: String,
+    context: String,
+    error: Option<String>,
+    date_created: String,
+}
+
+struct ProgressWrite {
+    progress: Progress,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Most progress writes committed in one transaction.
+const GROUP_COMMIT_MAX: usize = 256;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS executions (
@@ -175,7 +214,9 @@ impl Store {
             }
             tx.commit().await?;
         }
-        Ok(Store { pool })
+        let (writer, rx) = tokio::sync::mpsc::channel(4096);
+        tokio::spawn(write_progress(pool.clone(), rx));
+        Ok(Store { pool, writer })
     }
 
     pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {
@@ -205,49 +246,54 @@ impl Store {
     }
 
     /// Save the execution's state and append the steps it took, in one transaction.
+    /// Save the execution's state and append the steps it took, in one transaction (shared with
+    /// other executions' progress queued at the same moment); returns once committed.
     pub async fn record_progress(
         &self,
         e: &ExecutionRecord,
         steps: &[StepRecord],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let active_key = if e.status == "active" {
-            e.active_key.clone()
-        } else {
-            None
+        let progress = Progress {
+            sid: e.sid.clone(),
+            status: e.status.clone(),
+            context: e.context.to_string(),
+            state: e.state.to_string(),
+            active_key: if e.status == "active" {
+                e.active_key.clone()
+            } else {
+                None
+            },
+            wait_until: e.wait_until.clone(),
+            date_updated: e.date_updated.clone(),
+            steps: steps
+                .iter()
+                .map(|s| PreparedStep {
+                    sid: s.sid.clone(),
+                    execution_sid: s.execution_sid.clone(),
+                    name: s.name.clone(),
+                    from: s.transitioned_from.clone(),
+                    to: s.transitioned_to.clone(),
+                    event: s.event.clone(),
+                    context: s.context.to_string(),
+                    error: s.error.clone(),
+                    date_created: s.date_created.clone(),
+                })
+                .collect(),
         };
-        // An execution ended from outside (the REST API) stays ended: a runner that was still
-        // driving it cannot make it active again.
-        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7 AND NOT (status = 'ended' AND $1 = 'active')")
-            .bind(&e.status)
-            .bind(e.context.to_string())
-            .bind(e.state.to_string())
-            .bind(active_key)
-            .bind(e.wait_until.clone())
-            .bind(&e.date_updated)
-            .bind(&e.sid)
-            .execute(&mut *tx)
-            .await?;
-        for s in steps {
-            sqlx::query(
-                "INSERT INTO steps (sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created, seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                         (SELECT COUNT(*) FROM steps WHERE execution_sid = $2))",
-            )
-            .bind(&s.sid)
-            .bind(&s.execution_sid)
-            .bind(&s.name)
-            .bind(&s.transitioned_from)
-            .bind(&s.transitioned_to)
-            .bind(&s.event)
-            .bind(s.context.to_string())
-            .bind(s.error.clone())
-            .bind(&s.date_created)
-            .execute(&mut *tx)
-            .await?;
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self
+            .writer
+            .send(ProgressWrite { progress, done })
+            .await
+            .is_err()
+        {
+            return Err(StoreError::Closed);
         }
-        tx.commit().await?;
-        Ok(())
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Write(e)),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     pub async fn execution(&self, sid: &str) -> Result<Option<ExecutionRecord>, StoreError> {
@@ -354,6 +400,79 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The group-commit writer: take one write, add whatever else is already queued, commit them in
+/// one transaction, answer each. A failed batch is retried write by write so one bad write
+/// cannot fail the others.
+async fn write_progress(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<ProgressWrite>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let all: Vec<&Progress> = batch.iter().map(|w| &w.progress).collect();
+        match commit(&pool, &all).await {
+            Ok(()) => {
+                for w in batch {
+                    let _ = w.done.send(Ok(()));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                for w in batch {
+                    let r = commit(&pool, &[&w.progress])
+                        .await
+                        .map_err(|e| e.to_string());
+                    let _ = w.done.send(r);
+                }
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.done.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit(pool: &AnyPool, all: &[&Progress]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for p in all {
+        // An execution ended from outside (the REST API) stays ended: a runner that was still
+        // driving it cannot make it active again.
+        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7 AND NOT (status = 'ended' AND $1 = 'active')")
+            .bind(&p.status)
+            .bind(&p.context)
+            .bind(&p.state)
+            .bind(p.active_key.clone())
+            .bind(p.wait_until.clone())
+            .bind(&p.date_updated)
+            .bind(&p.sid)
+            .execute(&mut *tx)
+            .await?;
+        for s in &p.steps {
+            sqlx::query(
+                "INSERT INTO steps (sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created, seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                         (SELECT COUNT(*) FROM steps WHERE execution_sid = $2))",
+            )
+            .bind(&s.sid)
+            .bind(&s.execution_sid)
+            .bind(&s.name)
+            .bind(&s.from)
+            .bind(&s.to)
+            .bind(&s.event)
+            .bind(&s.context)
+            .bind(s.error.clone())
+            .bind(&s.date_created)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await
 }
 
 #[cfg(test)]
