@@ -387,15 +387,7 @@ impl SipCore {
                             body: req.body.clone(),
                         }));
                     }
-                    None => self.reply_cached(
-                        now,
-                        peer,
-                        &head,
-                        &branch,
-                        481,
-                        "Call/Transaction Does Not Exist",
-                        "",
-                    ),
+                    None => self.reply_481(now, peer, &head, &branch),
                 }
             }
             "MESSAGE" => self.on_message(now, peer, &req, &branch),
@@ -569,15 +561,7 @@ impl SipCore {
             .get(&req.call_id)
             .is_some_and(|d| d.invite_branch == branch && d.state == State::Proceeding);
         if !matches {
-            self.reply_cached(
-                now,
-                peer,
-                &head,
-                branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                "",
-            );
+            self.reply_481(now, peer, &head, branch);
             return;
         }
         self.reply_cached(now, peer, &head, branch, 200, "OK", "");
@@ -587,6 +571,19 @@ impl SipCore {
         }));
     }
 
+    /// 481: the request names a dialog or transaction we do not have.
+    fn reply_481(&mut self, now: Instant, peer: Peer, head: &Head, branch: &str) {
+        self.reply_cached(
+            now,
+            peer,
+            head,
+            branch,
+            481,
+            "Call/Transaction Does Not Exist",
+            "",
+        );
+    }
+
     fn on_bye(&mut self, now: Instant, peer: Peer, req: &Request, branch: &str) {
         let head = Head::of(req);
         let known = self.dialogs.get(&req.call_id).is_some_and(|d| {
@@ -594,15 +591,7 @@ impl SipCore {
                 || param(&req.from, "tag").as_deref() == Some(d.local_tag.as_str())
         });
         if !known {
-            self.reply_cached(
-                now,
-                peer,
-                &head,
-                branch,
-                481,
-                "Call/Transaction Does Not Exist",
-                "",
-            );
+            self.reply_481(now, peer, &head, branch);
             return;
         }
         self.reply_cached(now, peer, &head, branch, 200, "OK", "");
