@@ -26,7 +26,7 @@ impl Client {
         switchboard::channel::http::install_crypto_provider();
         Client {
             base: g.base_url(),
-            http: reqwest::Client::new(),
+            http: switchboard::channel::http::plain_client(),
             auth: Some((ACCOUNT_SID.into(), AUTH_TOKEN.into())),
         }
     }

@@ -168,7 +168,7 @@ impl Inbound {
     fn new(gw: &Gateway, flow_sid: &str) -> Inbound {
         switchboard::channel::http::install_crypto_provider();
         Inbound {
-            http: reqwest::Client::new(),
+            http: switchboard::channel::http::plain_client(),
             url: format!(
                 "{}/v1/Accounts/{ACCOUNT_SID}/Flows/{flow_sid}",
                 gw.base_url()

@@ -736,7 +736,7 @@ async fn two_nodes_share_sessions_replies_timeouts_and_calls_on_postgres() {
         "the nodes use PostgreSQL, not a local SQLite file"
     );
     let store = Store::open(&db_url).await.unwrap();
-    let http = reqwest::Client::new();
+    let http = switchboard::channel::http::plain_client();
 
     // 1. One contact's first message reaches both nodes at the same moment: one execution.
     let racer = "+15550100010";

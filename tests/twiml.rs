@@ -206,7 +206,7 @@ async fn run_with(
     limits: Limits,
 ) -> Outcome {
     switchboard::channel::http::install_crypto_provider();
-    let http = reqwest::Client::new();
+    let http = switchboard::channel::http::plain_client();
     let call = call();
     let env = RedirectEnv {
         http: &http,

@@ -16,6 +16,12 @@ pub struct HttpClient {
     twilio_auth: Option<(String, String)>,
 }
 
+/// A plain client with the crypto provider installed (tests and tools that need no settings).
+pub fn plain_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn install_crypto_provider() {
     // One crypto stack (ring); a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();

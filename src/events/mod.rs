@@ -372,7 +372,7 @@ mod tests {
             retry_base_ms: 20,
             ..EventsConfig::default()
         };
-        let ev = Events::start(&cfg, "AC1", reqwest::Client::new())
+        let ev = Events::start(&cfg, "AC1", crate::channel::http::plain_client())
             .unwrap()
             .unwrap();
         let e = exec();

@@ -248,7 +248,7 @@ mod tests {
         .unwrap();
         let (tx, _rx) = mpsc::channel(1);
         let ctx = ProviderContext {
-            http: reqwest::Client::new(),
+            http: crate::channel::http::plain_client(),
             inbound: tx,
         };
         let p = Providers::from_config(&cfg, &ctx).unwrap();
