@@ -2,7 +2,8 @@
 //! each clock all of their calls' outbound streams from one timer. A late tick advances the
 //! stream by timestamp and sends only the frame that is due now: audio is never burst.
 //!
-//! Inbound, each call has one small task that latches the caller's address (symmetric RTP),
+//! Inbound, the same worker drains each call's non-blocking RTP and RTCP sockets on its tick (no
+//! task and no reactor registration per call): it latches the caller's address (symmetric RTP),
 //! reports DTMF (RFC 4733 events, or in-band tones when telephone-event was not negotiated) and,
 //! only while something listens (recording, voice detection), decodes audio in sequence order
 //! through a jitter buffer and hands it to the call.
@@ -13,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::codec::{Codec, Decoder};
@@ -134,8 +134,11 @@ struct StreamState {
 }
 
 struct Stream {
-    socket: UdpSocket,
-    rtcp: Option<UdpSocket>,
+    /// Non-blocking std sockets: the pacing worker sends and drains them on its ticks, so a call
+    /// needs no task and no reactor registration of its own.
+    socket: std::net::UdpSocket,
+    rtcp: Option<std::net::UdpSocket>,
+    audio_pt: u8,
     state: Mutex<StreamState>,
     closed: AtomicBool,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -189,7 +192,7 @@ impl Stream {
         st.octets_sent += (n - HEADER_LEN) as u64;
         let remote = st.remote;
         // A full socket buffer drops this one frame, like a congested network would.
-        let _ = self.socket.try_send_to(&buf[..n], remote);
+        let _ = self.socket.send_to(&buf[..n], remote);
         if st.packets_sent % REPORT_EVERY_PACKETS == 0 {
             if let Some(sock) = &self.rtcp {
                 let mut report = [0u8; 128];
@@ -215,7 +218,7 @@ impl Stream {
                     &mut st.recv_stats,
                     &cname,
                 );
-                let _ = sock.try_send_to(&report[..len], st.rtcp_remote);
+                let _ = sock.send_to(&report[..len], st.rtcp_remote);
             }
         }
     }
@@ -320,7 +323,6 @@ pub struct MediaSession {
     pub local: SocketAddr,
     pub events: mpsc::UnboundedReceiver<MediaEvent>,
     next_id: u64,
-    reader: tokio::task::JoinHandle<()>,
 }
 
 impl MediaSession {
@@ -434,7 +436,6 @@ impl MediaSession {
 impl Drop for MediaSession {
     fn drop(&mut self) {
         self.stream.closed.store(true, Ordering::Relaxed);
-        self.reader.abort();
     }
 }
 
@@ -498,8 +499,8 @@ impl MediaEngine {
     /// Start a stream on a socket from [`allocate`]: inbound reading and outbound pacing.
     pub fn start(&self, ports: Ports, p: StreamParams) -> Result<MediaSession, MediaError> {
         let local = ports.rtp.local_addr()?;
-        let socket = UdpSocket::from_std(ports.rtp)?;
-        let rtcp = UdpSocket::from_std(ports.rtcp).ok();
+        let socket = ports.rtp;
+        let rtcp = Some(ports.rtcp);
         let rtcp_remote = SocketAddr::new(p.remote.ip(), p.remote.port().wrapping_add(1));
         let (tx, rx) = mpsc::unbounded_channel();
         let frame = (p.ptime_ms.clamp(10, 60) as usize) * 8;
@@ -511,6 +512,7 @@ impl MediaEngine {
         let stream = Arc::new(Stream {
             socket,
             rtcp,
+            audio_pt: p.payload_type,
             state: Mutex::new(StreamState {
                 remote: p.remote,
                 latched: false,
@@ -540,7 +542,6 @@ impl MediaEngine {
             closed: AtomicBool::new(false),
             events: tx,
         });
-        let reader = tokio::spawn(read_loop(stream.clone(), p.payload_type));
         let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         if let Ok(w) = self.workers[i].lock() {
             let _ = w.send(stream.clone());
@@ -550,40 +551,22 @@ impl MediaEngine {
             local,
             events: rx,
             next_id: 0,
-            reader,
         })
     }
 }
 
-async fn read_loop(stream: Arc<Stream>, audio_pt: u8) {
-    // The buffer lives only between awaits, so a waiting call's task holds no packet memory.
-    loop {
-        let rtcp_ready = async {
-            match &stream.rtcp {
-                Some(s) => s.readable().await,
-                None => std::future::pending().await,
+impl Stream {
+    /// Read everything the caller sent since the last tick (RTP, then RTCP). Non-blocking:
+    /// stops at the first would-block.
+    fn drain(&self, buf: &mut [u8; 1500]) {
+        while let Ok((n, from)) = self.socket.recv_from(buf) {
+            if !receive(self, self.audio_pt, &buf[..n], from) {
+                return;
             }
-        };
-        tokio::select! {
-            r = stream.socket.readable() => {
-                if r.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 1500];
-                while let Ok((n, from)) = stream.socket.try_recv_from(&mut buf) {
-                    if !receive(&stream, audio_pt, &buf[..n], from) {
-                        return;
-                    }
-                }
-            }
-            r = rtcp_ready => {
-                if r.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 1500];
-                while let Some(Ok((n, from))) = stream.rtcp.as_ref().map(|s| s.try_recv_from(&mut buf)) {
-                    receive_rtcp(&stream, &buf[..n], from);
-                }
+        }
+        if let Some(sock) = &self.rtcp {
+            while let Ok((n, from)) = sock.recv_from(buf) {
+                receive_rtcp(self, &buf[..n], from);
             }
         }
     }
@@ -726,8 +709,10 @@ fn worker(rx: std_mpsc::Receiver<Arc<Stream>>) {
         streams.retain(|s| !s.closed.load(Ordering::Relaxed));
         // Streams are clocked on the worker's grid, not on when this thread woke up, so a
         // little scheduling jitter never shifts timestamps.
+        let mut inbound = [0u8; 1500];
         for s in &streams {
             s.tick(next, &mut buf);
+            s.drain(&mut inbound);
         }
         next += TICK;
         let now = Instant::now();
