@@ -156,14 +156,16 @@ enum Frame {
 
 impl Stream {
     /// Send what is due at `now`. Called by the worker on each tick.
-    fn tick(&self, now: Instant, buf: &mut [u8; HEADER_LEN + MAX_FRAME]) {
+    /// Returns the packet count when a packet went out on this tick (the caller then reads the
+    /// inbound side), None otherwise.
+    fn tick(&self, now: Instant, buf: &mut [u8; HEADER_LEN + MAX_FRAME]) -> Option<u64> {
         let Ok(mut st) = self.state.lock() else {
-            return;
+            return None;
         };
         let frame_dur = Duration::from_micros(st.frame as u64 * 125);
         let due = *st.next_due.get_or_insert(now);
         if due > now {
-            return;
+            return None;
         }
         // Frames older than one frame are skipped by timestamp (catch-up without bursting).
         let behind = ((now - due).as_micros() / frame_dur.as_micros().max(1)) as u32;
@@ -221,6 +223,7 @@ impl Stream {
                 let _ = sock.send_to(&report[..len], st.rtcp_remote);
             }
         }
+        Some(st.packets_sent)
     }
 
     /// Take the next frame from the play queue (audio, silence or a DTMF event packet);
@@ -558,11 +561,17 @@ impl MediaEngine {
 impl Stream {
     /// Read everything the caller sent since the last tick (RTP, then RTCP). Non-blocking:
     /// stops at the first would-block.
-    fn drain(&self, buf: &mut [u8; 1500]) {
+    /// Called on the ticks where a packet went out (once per ptime): media arrives at that pace,
+    /// so reading more often would mostly find nothing. RTCP (every few seconds) is read about
+    /// once a second.
+    fn drain(&self, buf: &mut [u8; 1500], packets_sent: u64) {
         while let Ok((n, from)) = self.socket.recv_from(buf) {
             if !receive(self, self.audio_pt, &buf[..n], from) {
                 return;
             }
+        }
+        if packets_sent % 50 != 0 {
+            return;
         }
         if let Some(sock) = &self.rtcp {
             while let Ok((n, from)) = sock.recv_from(buf) {
@@ -711,8 +720,9 @@ fn worker(rx: std_mpsc::Receiver<Arc<Stream>>) {
         // little scheduling jitter never shifts timestamps.
         let mut inbound = [0u8; 1500];
         for s in &streams {
-            s.tick(next, &mut buf);
-            s.drain(&mut inbound);
+            if let Some(sent) = s.tick(next, &mut buf) {
+                s.drain(&mut inbound, sent);
+            }
         }
         next += TICK;
         let now = Instant::now();
