@@ -205,14 +205,32 @@ impl Store {
         } else {
             // PostgreSQL: nodes starting together would race on `CREATE ... IF NOT EXISTS`
             // (it can fail with a duplicate key in the catalog); one creates, the others wait.
-            let mut tx = pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock(7361626974636862)")
-                .execute(&mut *tx)
-                .await?;
-            for stmt in SCHEMA {
-                sqlx::query(*stmt).execute(&mut *tx).await?;
+            // A node joining a running cluster finds the schema complete and runs no DDL at all:
+            // DDL takes table locks that can deadlock with other nodes' writes.
+            let tables: Vec<&str> = SCHEMA
+                .iter()
+                .filter_map(|s| s.trim_start().strip_prefix("CREATE TABLE IF NOT EXISTS "))
+                .filter_map(|rest| rest.split_whitespace().next())
+                .collect();
+            let mut attempt = 0;
+            loop {
+                if postgres_schema_complete(&pool, &tables).await? {
+                    break;
+                }
+                match create_postgres_schema(&pool).await {
+                    Ok(()) => break,
+                    // 40P01 deadlock / 40001 serialization failure: another node's DDL or
+                    // writes crossed ours; try again.
+                    Err(sqlx::Error::Database(d))
+                        if attempt < 5
+                            && matches!(d.code().as_deref(), Some("40P01") | Some("40001")) =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
-            tx.commit().await?;
         }
         let (writer, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(write_progress(pool.clone(), rx));
@@ -400,6 +418,26 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+async fn postgres_schema_complete(pool: &AnyPool, tables: &[&str]) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ANY(string_to_array($1, ','))")
+        .bind(tables.join(","))
+        .fetch_one(pool)
+        .await?;
+    let n: i64 = row.try_get(0)?;
+    Ok(n as usize == tables.len())
+}
+
+async fn create_postgres_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7361626974636862)")
+        .execute(&mut *tx)
+        .await?;
+    for stmt in SCHEMA {
+        sqlx::query(*stmt).execute(&mut *tx).await?;
+    }
+    tx.commit().await
 }
 
 /// The group-commit writer: take one write, add whatever else is already queued, commit them in
