@@ -123,6 +123,26 @@ pub fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigge
     }
 }
 
+/// A send-and-wait execution counts as waiting from before its question goes out (so a crash
+/// right after sending loses nothing). A reply may resume it once the question is recorded as
+/// sent, or once nobody has touched the record for 2 s (the node that was sending is gone);
+/// before that, the node sending it is still driving it.
+fn question_sent_or_stale(rec: &crate::store::ExecutionRecord) -> bool {
+    let current = rec
+        .state
+        .get("current")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let sent = rec
+        .context
+        .pointer(&format!("/widgets/{current}/outbound"))
+        .is_some();
+    let stale = chrono::DateTime::parse_from_rfc3339(&rec.date_updated)
+        .map(|t| chrono::Utc::now().signed_duration_since(t) > chrono::Duration::seconds(2))
+        .unwrap_or(true);
+    sent || stale
+}
+
 pub fn session_key(flow_sid: &str, contact: &str) -> String {
     format!("contact|{flow_sid}|{contact}")
 }
@@ -155,13 +175,20 @@ impl Conversations {
         let mut channel = MessagingChannel {
             sink: self.sink.clone(),
         };
-        for _ in 0..2 {
+        // A few rounds: another node may be starting this contact's execution or still sending
+        // its question at this very moment (about 3 s at most, then the message is "busy").
+        for _ in 0..60 {
             if let Some(rec) = self.runner.store.active_for_key(&key).await? {
                 let Some(until) = rec.wait_until.clone() else {
                     return Ok(Delivery::Busy { sid: rec.sid });
                 };
+                if !question_sent_or_stale(&rec) {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
                 // Claim the wait in the store: another node may be resuming it this instant.
                 if !self.runner.store.claim_wait(&rec.sid, &until).await? {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     continue;
                 }
                 let sid = rec.sid.clone();
