@@ -119,31 +119,56 @@ struct Inbound {
     data: Vec<u8>,
 }
 
+/// UDP and TCP on the same port. With port 0 the kernel picks the UDP port, and that port may
+/// be taken for TCP (by someone's outgoing connection): then try another, a few times.
+async fn bind_pair(bind: SocketAddr) -> Result<(UdpSocket, TcpListener), EndpointError> {
+    let tries = if bind.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..tries {
+        let udp = UdpSocket::bind(bind)
+            .await
+            .map_err(|source| EndpointError::Bind {
+                transport: "UDP",
+                addr: bind,
+                source,
+            })?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| EndpointError::Bind {
+                transport: "UDP",
+                addr: bind,
+                source,
+            })?
+            .port();
+        let tcp_bind = SocketAddr::new(bind.ip(), port);
+        match TcpListener::bind(tcp_bind).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => {
+                last = Some(EndpointError::Bind {
+                    transport: "TCP",
+                    addr: tcp_bind,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(EndpointError::Bind {
+        transport: "TCP",
+        addr: bind,
+        source: std::io::Error::other("no port free for both UDP and TCP"),
+    }))
+}
+
 pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, EndpointError> {
-    let udp = UdpSocket::bind(bind)
-        .await
-        .map_err(|source| EndpointError::Bind {
-            transport: "UDP",
-            addr: bind,
-            source,
-        })?;
+    let (udp, tcp) = bind_pair(bind).await?;
     let udp_addr = udp.local_addr().map_err(|source| EndpointError::Bind {
         transport: "UDP",
         addr: bind,
         source,
     })?;
-    // TCP listens on the same port as UDP (5060 by default, or the one UDP got when bound to port 0).
-    let tcp_bind = SocketAddr::new(bind.ip(), udp_addr.port());
-    let tcp = TcpListener::bind(tcp_bind)
-        .await
-        .map_err(|source| EndpointError::Bind {
-            transport: "TCP",
-            addr: tcp_bind,
-            source,
-        })?;
     let tcp_addr = tcp.local_addr().map_err(|source| EndpointError::Bind {
         transport: "TCP",
-        addr: tcp_bind,
+        addr: bind,
         source,
     })?;
 
