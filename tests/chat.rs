@@ -65,7 +65,8 @@ impl Chat {
         drop(self.stdin.take());
         let status = self.child.wait().unwrap();
         assert!(status.success(), "chat exited with {status}");
-        self.lines.try_iter().collect()
+        // The reader thread ends at end of output; wait for it rather than racing it.
+        self.lines.iter().collect()
     }
 }
 
