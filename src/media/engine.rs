@@ -139,6 +139,8 @@ struct Stream {
     socket: std::net::UdpSocket,
     rtcp: Option<std::net::UdpSocket>,
     audio_pt: u8,
+    /// RTCP SDES CNAME, fixed for the stream's life (RFC 3550 §6.5.1).
+    cname: String,
     state: Mutex<StreamState>,
     closed: AtomicBool,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -204,13 +206,6 @@ impl Stream {
                     st.packets_sent as u32,
                     st.octets_sent as u32,
                 );
-                let cname = format!(
-                    "switchboard@{}",
-                    self.socket
-                        .local_addr()
-                        .map(|a| a.ip().to_string())
-                        .unwrap_or_default()
-                );
                 let len = rtcp::sender_report(
                     &mut report,
                     ssrc,
@@ -218,7 +213,7 @@ impl Stream {
                     pkts,
                     octets,
                     &mut st.recv_stats,
-                    &cname,
+                    &self.cname,
                 );
                 let _ = sock.send_to(&report[..len], st.rtcp_remote);
             }
@@ -516,6 +511,7 @@ impl MediaEngine {
             socket,
             rtcp,
             audio_pt: p.payload_type,
+            cname: format!("switchboard@{}", local.ip()),
             state: Mutex::new(StreamState {
                 remote: p.remote,
                 latched: false,

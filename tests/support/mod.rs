@@ -316,17 +316,12 @@ fn take_rtp(pkt: &[u8], report: &mut CallReport) {
     report.rtp_packets += 1;
     report.packets.push((seq, ts, Instant::now()));
     if pt == 0 {
-        report.audio.extend(pkt[12..].iter().map(|&b| ulaw(b)));
+        report.audio.extend(
+            pkt[12..]
+                .iter()
+                .map(|&b| switchboard::media::codec::ulaw_to_linear(b)),
+        );
     }
-}
-
-pub fn ulaw(byte: u8) -> i16 {
-    let b = !byte as i32;
-    let sign = b & 0x80;
-    let exp = (b >> 4) & 0x07;
-    let mant = b & 0x0F;
-    let mag = (((mant << 3) + 0x84) << exp) - 0x84;
-    (if sign != 0 { -mag } else { mag }) as i16
 }
 
 fn ack_for(resp: &str, me: &SocketAddr, target: SocketAddr, branch: &str) -> String {
@@ -438,7 +433,14 @@ impl Heard {
         self.packets
             .iter()
             .filter(|p| p.1 == 0)
-            .map(|(t, _, _, p)| (*t, p.iter().map(|&b| ulaw(b)).collect()))
+            .map(|(t, _, _, p)| {
+                (
+                    *t,
+                    p.iter()
+                        .map(|&b| switchboard::media::codec::ulaw_to_linear(b))
+                        .collect(),
+                )
+            })
             .collect()
     }
 
