@@ -178,6 +178,7 @@ async fn run_call(
         payload_type: neg.payload_type,
         telephone_event: neg.telephone_event,
         ptime_ms: neg.ptime_ms,
+        label: call_id.clone(),
     };
     let mut media = match svc.media.start(socket, params) {
         Ok(m) => m,

@@ -74,6 +74,8 @@ pub struct StreamParams {
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
     pub ptime_ms: u32,
+    /// What log lines name the stream by (the call's Call-ID).
+    pub label: String,
 }
 
 enum Item {
@@ -141,6 +143,10 @@ struct Stream {
     audio_pt: u8,
     /// RTCP SDES CNAME, fixed for the stream's life (RFC 3550 §6.5.1).
     cname: String,
+    /// The call's Call-ID, for log lines.
+    label: String,
+    /// Panics caught while serving this stream (see [`worker`]).
+    faults: AtomicU32,
     state: Mutex<StreamState>,
     closed: AtomicBool,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -512,6 +518,8 @@ impl MediaEngine {
             rtcp,
             audio_pt: p.payload_type,
             cname: format!("switchboard@{}", local.ip()),
+            label: p.label,
+            faults: AtomicU32::new(0),
             state: Mutex::new(StreamState {
                 remote: p.remote,
                 latched: false,
@@ -555,6 +563,16 @@ impl MediaEngine {
 }
 
 impl Stream {
+    /// After a panic while serving this stream: log it (with the Call-ID, rate-limited) and
+    /// clear the lock's poison so the call keeps its media; the datagram that hit it is lost.
+    fn recover(&self) {
+        let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::error!(call_id = %self.label, faults = n, "media worker caught a panic serving this call's stream; the stream goes on");
+        }
+        self.state.clear_poison();
+    }
+
     /// Read everything the caller sent since the last tick (RTP, then RTCP). Non-blocking:
     /// stops at the first would-block.
     /// Called on the ticks where a packet went out (once per ptime): media arrives at that pace,
@@ -716,8 +734,15 @@ fn worker(rx: std_mpsc::Receiver<Arc<Stream>>) {
         // little scheduling jitter never shifts timestamps.
         let mut inbound = [0u8; 1500];
         for s in &streams {
-            if let Some(sent) = s.tick(next, &mut buf) {
-                s.drain(&mut inbound, sent);
+            // A bug reachable from the network must cost at most the packet that hit it: the
+            // worker serves every other call on its core, so a panic is caught per stream.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(sent) = s.tick(next, &mut buf) {
+                    s.drain(&mut inbound, sent);
+                }
+            }));
+            if served.is_err() {
+                s.recover();
             }
         }
         next += TICK;

@@ -176,8 +176,10 @@ pub fn parse(mut data: &[u8], our_ssrc: u32) -> Option<PeerReport> {
                 r.sr_ntp_middle = Some(u32::from_be_bytes([pkt[10], pkt[11], pkt[12], pkt[13]]));
                 &pkt[28..]
             }
-            201 => &pkt[8..],
-            _ => &pkt[len..],
+            // The length field comes from the network: an RR shorter than its fixed part (a
+            // length of 0 says 4 bytes) carries no report blocks.
+            201 if len >= 8 => &pkt[8..],
+            _ => &[][..],
         };
         for b in blocks.chunks_exact(24).take(rc) {
             if u32::from_be_bytes([b[0], b[1], b[2], b[3]]) == our_ssrc {
@@ -241,5 +243,34 @@ mod tests {
         // Garbage is refused, not a panic.
         assert!(parse(&[0x80, 200, 0xFF, 0xFF, 0, 0, 0, 0], 1).is_none());
         assert!(parse(&[1, 2, 3], 1).is_none());
+    }
+
+    #[test]
+    fn short_packets_whose_length_field_lies_are_not_a_panic() {
+        // An 8-byte RR whose length field is 0 (says 4 bytes): once reached `&pkt[8..]` on a
+        // 4-byte slice and killed the media worker.
+        let rr = [0x81, 201, 0, 0, 0, 0, 0, 1];
+        assert!(parse(&rr, 1).is_some());
+        // An SR that says it is shorter than an SR, and an RR claiming 31 blocks in 8 bytes.
+        assert!(parse(&[0x80, 200, 0, 1, 0, 0, 0, 1], 1).is_some());
+        assert_eq!(
+            parse(&[0x9F, 201, 0, 1, 0, 0, 0, 1], 1).map(|r| r.about_us),
+            Some(None)
+        );
+        // Every prefix and every length field of a real compound packet.
+        let mut stats = ReceiverStats::default();
+        stats.on_rtp(7, 1, 160, 200);
+        let mut buf = [0u8; 128];
+        let n = sender_report(&mut buf, 9, 1, 1, 160, &mut stats, "x@y");
+        for cut in 0..=n {
+            for l in 0..=255u8 {
+                let mut b = buf[..cut].to_vec();
+                if b.len() >= 4 {
+                    b[3] = l;
+                    b[2] = 0;
+                }
+                let _ = parse(&b, 7);
+            }
+        }
     }
 }
