@@ -193,6 +193,9 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// Concurrent calls beyond this get 503 with Retry-After.
     pub max_calls: usize,
+    /// Sources (CIDR) whose SIP MESSAGE requests are inbound SMS, besides the hosts of the
+    /// `kind = "sip"` messaging providers' trunks. Any other source gets 403.
+    pub message_from: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +260,7 @@ impl Default for SipConfig {
             acl: vec!["127.0.0.0/8".into(), "::1".into()],
             max_message_bytes: 65_535,
             max_calls: 5_000,
+            message_from: Vec::new(),
         }
     }
 }

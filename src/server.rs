@@ -70,6 +70,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         max_message_bytes: cfg.sip.max_message_bytes,
         server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
         acl,
+        message_sources: sms_trunk_sources(&cfg).await?,
     };
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
     // Outbound providers by number; messages they receive themselves (SMPP) come back here.
@@ -186,4 +187,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip_tcp: ep.tcp_addr,
         http,
     })
+}
+
+/// Who may send us SIP MESSAGE: `[sip] message_from`, and the hosts of the SIP messaging
+/// providers' trunks (the SMS gateway we send to is the one that delivers to us).
+async fn sms_trunk_sources(cfg: &Config) -> anyhow::Result<Acl> {
+    let mut entries = cfg.sip.message_from.clone();
+    let trunks = cfg
+        .messaging
+        .providers
+        .iter()
+        .filter(|p| p.kind == crate::config::ProviderKind::Sip)
+        .filter_map(|p| p.trunk.as_deref());
+    for trunk in trunks {
+        let Some(hostport) = crate::sip::message_sink::hostport_of(trunk) else {
+            continue;
+        };
+        let resolved = tokio::net::lookup_host(hostport.as_str()).await;
+        match resolved {
+            Ok(addrs) => entries.extend(addrs.map(|a| a.ip().to_string())),
+            Err(e) => {
+                tracing::warn!(trunk, error = %e, "cannot resolve the SMS trunk: its MESSAGE requests will be refused")
+            }
+        }
+    }
+    Ok(Acl::parse(&entries)?)
 }

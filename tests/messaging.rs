@@ -724,3 +724,80 @@ async fn smpp_conversation_with_a_real_smsc() {
     assert_eq!(e.context["widgets"]["thanks"]["message"]["Sid"], "smsc-2");
     assert_eq!(e.context["widgets"]["ask"]["inbound"]["Body"], "Ada");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_webhook_delivers_once_per_message_sid() {
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(tmp.path(), "");
+    let flow = flow_path("sms-echo.json");
+    let gw = Gateway::start_in(
+        tmp.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let inbound = Inbound::new(&gw, &flow_sid);
+    // The same signed request five times over: a provider retrying, or someone replaying it.
+    let params = Inbound::params(CONTACT, "once");
+    let sig = signature::sign(AUTH_TOKEN, &inbound.url, &params);
+    for _ in 0..5 {
+        let (status, _, body) = inbound.post_signed(&inbound.url, &params, &sig).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A new message (another MessageSid) is a new delivery.
+    let (status, _, _) = inbound.send(CONTACT, "twice").await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = recorder.wait_messages(3, Duration::from_secs(3)).await;
+    let bodies: Vec<&str> = sent.iter().map(|m| m.get("Body")).collect();
+    assert_eq!(
+        bodies,
+        ["You said: once", "You said: twice"],
+        "one reply per message"
+    );
+    assert_eq!(executions(&gw, &flow).await.len(), 2);
+}
+
+/// A SIP MESSAGE request from this test, from `source`, to the gateway.
+async fn sip_message(gw: &Gateway, source: &str, to: &str, body: &str) -> String {
+    let sock = tokio::net::UdpSocket::bind((source, 0)).await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let branch = format!("z9hG4bK{:08x}", rand::random::<u32>());
+    let req = format!(
+        "MESSAGE sip:{to}@{gw} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch}\r\n\
+         From: <sip:{CONTACT}@{me}>;tag=f{branch}\r\nTo: <sip:{to}@{gw}>\r\nCall-ID: {branch}@sms\r\n\
+         CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+        gw = gw.sip,
+    );
+    sock.send_to(req.as_bytes(), gw.sip).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("an answer to MESSAGE")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_message_from_a_source_that_is_not_an_sms_trunk_sends_nothing() {
+    // The SIP ACL admits all of loopback (calls may come from anywhere on it), but the only SMS
+    // trunk is 127.0.0.3: a MESSAGE from 127.0.0.1 must not turn into a paid SMS.
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(tmp.path(), "\n[sip]\nmessage_from = [\"127.0.0.3\"]\n");
+    let flow = flow_path("sms-echo.json");
+    let gw = Gateway::start_in(
+        tmp.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let answer = sip_message(&gw, "127.0.0.1", "+15559990000", "toll fraud").await;
+    assert!(answer.starts_with("SIP/2.0 403"), "{answer}");
+    // The trunk's own MESSAGE is inbound SMS and is answered through the provider.
+    let answer = sip_message(&gw, "127.0.0.3", NUMBER, "from the trunk").await;
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let sent = recorder.wait_messages(2, Duration::from_secs(3)).await;
+    let bodies: Vec<&str> = sent.iter().map(|m| m.get("Body")).collect();
+    assert_eq!(bodies, ["You said: from the trunk"]);
+}

@@ -105,6 +105,29 @@ async fn inbound(
         Err(e) => return e.into_response(),
     };
     let (from, message_sid) = (m.from.clone(), m.message_sid.clone());
+    // One delivery per MessageSid: a provider's retry, or a signed request replayed, must not
+    // run the flow again (and send its replies again).
+    let store = w.conversations.runner.store.clone();
+    if !message_sid.is_empty() {
+        match store.claim_inbound_message(&message_sid).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(flow = %flow_sid, message = %message_sid, "message already delivered: repeat ignored");
+                return twiml();
+            }
+            Err(e) => {
+                tracing::error!(flow = %flow_sid, error = %e, "inbound message");
+                return ApiError::Store(e).into_response();
+            }
+        }
+    }
+    let release = |store: crate::store::Store, sid: String| async move {
+        if !sid.is_empty() {
+            if let Err(e) = store.release_inbound_message(&sid).await {
+                tracing::warn!(message = %sid, error = %e, "cannot release the message's delivery claim");
+            }
+        }
+    };
     let conv = w.conversations.clone();
     let task = tokio::spawn(async move { conv.inbound(&flow, m).await });
     match tokio::time::timeout(ANSWER_WITHIN, task).await {
@@ -119,11 +142,16 @@ async fn inbound(
             }
             twiml()
         }
+        // Not delivered: the provider's retry may try again.
         Ok(Ok(Err(e))) => {
             tracing::error!(flow = %flow_sid, error = %e, "inbound message");
+            release(store, message_sid).await;
             ApiError::Store(e).into_response()
         }
-        Ok(Err(e)) => ApiError::Internal(format!("inbound message task: {e}")).into_response(),
+        Ok(Err(e)) => {
+            release(store, message_sid).await;
+            ApiError::Internal(format!("inbound message task: {e}")).into_response()
+        }
         Err(_) => {
             tracing::info!(flow = %flow_sid, message = %message_sid, "flow still busy: answered the webhook, the execution goes on");
             twiml()

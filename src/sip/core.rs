@@ -46,6 +46,9 @@ pub struct CoreConfig {
     pub max_message_bytes: usize,
     pub server_name: String,
     pub acl: Acl,
+    /// Sources whose MESSAGE requests are taken as inbound SMS (the SMS trunks). A MESSAGE
+    /// turns into paid outbound replies, so any other admitted source gets 403.
+    pub message_sources: Acl,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -609,6 +612,18 @@ impl SipCore {
 
     fn on_message(&mut self, now: Instant, peer: Peer, req: &Request, branch: &str) {
         let head = Head::of(req);
+        if !self.cfg.message_sources.allows(peer.addr.ip()) {
+            self.reply_cached(
+                now,
+                peer,
+                &head,
+                branch,
+                403,
+                "Forbidden",
+                "Warning: 399 switchboard \"MESSAGE is accepted only from SMS trunks\"\r\n",
+            );
+            return;
+        }
         let ct = req
             .content_type
             .as_deref()
@@ -1087,6 +1102,7 @@ mod tests {
             max_message_bytes: 65535,
             server_name: "switchboard-test".into(),
             acl: Acl::parse(&["127.0.0.0/8".to_string()]).unwrap(),
+            message_sources: Acl::parse(&["127.0.0.1".to_string()]).unwrap(),
         })
     }
 
@@ -1366,6 +1382,21 @@ mod tests {
         );
         let (tx, ev) = drain(&mut c);
         assert!(tx[0].starts_with("SIP/2.0 415"), "{tx:?}");
+        assert!(ev.is_empty());
+        // An admitted source that is not an SMS trunk cannot make us send paid replies.
+        let other = Peer {
+            addr: "127.0.0.2:5070".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        c.handle_message(
+            t0,
+            other,
+            local(),
+            msg("text/plain", "z9hG4bKm3").as_bytes(),
+        );
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 403"), "{tx:?}");
+        assert!(tx[0].contains("only from SMS trunks"), "{tx:?}");
         assert!(ev.is_empty());
     }
 

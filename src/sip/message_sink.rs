@@ -14,6 +14,27 @@ pub struct SipMessageSink {
     pub trunk: String,
 }
 
+/// `host:port` of a trunk URI (`sip:[user@]host[:port][;params]`), port 5060 by default.
+pub fn hostport_of(trunk: &str) -> Option<String> {
+    let rest = trunk.trim().strip_prefix("sip:")?;
+    let rest = rest.split([';', '?']).next()?;
+    let host = rest.rsplit('@').next()?;
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = if host.starts_with('[') {
+        host.contains("]:")
+    } else {
+        host.rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    };
+    Some(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:5060")
+    })
+}
+
 impl SipMessageSink {
     pub fn request_uri(&self, to: &str) -> String {
         let host = self.trunk.strip_prefix("sip:").unwrap_or(&self.trunk);
@@ -51,5 +72,26 @@ impl MessageSink for SipMessageSink {
             }
             Ok(m)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hostport_of;
+
+    #[test]
+    fn trunk_host_and_port() {
+        assert_eq!(
+            hostport_of("sip:127.0.0.1:5070").as_deref(),
+            Some("127.0.0.1:5070")
+        );
+        assert_eq!(
+            hostport_of("sip:sms@gw.example.net;transport=udp").as_deref(),
+            Some("gw.example.net:5060")
+        );
+        assert_eq!(hostport_of("sip:[::1]:5080").as_deref(), Some("[::1]:5080"));
+        assert_eq!(hostport_of("sip:[::1]").as_deref(), Some("[::1]:5060"));
+        assert_eq!(hostport_of("tel:+1555"), None);
+        assert_eq!(hostport_of("sip:"), None);
     }
 }

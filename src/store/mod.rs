@@ -146,6 +146,11 @@ const SCHEMA: &[&str] = &[
         date_created TEXT NOT NULL,
         date_updated TEXT NOT NULL,
         PRIMARY KEY (flow_sid, revision))",
+    // Inbound messages already delivered, by provider message SID: a provider's retry or a
+    // replayed signed webhook must not run the flow (and send paid replies) again.
+    "CREATE TABLE IF NOT EXISTS inbound_messages (
+        message_sid TEXT PRIMARY KEY,
+        date_created TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS test_users (
         flow_sid TEXT NOT NULL,
         address TEXT NOT NULL,
@@ -235,6 +240,39 @@ impl Store {
         let (writer, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(write_progress(pool.clone(), rx));
         Ok(Store { pool, writer })
+    }
+
+    /// Claim the delivery of inbound message `message_sid`: true the first time, false for a
+    /// repeat (any node; claims older than the retention window are swept).
+    pub async fn claim_inbound_message(&self, message_sid: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO inbound_messages (message_sid, date_created) VALUES ($1, $2) ON CONFLICT (message_sid) DO NOTHING",
+        )
+        .bind(message_sid)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Give a claim back (the delivery failed and the provider will retry).
+    pub async fn release_inbound_message(&self, message_sid: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM inbound_messages WHERE message_sid = $1")
+            .bind(message_sid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forget delivery claims made before `before` (RFC 3339 UTC).
+    pub async fn sweep_inbound_messages(&self, before: &str) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM inbound_messages WHERE date_created < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 
     pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {

@@ -106,6 +106,13 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "retention sweep"),
         }
+        // A message SID is remembered as long as the executions it could have started.
+        if let Err(e) = store
+            .sweep_inbound_messages(&before(cfg.max_age_secs))
+            .await
+        {
+            tracing::warn!(error = %e, "retention sweep of inbound message claims");
+        }
         tokio::time::sleep(interval).await;
     }
 }
