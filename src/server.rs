@@ -26,16 +26,16 @@ pub struct Running {
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    private_data_dir(&cfg.data_dir)?;
     crate::routing::set_function_urls(cfg.functions.clone());
     let router = Arc::new(Router::from_config(&cfg)?);
     for f in router.flows() {
         tracing::info!(flow = %f.name, sid = %f.sid, "flow loaded");
     }
     let db_url = cfg.database_url();
-    let store = Store::open(&db_url).await?;
-    tracing::info!(database = %redact(&db_url), "store open");
+    let node = node_id(&cfg.data_dir)?;
+    let store = Store::open(&db_url).await?.on_node(&node);
+    tracing::info!(database = %redact(&db_url), %node, "store open");
     let stored = crate::api::load_stored_flows(&store, &router).await?;
     if stored > 0 {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
@@ -53,6 +53,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if events.is_some() {
         tracing::info!(sinks = cfg.events.sinks.len(), "event streams on");
     }
+    recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
     tokio::spawn(crate::store::retention::run(
         store.clone(),
         cfg.retention.clone(),
@@ -212,4 +213,85 @@ async fn sms_trunk_sources(cfg: &Config) -> anyhow::Result<Acl> {
         }
     }
     Ok(Acl::parse(&entries)?)
+}
+
+/// The data directory holds the database, recordings and API credentials: only the gateway's
+/// own user may read it, and everything created in it is private (umask 077).
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+        unsafe {
+            libc::umask(0o077);
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making data directory {} private", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// This node's id, kept in the data directory so a restarted process knows which executions
+/// were its own (several nodes may share one PostgreSQL database).
+fn node_id(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("node-{:016x}", rand::random::<u64>());
+    let tmp = dir.join(".node-id.tmp");
+    std::fs::write(&tmp, &id).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
+/// Why executions found running at start were ended: the process that ran them died.
+pub const ENDED_BY_RESTART: &str =
+    "the gateway stopped while this execution ran (the process died or was killed)";
+
+/// After a crash (kill -9, power loss): recordings cut off mid-call are saved or removed, and
+/// executions that were running in this node's previous process are ended with a reason.
+/// Waiting conversations are untouched: their reply or timeout resumes them.
+async fn recover_after_crash(
+    store: &Store,
+    cfg: &Config,
+    account_sid: &str,
+    events: Option<&Events>,
+) -> anyhow::Result<()> {
+    let recordings = crate::call::recordings::Recordings {
+        dir: cfg.data_dir.join("recordings"),
+        public_url: String::new(),
+        account_sid: account_sid.to_string(),
+    };
+    let found = recordings.recover_leftovers();
+    for (call_sid, saved) in &found.saved {
+        tracing::warn!(call_sid = %call_sid, recording = %saved.sid, seconds = saved.duration_secs, "recording interrupted by a restart saved");
+    }
+    if found.removed > 0 {
+        tracing::info!(
+            files = found.removed,
+            "temporary recording files of a previous run removed"
+        );
+    }
+    let now = crate::store::now_rfc3339();
+    for e in store.end_orphans(&now, ENDED_BY_RESTART).await? {
+        tracing::warn!(execution = %e.sid, flow = %e.flow_sid, contact = %e.contact, reason = ENDED_BY_RESTART, "execution ended at start");
+        if let Some(ev) = events {
+            let ended = crate::store::ExecutionRecord {
+                status: "ended".into(),
+                date_updated: now.clone(),
+                ..e
+            };
+            ev.execution_ended(&ended, "ENDED_BY_RESTART");
+        }
+    }
+    Ok(())
 }

@@ -29,6 +29,7 @@ pub struct Recordings {
     pub account_sid: String,
 }
 
+#[derive(Debug)]
 pub struct SavedRecording {
     pub sid: String,
     pub url: String,
@@ -60,15 +61,22 @@ impl Recordings {
         ok.then(|| self.dir.join(format!("{sid}.{ext}")))
     }
 
-    pub fn start(&self, rate: u32) -> Result<Recorder, RecordingError> {
+    /// Start recording `call_sid` at `rate` Hz into a temporary file (named for the call, so a
+    /// recording cut off by a crash can be recovered for it at the next start).
+    pub fn start(&self, rate: u32, call_sid: &str) -> Result<Recorder, RecordingError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RecordingError::Io { path, source }
         };
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let tmp = self
-            .dir
-            .join(format!(".rec-{:016x}.wav.tmp", rand::random::<u64>()));
+        let call: String = call_sid
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let tmp = self.dir.join(format!(
+            ".rec-{call}-{:016x}.wav.tmp",
+            rand::random::<u64>()
+        ));
         let file = File::create(&tmp).map_err(io(&tmp))?;
         let spec = hound::WavSpec {
             channels: 1,
@@ -162,6 +170,133 @@ impl Recordings {
     }
 }
 
+/// Recordings shorter than this that a crash cut off are not worth keeping.
+const MIN_RECOVERED_SECS: f64 = 0.5;
+
+/// What start-up found of recordings that a crash interrupted.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Recordings saved from the audio their temporary file held, with the call they belong to.
+    pub saved: Vec<(String, SavedRecording)>,
+    /// Temporary files removed (too short, unreadable, or half-written sidecars).
+    pub removed: usize,
+}
+
+impl Recordings {
+    /// At start, before any call records: the temporary files a killed process left behind are
+    /// turned into complete recordings when they hold audio, or removed; nothing half-written
+    /// stays in the folder.
+    pub fn recover_leftovers(&self) -> Recovered {
+        let mut out = Recovered::default();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let path = entry.path();
+            let call = name
+                .strip_prefix(".rec-")
+                .and_then(|r| r.strip_suffix(".wav.tmp"))
+                .and_then(|r| r.rsplit_once('-'))
+                .map(|(call, _)| call.to_string());
+            let saved = match call {
+                Some(call) => match self.recover(&path, &call) {
+                    Ok(Some(saved)) => Some((call, saved)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "interrupted recording cannot be recovered");
+                        None
+                    }
+                },
+                None => None,
+            };
+            match saved {
+                Some(s) => out.saved.push(s),
+                None => {
+                    if std::fs::remove_file(&path).is_ok() {
+                        out.removed += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Rewrite a temporary recording whose header was never finalised (hound writes the data
+    /// size last) as a valid WAV, and save it. None when it holds too little audio.
+    fn recover(
+        &self,
+        tmp: &Path,
+        call_sid: &str,
+    ) -> Result<Option<SavedRecording>, RecordingError> {
+        let bytes = std::fs::read(tmp).map_err(|source| RecordingError::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
+        let Some((rate, data)) = unfinished_wav_pcm16(&bytes) else {
+            return Ok(None);
+        };
+        let pcm: Vec<i16> = data
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        if (pcm.len() as f64) < rate as f64 * MIN_RECOVERED_SECS {
+            return Ok(None);
+        }
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(tmp, spec)?;
+        for &s in &pcm {
+            w.write_sample(s)?;
+        }
+        w.finalize()?;
+        let rec = Recorder {
+            tmp: tmp.to_path_buf(),
+            writer: None,
+            rate,
+            samples: pcm.len() as u64,
+        };
+        self.finish(rec, false, call_sid).map(Some)
+    }
+}
+
+/// Sample rate and PCM bytes of a mono 16-bit WAV whose sizes may be unwritten: the data
+/// chunk runs to the end of the file.
+fn unfinished_wav_pcm16(b: &[u8]) -> Option<(u32, &[u8])> {
+    if b.len() < 12 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut at = 12;
+    let mut rate = None;
+    while at + 8 <= b.len() {
+        let id = &b[at..at + 4];
+        let size = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
+        let body = at + 8;
+        if id == b"data" {
+            let data = &b[body..];
+            return rate.map(|r| (r, &data[..data.len() & !1]));
+        }
+        if id == b"fmt " {
+            let f = b.get(body..body.checked_add(16)?)?;
+            let channels = u16::from_le_bytes([f[2], f[3]]);
+            let bits = u16::from_le_bytes([f[14], f[15]]);
+            if channels != 1 || bits != 16 {
+                return None;
+            }
+            rate = Some(u32::from_le_bytes([f[4], f[5], f[6], f[7]])).filter(|r| *r > 0);
+        }
+        at = body.checked_add(size)?.checked_add(size & 1)?;
+    }
+    None
+}
+
 fn sync(path: &Path) -> Result<(), RecordingError> {
     File::open(path)
         .and_then(|f| f.sync_all())
@@ -208,7 +343,7 @@ mod tests {
             public_url: "http://127.0.0.1:8080/".into(),
             account_sid: "AC1".into(),
         };
-        let mut rec = r.start(8000).unwrap();
+        let mut rec = r.start(8000, "CA1").unwrap();
         rec.write(&vec![0i16; 4000]).unwrap();
         rec.write(
             &(0..16000)
@@ -235,7 +370,7 @@ mod tests {
         .unwrap();
         assert_eq!(meta["call_sid"], "CA1");
         // No temporary files remain; discarded recordings leave nothing.
-        let rec = r.start(8000).unwrap();
+        let rec = r.start(8000, "CA1").unwrap();
         r.discard(rec);
         let names: Vec<String> = std::fs::read_dir(&r.dir)
             .unwrap()
@@ -243,5 +378,58 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(r.path_for("../../etc/passwd", "wav").is_none());
+    }
+
+    #[test]
+    fn a_recording_cut_off_by_a_crash_is_recovered_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recordings {
+            dir: dir.path().join("recordings"),
+            public_url: "http://127.0.0.1:8080".into(),
+            account_sid: "AC1".into(),
+        };
+        // As a killed process leaves them: the header written with its sizes still 0 (they
+        // are filled in on finalize), the audio that reached the disk after it.
+        std::fs::create_dir_all(&r.dir).unwrap();
+        let unfinished = |samples: usize| {
+            let mut b = Vec::new();
+            b.extend_from_slice(b"RIFF\0\0\0\0WAVEfmt ");
+            b.extend_from_slice(&16u32.to_le_bytes());
+            b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+            b.extend_from_slice(&1u16.to_le_bytes()); // mono
+            b.extend_from_slice(&8000u32.to_le_bytes());
+            b.extend_from_slice(&16000u32.to_le_bytes());
+            b.extend_from_slice(&2u16.to_le_bytes());
+            b.extend_from_slice(&16u16.to_le_bytes());
+            b.extend_from_slice(b"data\0\0\0\0");
+            for i in 0..samples {
+                b.extend_from_slice(&((i % 100) as i16 * 50).to_le_bytes());
+            }
+            b.push(7); // half a sample: the write the kill interrupted
+            b
+        };
+        std::fs::write(
+            r.dir.join(".rec-CAlong-00000001.wav.tmp"),
+            unfinished(16000),
+        )
+        .unwrap();
+        std::fs::write(r.dir.join(".rec-CAshort-00000002.wav.tmp"), unfinished(800)).unwrap();
+        std::fs::write(r.dir.join(".REdeadbeef.json.tmp"), "{").unwrap();
+        std::fs::write(r.dir.join(".rec-garbage.wav.tmp"), "not a wav").unwrap();
+
+        let found = r.recover_leftovers();
+        assert_eq!(found.removed, 3, "{found:?}");
+        assert_eq!(found.saved.len(), 1);
+        let (call, saved) = &found.saved[0];
+        assert_eq!(call, "CAlong");
+        assert_eq!(saved.duration_secs, 2);
+        let wav = hound::WavReader::open(r.path_for(&saved.sid, "wav").unwrap()).unwrap();
+        assert_eq!(wav.duration(), 16000);
+        let names: Vec<String> = std::fs::read_dir(&r.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(names.len(), 2, "the WAV and its sidecar: {names:?}");
     }
 }

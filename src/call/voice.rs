@@ -292,7 +292,7 @@ impl VoiceChannel<'_> {
             }
         }
         let mut tap = self.media.tap();
-        let mut rec = match self.recordings.start(tap.sample_rate) {
+        let mut rec = match self.recordings.start(tap.sample_rate, self.call_sid) {
             Ok(r) => r,
             Err(e) => {
                 self.media.untap();

@@ -11,6 +11,8 @@ pub mod retention;
 pub use api::{ExecutionFilter, FlowRecord, RevisionRecord};
 pub use retention::Swept;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -66,6 +68,9 @@ pub struct Store {
     /// Progress writes go through one writer task that commits whatever has queued up in one
     /// transaction (group commit): under load, SQLite does one commit for many calls' steps.
     writer: tokio::sync::mpsc::Sender<ProgressWrite>,
+    /// This gateway process's node id: written with every execution it creates or advances,
+    /// so after a crash it can end exactly the executions that were running in it.
+    node: Option<Arc<str>>,
 }
 
 /// One execution's progress, serialised and ready to bind.
@@ -77,6 +82,7 @@ struct Progress {
     active_key: Option<String>,
     wait_until: Option<String>,
     date_updated: String,
+    node: Option<Arc<str>>,
     steps: Vec<PreparedStep>,
 }
 
@@ -100,6 +106,24 @@ struct ProgressWrite {
 /// Most progress writes committed in one transaction.
 const GROUP_COMMIT_MAX: usize = 256;
 
+/// A column added after its table's first release, added to databases made before it.
+struct AddedColumn {
+    table: &'static str,
+    column: &'static str,
+    /// SQLite: how many columns of that name the table has (0 or 1).
+    sqlite_count: &'static str,
+    sqlite_add: &'static str,
+    postgres_add: &'static str,
+}
+
+const ADDED_COLUMNS: &[AddedColumn] = &[AddedColumn {
+    table: "executions",
+    column: "node",
+    sqlite_count: "SELECT COUNT(*) FROM pragma_table_info('executions') WHERE name = 'node'",
+    sqlite_add: "ALTER TABLE executions ADD COLUMN node TEXT",
+    postgres_add: "ALTER TABLE executions ADD COLUMN IF NOT EXISTS node TEXT",
+}];
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS executions (
         sid TEXT PRIMARY KEY,
@@ -111,7 +135,8 @@ const SCHEMA: &[&str] = &[
         active_key TEXT UNIQUE,
         wait_until TEXT,
         date_created TEXT NOT NULL,
-        date_updated TEXT NOT NULL)",
+        date_updated TEXT NOT NULL,
+        node TEXT)",
     "CREATE INDEX IF NOT EXISTS executions_flow ON executions (flow_sid, date_created)",
     "CREATE INDEX IF NOT EXISTS executions_wait ON executions (wait_until)",
     "CREATE TABLE IF NOT EXISTS steps (
@@ -207,6 +232,15 @@ impl Store {
             for stmt in SCHEMA {
                 sqlx::query(*stmt).execute(&pool).await?;
             }
+            for c in ADDED_COLUMNS {
+                let n: i64 = sqlx::query(c.sqlite_count)
+                    .fetch_one(&pool)
+                    .await?
+                    .try_get(0)?;
+                if n == 0 {
+                    sqlx::query(c.sqlite_add).execute(&pool).await?;
+                }
+            }
         } else {
             // PostgreSQL: nodes starting together would race on `CREATE ... IF NOT EXISTS`
             // (it can fail with a duplicate key in the catalog); one creates, the others wait.
@@ -239,7 +273,50 @@ impl Store {
         }
         let (writer, rx) = tokio::sync::mpsc::channel(4096);
         tokio::spawn(write_progress(pool.clone(), rx));
-        Ok(Store { pool, writer })
+        Ok(Store {
+            pool,
+            writer,
+            node: None,
+        })
+    }
+
+    /// The same store, writing `node` as the node that runs the executions it creates or
+    /// advances (see [`Store::end_orphans`]).
+    pub fn on_node(mut self, node: &str) -> Store {
+        self.node = Some(Arc::from(node));
+        self
+    }
+
+    /// After a crash: end every execution that was running (active, not waiting for a reply) in
+    /// this node's previous process. Those were calls, REST executions or conversations in the
+    /// middle of a step; what they had decided is stored, but nothing can carry them on.
+    /// Returns them as they were.
+    pub async fn end_orphans(
+        &self,
+        now: &str,
+        reason: &str,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
+        let Some(node) = self.node.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE status = 'active' AND wait_until IS NULL AND node = $1")
+            .bind(node)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut ended = Vec::new();
+        for r in &rows {
+            let e = execution_from(r)?;
+            let mut state = e.state.clone();
+            if let Some(o) = state.as_object_mut() {
+                o.insert("status".into(), Value::String("ended".into()));
+                o.insert("current".into(), Value::Null);
+                o.insert("end_reason".into(), Value::String(reason.into()));
+            }
+            if self.end_execution(&e.sid, &state, now).await? {
+                ended.push(e);
+            }
+        }
+        Ok(ended)
     }
 
     /// Claim the delivery of inbound message `message_sid`: true the first time, false for a
@@ -277,8 +354,8 @@ impl Store {
 
     pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {
         let r = sqlx::query(
-            "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated, node)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&e.sid)
         .bind(&e.flow_sid)
@@ -290,6 +367,7 @@ impl Store {
         .bind(e.wait_until.clone())
         .bind(&e.date_created)
         .bind(&e.date_updated)
+        .bind(self.node.as_deref().map(str::to_string))
         .execute(&self.pool)
         .await;
         match r {
@@ -321,6 +399,7 @@ impl Store {
             },
             wait_until: e.wait_until.clone(),
             date_updated: e.date_updated.clone(),
+            node: self.node.clone(),
             steps: steps
                 .iter()
                 .map(|s| PreparedStep {
@@ -464,7 +543,21 @@ async fn postgres_schema_complete(pool: &AnyPool, tables: &[&str]) -> Result<boo
         .fetch_one(pool)
         .await?;
     let n: i64 = row.try_get(0)?;
-    Ok(n as usize == tables.len())
+    if n as usize != tables.len() {
+        return Ok(false);
+    }
+    for c in ADDED_COLUMNS {
+        let row = sqlx::query("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2")
+            .bind(c.table)
+            .bind(c.column)
+            .fetch_one(pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn create_postgres_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
@@ -474,6 +567,9 @@ async fn create_postgres_schema(pool: &AnyPool) -> Result<(), sqlx::Error> {
         .await?;
     for stmt in SCHEMA {
         sqlx::query(*stmt).execute(&mut *tx).await?;
+    }
+    for c in ADDED_COLUMNS {
+        sqlx::query(c.postgres_add).execute(&mut *tx).await?;
     }
     tx.commit().await
 }
@@ -519,7 +615,8 @@ async fn commit(pool: &AnyPool, all: &[&Progress]) -> Result<(), sqlx::Error> {
     for p in all {
         // An execution ended from outside (the REST API) stays ended: a runner that was still
         // driving it cannot make it active again.
-        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6 WHERE sid = $7 AND NOT (status = 'ended' AND $1 = 'active')")
+        // The node that advances an execution runs it now (a reply may resume it anywhere).
+        sqlx::query("UPDATE executions SET status = $1, context = $2, state = $3, active_key = $4, wait_until = $5, date_updated = $6, node = COALESCE($8, node) WHERE sid = $7 AND NOT (status = 'ended' AND $1 = 'active')")
             .bind(&p.status)
             .bind(&p.context)
             .bind(&p.state)
@@ -527,6 +624,7 @@ async fn commit(pool: &AnyPool, all: &[&Progress]) -> Result<(), sqlx::Error> {
             .bind(p.wait_until.clone())
             .bind(&p.date_updated)
             .bind(&p.sid)
+            .bind(p.node.as_deref().map(str::to_string))
             .execute(&mut *tx)
             .await?;
         for s in &p.steps {
