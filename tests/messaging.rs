@@ -801,3 +801,122 @@ async fn sip_message_from_a_source_that_is_not_an_sms_trunk_sends_nothing() {
     let bodies: Vec<&str> = sent.iter().map(|m| m.get("Body")).collect();
     assert_eq!(bodies, ["You said: from the trunk"]);
 }
+
+/// A loopback port with nothing listening on it.
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    let api_token = "api-token-9d8e7f6a5b4c3d2e1f0011";
+    let sink_pass = "sink-pass-7f3a9c55e1";
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    // An event sink with credentials in its URL that cannot be reached: its warnings name it.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[messaging.providers]]\nname = \"default\"\nkind = \"twilio\"\nbase_url = \"{}\"\n\
+             account_sid = \"{PROVIDER_SID}\"\nauth_token = \"{PROVIDER_TOKEN}\"\n\n\
+             [events]\nsinks = [\"http://sinkuser:{sink_pass}@127.0.0.1:{}/events?token={sink_pass}\"]\n\
+             flush_ms = 50\nmax_attempts = 2\nretry_base_ms = 10\n",
+            recorder.base,
+            dead_port()
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let flow = flow_path("sms-echo.json");
+    let mut gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, api_token)),
+        Some(&log),
+    );
+    // A conversation through the webhook and the provider, and a call.
+    let inbound = Inbound::new(&gw, &LoadedFlow::from_file(&flow).unwrap().sid);
+    let params = Inbound::params(CONTACT, "hello");
+    let sig = signature::sign(api_token, &inbound.url, &params);
+    let (status, _, _) = inbound.post_signed(&inbound.url, &params, &sig).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        recorder
+            .wait_messages(1, Duration::from_secs(3))
+            .await
+            .len(),
+        1
+    );
+    let phone = Phone::dial(gw.sip, CONTACT, Offer::Rfc4733).await;
+    phone.wait_bye(Duration::from_secs(5)).await;
+    // The API with the right and a wrong password.
+    let http = switchboard::channel::http::plain_client();
+    for pass in [api_token, "wrong-password-123"] {
+        let _ = http
+            .get(format!("{}/v2/Flows", gw.base_url()))
+            .basic_auth(ACCOUNT_SID, Some(pass))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    gw.kill();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("event sink unreachable"),
+        "the sink's warnings were logged"
+    );
+    assert!(
+        text.contains("sinkuser:***@"),
+        "the sink is named, redacted"
+    );
+    for secret in [api_token, PROVIDER_TOKEN, sink_pass, "wrong-password-123"] {
+        let hits: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(secret))
+            .take(3)
+            .collect();
+        assert!(hits.is_empty(), "{secret} in the log: {hits:#?}");
+    }
+
+    // A database URL with a password, refused at start: the error names it redacted.
+    let db_pass = "db-pass-31c0ffee";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"postgres://sb:{db_pass}@127.0.0.1:{}/sb?password={db_pass}\"\n",
+            dead_port()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--sip-bind",
+            "127.0.0.1:0",
+            "--http-bind",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data2"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("sb:***@127.0.0.1"), "{all}");
+    assert!(!all.contains(db_pass), "{all}");
+}

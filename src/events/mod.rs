@@ -108,7 +108,7 @@ impl SinkQueue {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // One warning for the first drop and then one per thousand, not one per event.
             if n == 1 || n % 1000 == 0 {
-                tracing::warn!(sink = %self.url, dropped = n, "event queue full: oldest events dropped");
+                tracing::warn!(sink = %crate::redact::url(&self.url), dropped = n, "event queue full: oldest events dropped");
             }
         }
         self.notify.notify_one();
@@ -281,11 +281,11 @@ async fn post_with_retry(
             Ok(r) if r.status().is_success() => return true,
             Ok(r) => {
                 let s = r.status();
-                tracing::warn!(sink = %url, status = s.as_u16(), attempt, "event sink refused a batch");
+                tracing::warn!(sink = %crate::redact::url(url), status = s.as_u16(), attempt, "event sink refused a batch");
                 s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429
             }
             Err(e) => {
-                tracing::warn!(sink = %url, error = %e, attempt, "event sink unreachable");
+                tracing::warn!(sink = %crate::redact::url(url), error = %e.without_url(), attempt, "event sink unreachable");
                 true
             }
         };
@@ -295,7 +295,7 @@ async fn post_with_retry(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(30));
     }
-    tracing::warn!(sink = %url, events = batch.len(), "event batch given up");
+    tracing::warn!(sink = %crate::redact::url(url), events = batch.len(), "event batch given up");
     false
 }
 

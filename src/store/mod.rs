@@ -23,8 +23,9 @@ pub enum StoreError {
     Write(String),
     #[error("the database writer has stopped")]
     Closed,
-    #[error("database {url}: {source}")]
-    Open { url: String, source: sqlx::Error },
+    /// `reason` is the driver's message with the URL's secrets scrubbed from it.
+    #[error("database {url}: {reason}")]
+    Open { url: String, reason: String },
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
     #[error("an active execution already exists for {0}")]
@@ -203,7 +204,11 @@ impl Store {
                 let _ = std::fs::create_dir_all(dir);
             }
         }
-        let opts = AnyPoolOptions::new().max_connections(if sqlite { 4 } else { 16 });
+        // A database that cannot be reached at start is an error within seconds, not half a
+        // minute of silence.
+        let opts = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(10));
         let opts = if sqlite {
             opts.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -226,7 +231,7 @@ impl Store {
         };
         let pool = opts.connect(url).await.map_err(|source| StoreError::Open {
             url: redact(url),
-            source,
+            reason: crate::redact::scrub(&source.to_string(), url),
         })?;
         if sqlite {
             for stmt in SCHEMA {
@@ -527,14 +532,7 @@ fn execution_from(r: &AnyRow) -> Result<ExecutionRecord, StoreError> {
 
 /// A database URL without its password, for error messages and logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
+    crate::redact::url(url)
 }
 
 async fn postgres_schema_complete(pool: &AnyPool, tables: &[&str]) -> Result<bool, sqlx::Error> {

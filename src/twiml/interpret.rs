@@ -171,7 +171,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
         };
         loop {
             if let Some(params) = self.returning(&target) {
-                tracing::info!(call_sid = %self.call_sid(), url = %target.url, "TwiML returned control to the flow");
+                tracing::info!(call_sid = %self.call_sid(), url = %crate::redact::url(target.url.as_str()), "TwiML returned control to the flow");
                 return Ok(Outcome::RedirectReturned { params });
             }
             if self.fetched >= self.env.limits.max_documents {
@@ -183,7 +183,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
             self.fetched += 1;
             let mut params = self.base_params.clone();
             params.extend(target.extra.iter().cloned());
-            tracing::info!(call_sid = %self.call_sid(), url = %target.url, method = target.method.as_str(), "fetching TwiML");
+            tracing::info!(call_sid = %self.call_sid(), url = %crate::redact::url(target.url.as_str()), method = target.method.as_str(), "fetching TwiML");
             let got = tokio::time::timeout_at(
                 self.deadline,
                 fetch(
@@ -280,7 +280,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
             }
         }
         // The document ended without handing the call back: Twilio ends the call.
-        tracing::info!(call_sid = %self.call_sid(), url = %doc, "TwiML document ended: hanging up");
+        tracing::info!(call_sid = %self.call_sid(), url = %crate::redact::url(doc.as_str()), "TwiML document ended: hanging up");
         self.ops.hangup();
         Ok(Next::Done(Outcome::Hangup))
     }

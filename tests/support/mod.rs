@@ -44,6 +44,17 @@ impl Gateway {
         extra: &[&str],
         api: Option<(&str, &str)>,
     ) -> Gateway {
+        Self::start_logging(data_dir, flow, extra, api, None)
+    }
+
+    /// Start with the gateway's log (stderr) written to `log` at `RUST_LOG=trace`, or inherited.
+    pub fn start_logging(
+        data_dir: &Path,
+        flow: Option<&Path>,
+        extra: &[&str],
+        api: Option<(&str, &str)>,
+        log: Option<&Path>,
+    ) -> Gateway {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.args([
             "serve",
@@ -69,6 +80,10 @@ impl Gateway {
         }
         if let Some(f) = flow {
             cmd.arg("--flow").arg(f);
+        }
+        if let Some(path) = log {
+            let file = std::fs::File::create(path).expect("log file");
+            cmd.stderr(file).env("RUST_LOG", "trace");
         }
         let mut child = cmd.spawn().expect("spawn switchboard");
         let stdout = child.stdout.take().expect("stdout");
