@@ -30,6 +30,22 @@ pub struct Config {
     pub messaging: MessagingConfig,
     pub events: EventsConfig,
     pub retention: RetentionConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[shutdown]`: what SIGTERM or ctrl-c does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// New calls get 503 at once; calls in progress may run this many seconds before the
+    /// gateway hangs them up (their executions end with the hangup, as a caller's would).
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_secs: 30 }
+    }
 }
 
 pub use crate::events::EventsConfig;
@@ -202,6 +218,13 @@ pub struct SipConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub bind: SocketAddr,
+    /// A request head must arrive within this many seconds after the connection opens or goes
+    /// idle between requests; slower clients are disconnected.
+    pub header_timeout_secs: u64,
+    /// A request must be answered (its body read) within this many seconds (408 otherwise).
+    pub request_timeout_secs: u64,
+    /// Open connections from one IP address; further ones are closed at once.
+    pub max_connections_per_source: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +272,7 @@ impl Default for Config {
             messaging: MessagingConfig::default(),
             events: EventsConfig::default(),
             retention: RetentionConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 }
@@ -269,6 +293,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -319,6 +346,7 @@ impl Config {
             "retention",
             "speech",
             "functions",
+            "shutdown",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {

@@ -169,8 +169,8 @@ fn serve(cfg: Config) -> ExitCode {
                 // One machine-readable line that scripts and tests wait for.
                 println!("switchboard ready sip_udp={} sip_tcp={} http={}", r.sip_udp, r.sip_tcp, r.http);
                 tracing::info!(sip_udp = %r.sip_udp, sip_tcp = %r.sip_tcp, http = %r.http, "listening");
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
+                stop_signal().await;
+                r.shutdown.run().await;
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -179,6 +179,22 @@ fn serve(cfg: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGTERM (service managers, `kill`) or SIGINT (ctrl-c).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn call(args: &switchboard::caller::CallArgs) -> ExitCode {

@@ -23,6 +23,64 @@ pub struct Running {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub http: SocketAddr,
+    /// Stops the gateway gracefully.
+    pub shutdown: Shutdown,
+}
+
+/// A graceful stop: refuse new calls and connections, let calls in progress finish (up to the
+/// drain time, then hang them up), deliver queued events, and return.
+pub struct Shutdown {
+    calls: Arc<CallServices>,
+    http_stop: tokio::sync::watch::Sender<bool>,
+    http_done: tokio::task::JoinHandle<()>,
+    events: Option<Events>,
+    drain: std::time::Duration,
+}
+
+impl Shutdown {
+    pub async fn run(self) {
+        use std::sync::atomic::Ordering;
+        self.calls.draining.store(true, Ordering::Relaxed);
+        let _ = self.http_stop.send(true);
+        let registry = &self.calls.registry;
+        let calls = registry.len();
+        tracing::info!(
+            calls,
+            drain_secs = self.drain.as_secs(),
+            "shutting down: new calls get 503, calls in progress may finish"
+        );
+        let deadline = tokio::time::Instant::now() + self.drain;
+        while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let left = registry.call_ids();
+        if !left.is_empty() {
+            tracing::info!(
+                calls = left.len(),
+                "drain time over: hanging up the calls still in progress"
+            );
+            for call_id in &left {
+                // BYE from us; the flow then sees the call end as a hangup and stores it.
+                self.calls.sip.send(crate::sip::Command::Hangup {
+                    call_id: call_id.clone(),
+                });
+                registry.signal(call_id, crate::call::CallSignal::Hangup);
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while !registry.is_empty() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // Let the BYEs leave before the process does.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        if let Some(ev) = &self.events {
+            if !ev.flush(std::time::Duration::from_secs(5)).await {
+                tracing::warn!("shutting down with events still undelivered");
+            }
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.http_done).await;
+        tracing::info!("shut down");
+    }
 }
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
@@ -59,6 +117,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         cfg.retention.clone(),
         events.clone(),
     ));
+    let events_for_shutdown = events.clone();
     let runner = crate::channel::Runner {
         store,
         http: http_client,
@@ -157,11 +216,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         registry: Arc::new(Registry::default()),
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
+        draining: Default::default(),
         speech: crate::speech::from_config(&cfg.speech),
         account_sid: credentials.account_sid.clone(),
         auth_token: credentials.auth_token().to_string(),
     });
-    tokio::spawn(dispatch(svc, ep.events));
+    tokio::spawn(dispatch(svc.clone(), ep.events));
 
     let webhook = Arc::new(Webhook::new(
         conversations,
@@ -178,15 +238,31 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             .with_webhook(webhook)
             .with_recordings(recordings),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, crate::api::router(api)).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let limits = crate::api::listener::HttpLimits {
+        header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout_secs.max(1)),
+        request_timeout: std::time::Duration::from_secs(cfg.http.request_timeout_secs.max(1)),
+        max_connections_per_source: cfg.http.max_connections_per_source.max(1),
+    };
+    let (http_stop, stop) = tokio::sync::watch::channel(false);
+    let drain = std::time::Duration::from_secs(cfg.shutdown.drain_secs);
+    let http_done = tokio::spawn(crate::api::listener::serve(
+        listener,
+        crate::api::router(api),
+        limits,
+        stop,
+        drain,
+    ));
     Ok(Running {
         sip_udp: ep.udp_addr,
         sip_tcp: ep.tcp_addr,
         http,
+        shutdown: Shutdown {
+            calls: svc,
+            http_stop,
+            http_done,
+            events: events_for_shutdown,
+            drain,
+        },
     })
 }
 

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod errors;
 mod executions;
 mod flows;
+pub mod listener;
 pub mod paging;
 pub mod params;
 mod recordings;

@@ -67,6 +67,14 @@ impl Registry {
             .unwrap_or(false)
     }
 
+    /// The Call-IDs of the calls in progress.
+    pub fn call_ids(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn remove(&self, call_id: &str) {
         if let Ok(mut c) = self.calls.lock() {
             c.remove(call_id);

@@ -29,6 +29,8 @@ pub struct CallServices {
     pub registry: Arc<Registry>,
     pub public_ip: Option<IpAddr>,
     pub max_calls: usize,
+    /// Set when the gateway is shutting down: new calls get 503.
+    pub draining: std::sync::atomic::AtomicBool,
     pub speech: Option<Box<dyn crate::speech::Recognizer>>,
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
     pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
@@ -105,7 +107,9 @@ fn reject(svc: &CallServices, call_id: &str, status: u16, reason: &str, retry_af
 
 fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
     let call_id = inv.call_id.clone();
-    if svc.registry.len() >= svc.max_calls {
+    if svc.registry.len() >= svc.max_calls
+        || svc.draining.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return reject(svc, &call_id, 503, "Service Unavailable", Some(5));
     }
     let sdp_text = String::from_utf8_lossy(&inv.sdp).to_string();

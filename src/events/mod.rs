@@ -89,6 +89,10 @@ struct SinkQueue {
     notify: Notify,
     capacity: usize,
     dropped: AtomicU64,
+    /// A batch is being sent (taken off the queue, not yet delivered or given up).
+    sending: std::sync::atomic::AtomicBool,
+    /// Shutting down: send what is queued without waiting for a batch to fill.
+    hurry: std::sync::atomic::AtomicBool,
 }
 
 impl SinkQueue {
@@ -140,6 +144,8 @@ impl Events {
                 notify: Notify::new(),
                 capacity: cfg.queue_capacity,
                 dropped: AtomicU64::new(0),
+                sending: Default::default(),
+                hurry: Default::default(),
             }));
         }
         Ok(Events {
@@ -168,6 +174,30 @@ impl Events {
     }
 
     /// Events dropped so far because a sink's queue was full (all sinks).
+    /// Deliver everything queued now (shutdown), waiting at most `within`; false if some
+    /// events were still queued or in flight then.
+    pub async fn flush(&self, within: Duration) -> bool {
+        for q in &self.inner.queues {
+            q.hurry.store(true, Ordering::Relaxed);
+            q.notify.notify_one();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self
+                .inner
+                .queues
+                .iter()
+                .all(|q| q.len() == 0 && !q.sending.load(Ordering::Relaxed));
+            if idle {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn dropped(&self) -> u64 {
         self.inner
             .queues
@@ -244,15 +274,17 @@ async fn deliver(q: Arc<SinkQueue>, cfg: EventsConfig, client: reqwest::Client) 
             q.notify.notified().await;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.flush_ms);
-        while q.len() < batch_size {
+        while q.len() < batch_size && !q.hurry.load(Ordering::Relaxed) {
             tokio::select! {
                 _ = q.notify.notified() => {}
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         loop {
+            q.sending.store(true, Ordering::Relaxed);
             let batch = q.take(batch_size);
             if batch.is_empty() {
+                q.sending.store(false, Ordering::Relaxed);
                 break;
             }
             post_with_retry(&client, &q.url, &batch, &cfg).await;

@@ -1,0 +1,222 @@
+//! The gateway's life as an operator sees it: SIGTERM drains calls instead of dropping them,
+//! and the HTTP listener does not let slow or greedy clients hold its descriptors.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Json;
+use serde_json::Value;
+use support::*;
+
+/// An event-stream sink on loopback that keeps every event it is sent.
+async fn event_sink() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        post(move |Json(batch): Json<Vec<Value>>| {
+            let keep = keep.clone();
+            async move {
+                keep.lock().unwrap().extend(batch);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_refuses_new_calls_drains_the_rest_and_exits_0() {
+    let (sink, events) = event_sink().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    // A long flush interval: only the shutdown's flush can deliver the last events in time.
+    std::fs::write(
+        &cfg,
+        format!("[shutdown]\ndrain_secs = 2\n\n[events]\nsinks = [\"{sink}\"]\nflush_ms = 60000\n"),
+    )
+    .unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let mut gw = Gateway::start_in(
+        &tmp.path().join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let phone = Phone::dial(gw.sip, "+15550005555", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SAFETY: a plain kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(gw.pid() as i32, libc::SIGTERM) }, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let term = Instant::now();
+
+    // A new call while draining: 503, not answered.
+    let ua = Ua::new().await;
+    let refused = ua
+        .call(
+            gw.sip,
+            CallOptions {
+                max_duration: Duration::from_secs(3),
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(refused.final_status, 503);
+
+    // The call in progress keeps its audio through the drain time, then gets a BYE.
+    tokio::time::sleep_until((term + Duration::from_millis(1500)).into()).await;
+    let heard_during = phone
+        .heard
+        .lock()
+        .unwrap()
+        .packets
+        .iter()
+        .filter(|(t, ..)| *t > term && *t < term + Duration::from_millis(1500))
+        .count();
+    assert!(heard_during >= 50, "{heard_during} packets while draining");
+    let bye = phone.wait_bye(Duration::from_secs(6)).await;
+    assert!(
+        bye > term + Duration::from_millis(1200),
+        "hung up only when the drain time was over"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = gw.wait_exit(Duration::from_secs(10));
+        (s, gw)
+    })
+    .await
+    .unwrap();
+    let (status, gw) = status;
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status");
+
+    // Nothing lost: the execution is stored as ended, and its end reached the event sink.
+    let ex = executions(&gw, &flow).await;
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].0.status, "ended");
+    let ended: Vec<Value> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap_or("").contains("execution.ended"))
+        .cloned()
+        .collect();
+    assert_eq!(ended.len(), 1, "execution.ended delivered before exit");
+}
+
+/// Whether the server closed `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// GET /healthz from the loopback address `source`: whether it answered 200.
+fn healthz_from(source: &str, http: SocketAddr) -> bool {
+    let Ok(mut s) = socket2_connect(source, http) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// Connect to `http` from the loopback address `source`.
+fn connect_from(source: &str, http: SocketAddr) -> TcpStream {
+    let sock = socket2_connect(source, http);
+    sock.unwrap_or_else(|e| panic!("connect from {source}: {e}"))
+}
+
+fn socket2_connect(source: &str, http: SocketAddr) -> std::io::Result<TcpStream> {
+    // std has no bind-before-connect: bind a tokio socket, then hand it over.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4()?;
+        s.bind(format!("{source}:0").parse().unwrap())?;
+        let stream = s.connect(http).await?;
+        stream.into_std().and_then(|s| {
+            s.set_nonblocking(false)?;
+            Ok(s)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_greedy_http_clients_are_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        "[http]\nheader_timeout_secs = 1\nmax_connections_per_source = 4\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_in(
+        &tmp.path().join("data"),
+        None,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let http = gw.http;
+    tokio::task::spawn_blocking(move || {
+        // Half a request: disconnected once the header timeout passes, not held for minutes.
+        let mut slow = connect_from("127.0.0.1", http);
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        let start = Instant::now();
+        assert!(
+            closed_within(&mut slow, Duration::from_secs(5)),
+            "partial request held"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+
+        // Four idle connections from one source fill its share; a fifth is closed at once,
+        // while another source is served.
+        let mut idle: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.1", http)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut fifth = connect_from("127.0.0.1", http);
+        assert!(
+            closed_within(&mut fifth, Duration::from_millis(500)),
+            "over the per-source cap"
+        );
+        assert!(healthz_from("127.0.0.2", http), "another source is served");
+        // Idle connections are closed after the header timeout too, freeing the share.
+        for s in &mut idle {
+            assert!(
+                closed_within(s, Duration::from_secs(3)),
+                "idle connection held"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            healthz_from("127.0.0.1", http),
+            "the source is served again"
+        );
+    })
+    .await
+    .unwrap();
+}
