@@ -31,6 +31,26 @@ pub struct Config {
     pub events: EventsConfig,
     pub retention: RetentionConfig,
     pub shutdown: ShutdownConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint `/metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A listener of its own for `/metrics`, without authentication (keep it on a private
+    /// address). Unset: `/metrics` is served on the HTTP listener behind the API's Basic auth.
+    pub bind: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bind: None,
+        }
+    }
 }
 
 /// `[shutdown]`: what SIGTERM or ctrl-c does.
@@ -273,6 +293,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             retention: RetentionConfig::default(),
             shutdown: ShutdownConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -347,6 +368,7 @@ impl Config {
             "speech",
             "functions",
             "shutdown",
+            "metrics",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {

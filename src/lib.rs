@@ -14,6 +14,7 @@ pub mod events;
 pub mod flow;
 pub mod media;
 pub mod messaging;
+pub mod metrics;
 pub mod redact;
 pub mod routing;
 pub mod server;

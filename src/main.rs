@@ -167,7 +167,8 @@ fn serve(cfg: Config) -> ExitCode {
         match switchboard::server::start(cfg).await {
             Ok(r) => {
                 // One machine-readable line that scripts and tests wait for.
-                println!("switchboard ready sip_udp={} sip_tcp={} http={}", r.sip_udp, r.sip_tcp, r.http);
+                let metrics = r.metrics.map(|m| format!(" metrics={m}")).unwrap_or_default();
+                println!("switchboard ready sip_udp={} sip_tcp={} http={}{metrics}", r.sip_udp, r.sip_tcp, r.http);
                 tracing::info!(sip_udp = %r.sip_udp, sip_tcp = %r.sip_tcp, http = %r.http, "listening");
                 stop_signal().await;
                 r.shutdown.run().await;

@@ -23,6 +23,8 @@ pub struct Running {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub http: SocketAddr,
+    /// The metrics listener, when `[metrics] bind` gives it one of its own.
+    pub metrics: Option<SocketAddr>,
     /// Stops the gateway gracefully.
     pub shutdown: Shutdown,
 }
@@ -236,8 +238,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let api = Arc::new(
         Api::new(credentials, &public_url, runner, providers)
             .with_webhook(webhook)
-            .with_recordings(recordings),
+            .with_recordings(recordings)
+            .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none()),
     );
+    let metrics_addr = match (cfg.metrics.enabled, cfg.metrics.bind) {
+        (true, Some(bind)) => {
+            let l = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("binding [metrics] on {bind}"))?;
+            let addr = l.local_addr()?;
+            tracing::info!(%addr, "metrics listener (no authentication)");
+            tokio::spawn(async move {
+                let app: axum::Router = crate::api::metrics_routes();
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+            Some(addr)
+        }
+        _ => None,
+    };
     let limits = crate::api::listener::HttpLimits {
         header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout_secs.max(1)),
         request_timeout: std::time::Duration::from_secs(cfg.http.request_timeout_secs.max(1)),
@@ -256,6 +276,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sip_udp: ep.udp_addr,
         sip_tcp: ep.tcp_addr,
         http,
+        metrics: metrics_addr,
         shutdown: Shutdown {
             calls: svc,
             http_stop,

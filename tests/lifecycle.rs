@@ -220,3 +220,80 @@ async fn slow_and_greedy_http_clients_are_cut_off() {
     .await
     .unwrap();
 }
+
+async fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String) {
+    let http = switchboard::channel::http::plain_client();
+    let mut req = http.get(url);
+    if let Some((u, p)) = auth {
+        req = req.basic_auth(u, Some(p));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+/// The value of the sample line `name` (exact series, labels included) in an exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_behind_the_api_auth_or_on_their_own_bind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let gw = Gateway::start_in(&tmp.path().join("a"), Some(&flow), &[]);
+    let url = format!("{}/metrics", gw.base_url());
+    assert_eq!(get(&url, None).await.0, 401, "behind auth by default");
+    assert_eq!(get(&url, Some((ACCOUNT_SID, "wrong"))).await.0, 401);
+    let (status, before) = get(&url, Some((ACCOUNT_SID, AUTH_TOKEN))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&before, "switchboard_calls_answered_total"),
+        Some(0.0)
+    );
+
+    let mut phone = Phone::dial(gw.sip, "+15550006666", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, during) = get(&url, Some((ACCOUNT_SID, AUTH_TOKEN))).await;
+    assert_eq!(sample(&during, "switchboard_calls_active"), Some(1.0));
+    phone.hangup().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, after) = get(&url, Some((ACCOUNT_SID, AUTH_TOKEN))).await;
+    assert_eq!(
+        sample(&after, "switchboard_calls_answered_total"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&after, "switchboard_call_attempts_total"), Some(1.0));
+    assert_eq!(sample(&after, "switchboard_calls_active"), Some(0.0));
+    assert_eq!(
+        sample(&after, "switchboard_call_setup_seconds_count"),
+        Some(1.0)
+    );
+    let sent = sample(&after, "switchboard_rtp_packets_sent_total").unwrap_or(0.0);
+    assert!(sent >= 10.0, "{sent} RTP packets counted");
+
+    // On a bind of its own: open there, and not served on the API listener.
+    let cfg = tmp.path().join("metrics.toml");
+    std::fs::write(&cfg, "[metrics]\nbind = \"127.0.0.1:0\"\n").unwrap();
+    let gw2 = Gateway::start_in(
+        &tmp.path().join("b"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let own = gw2
+        .metrics
+        .expect("the ready line names the metrics listener");
+    let (status, text) = get(&format!("http://{own}/metrics"), None).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("switchboard_calls_active"));
+    assert_eq!(
+        get(
+            &format!("{}/metrics", gw2.base_url()),
+            Some((ACCOUNT_SID, AUTH_TOKEN))
+        )
+        .await
+        .0,
+        404
+    );
+}

@@ -51,6 +51,8 @@ pub struct Api {
     pub recordings: Option<crate::call::recordings::Recordings>,
     /// The inbound messaging webhook (`/v1/Accounts/{AccountSid}/Flows/{FlowSid}`), if served.
     webhook: Option<Arc<crate::messaging::webhook::Webhook>>,
+    /// Serve `/metrics` here, behind Basic auth (else it has a listener of its own, or none).
+    metrics: bool,
 }
 
 impl Api {
@@ -71,6 +73,7 @@ impl Api {
             compiled: Mutex::default(),
             recordings: None,
             webhook: None,
+            metrics: false,
         }
     }
 
@@ -85,6 +88,12 @@ impl Api {
         self
     }
 
+    /// Serve `/metrics` on this router, behind the API's Basic auth.
+    pub fn with_metrics(mut self, on: bool) -> Api {
+        self.metrics = on;
+        self
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.public_url)
     }
@@ -93,7 +102,12 @@ impl Api {
 /// The HTTP routes: `/healthz` without authentication, everything else behind Basic auth.
 pub fn router(api: Arc<Api>) -> Router {
     let webhook = api.webhook.clone();
-    let v2 = Router::new()
+    let v2 = if api.metrics {
+        metrics_routes()
+    } else {
+        Router::new()
+    };
+    let v2 = v2
         .route("/v2/Flows", get(flows::list).post(flows::create))
         .route("/v2/Flows/Validate", post(flows::validate))
         .route(
@@ -145,6 +159,22 @@ pub fn router(api: Arc<Api>) -> Router {
         None => open,
     };
     open.merge(v2)
+}
+
+/// `GET /metrics`: the Prometheus/OpenMetrics exposition.
+pub fn metrics_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    crate::metrics::CONTENT_TYPE,
+                )],
+                crate::metrics::get().encode(),
+            )
+        }),
+    )
 }
 
 /// Register every flow stored through the API in the router (at start-up). A stored flow that

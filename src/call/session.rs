@@ -97,6 +97,7 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
 
 fn reject(svc: &CallServices, call_id: &str, status: u16, reason: &str, retry_after: Option<u32>) {
     tracing::info!(%call_id, status, reason, "call rejected");
+    crate::metrics::count(&crate::metrics::get().call_failures, &status.to_string());
     svc.sip.send(Command::Reject {
         call_id: call_id.to_string(),
         status,
@@ -106,6 +107,8 @@ fn reject(svc: &CallServices, call_id: &str, status: u16, reason: &str, retry_af
 }
 
 fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
+    let received = std::time::Instant::now();
+    crate::metrics::get().call_attempts.inc();
     let call_id = inv.call_id.clone();
     if svc.registry.len() >= svc.max_calls
         || svc.draining.load(std::sync::atomic::Ordering::Relaxed)
@@ -141,7 +144,7 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
     let svc = svc.clone();
     tokio::spawn(async move {
         let call_id = key.call_id.clone();
-        run_call(&svc, flow, key, inv, neg, socket, rx).await;
+        run_call(&svc, flow, key, inv, neg, socket, rx, received).await;
         svc.registry.remove(&call_id);
     });
 }
@@ -174,6 +177,7 @@ async fn run_call(
     neg: Negotiated,
     socket: crate::media::engine::Ports,
     mut signals: mpsc::UnboundedReceiver<CallSignal>,
+    received: std::time::Instant,
 ) {
     let call_id = key.call_id.clone();
     let params = StreamParams {
@@ -202,6 +206,12 @@ async fn run_call(
         sdp: answer,
     });
     tracing::info!(%call_id, codec = ?neg.codec, rtp = %media.local, remote_rtp = %neg.remote_rtp, "answered");
+    let metrics = crate::metrics::get();
+    metrics.calls_answered.inc();
+    metrics
+        .call_setup_seconds
+        .observe(received.elapsed().as_secs_f64());
+    metrics.calls_active.inc();
 
     let call_sid = new_sid("CA");
     let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
@@ -253,6 +263,17 @@ async fn run_call(
         tracing::info!(%call_id, "hanging up");
     }
     let (sent, received) = media.stats();
+    metrics.calls_active.dec();
+    metrics.rtp_packets_sent.inc_by(sent);
+    metrics.rtp_packets_received.inc_by(received);
+    if let Some(((expected, got, jitter_ms), _)) = media.quality() {
+        metrics
+            .rtp_packets_lost
+            .inc_by(expected.saturating_sub(got));
+        if got > 0 {
+            metrics.rtp_jitter_ms.observe(jitter_ms);
+        }
+    }
     match media.quality() {
         Some(((expected, got, jitter_ms), peer)) => {
             let lost_by_peer = peer

@@ -328,6 +328,7 @@ async fn post_with_retry(
         delay = (delay * 2).min(Duration::from_secs(30));
     }
     tracing::warn!(sink = %crate::redact::url(url), events = batch.len(), "event batch given up");
+    crate::metrics::get().event_batches_dropped.inc();
     false
 }
 

@@ -567,6 +567,7 @@ impl Stream {
     /// clear the lock's poison so the call keeps its media; the datagram that hit it is lost.
     fn recover(&self) {
         let n = self.faults.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::metrics::get().panics_contained.inc();
         if n.is_power_of_two() {
             tracing::error!(call_id = %self.label, faults = n, "media worker caught a panic serving this call's stream; the stream goes on");
         }

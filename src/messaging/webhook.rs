@@ -86,6 +86,7 @@ async fn inbound(
             .unwrap_or("");
         if !signature::valid(&w.auth_token, &url, &params, given) {
             tracing::warn!(flow = %flow_sid, "inbound message webhook: missing or invalid X-Twilio-Signature");
+            seen("bad_signature");
             return (
                 StatusCode::FORBIDDEN,
                 [(header::CONTENT_TYPE, "text/plain")],
@@ -95,9 +96,11 @@ async fn inbound(
         }
     }
     if account != w.account_sid {
+        seen("not_found");
         return ApiError::NotFound(path).into_response();
     }
     let Some(flow) = w.conversations.runner.flow_by_sid(&flow_sid).await else {
+        seen("not_found");
         return ApiError::NotFound(path).into_response();
     };
     let m = match inbound_message(&params) {
@@ -113,6 +116,7 @@ async fn inbound(
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(flow = %flow_sid, message = %message_sid, "message already delivered: repeat ignored");
+                seen("repeat");
                 return twiml();
             }
             Err(e) => {
@@ -132,6 +136,7 @@ async fn inbound(
     let task = tokio::spawn(async move { conv.inbound(&flow, m).await });
     match tokio::time::timeout(ANSWER_WITHIN, task).await {
         Ok(Ok(Ok(d))) => {
+            seen("delivered");
             match &d {
                 Delivery::Busy { sid } => {
                     tracing::info!(execution = %sid, from = %from, message = %message_sid, "message ignored: the contact's execution is not waiting for a reply")
@@ -145,6 +150,7 @@ async fn inbound(
         // Not delivered: the provider's retry may try again.
         Ok(Ok(Err(e))) => {
             tracing::error!(flow = %flow_sid, error = %e, "inbound message");
+            seen("error");
             release(store, message_sid).await;
             ApiError::Store(e).into_response()
         }
@@ -157,6 +163,11 @@ async fn inbound(
             twiml()
         }
     }
+}
+
+/// Count one webhook request by its result.
+fn seen(result: &str) {
+    crate::metrics::outcome(&crate::metrics::get().webhook_requests, result);
 }
 
 /// The webhook's parameters as an inbound message (`From` is required).

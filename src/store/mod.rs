@@ -585,7 +585,12 @@ async fn write_progress(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<Progr
             }
         }
         let all: Vec<&Progress> = batch.iter().map(|w| &w.progress).collect();
-        match commit(&pool, &all).await {
+        let started = std::time::Instant::now();
+        let committed = commit(&pool, &all).await;
+        crate::metrics::get()
+            .store_write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 for w in batch {
                     let _ = w.done.send(Ok(()));

@@ -19,6 +19,8 @@ pub struct Gateway {
     pub sip: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub http: SocketAddr,
+    /// The metrics listener, when the configuration gives it one.
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -104,7 +106,12 @@ impl Gateway {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {name} in {line:?}"))
         };
+        let metrics = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("metrics="))
+            .and_then(|v| v.parse().ok());
         Gateway {
+            metrics,
             sip: field("sip_udp"),
             sip_tcp: field("sip_tcp"),
             http: field("http"),

@@ -152,7 +152,13 @@ impl Providers {
 impl MessageSink for Providers {
     fn send<'a>(&'a self, msg: &'a Message) -> SendFuture<'a> {
         match self.for_number(&msg.from) {
-            Some((_, sink)) => sink.send(msg),
+            Some((name, sink)) => Box::pin(async move {
+                let sent = sink.send(msg).await;
+                if sent.is_err() {
+                    crate::metrics::count(&crate::metrics::get().provider_errors, name);
+                }
+                sent
+            }),
             None => {
                 let reason = if self.is_empty() {
                     "no messaging provider configured ([[messaging.providers]])".to_string()
@@ -162,6 +168,7 @@ impl MessageSink for Providers {
                         msg.from
                     )
                 };
+                crate::metrics::count(&crate::metrics::get().provider_errors, "none");
                 Box::pin(async move { Err(reason) })
             }
         }
