@@ -114,6 +114,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::info!(sinks = cfg.events.sinks.len(), "event streams on");
     }
     recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
+    store.watch_health(std::time::Duration::from_secs(1));
     tokio::spawn(crate::store::retention::run(
         store.clone(),
         cfg.retention.clone(),

@@ -164,6 +164,35 @@ impl Cluster {
         ))
     }
 
+    /// Stop the server (fast: connections are cut, as when a database host goes away).
+    fn stop(&self) {
+        let out = self.sh(&format!(
+            "'{}/pg_ctl' -D '{}' -m fast -w -t 30 stop",
+            self.bin.display(),
+            self.sock.join("data").display()
+        ));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Start it again on the same port.
+    fn restart(&self) {
+        let dir = self.sock.display();
+        let out = self.sh(&format!(
+            "'{}/pg_ctl' -D '{dir}/data' -l '{dir}/server.log' -w -t 30 -o \"-p {} -k '{dir}' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200\" start",
+            self.bin.display(),
+            self.port,
+        ));
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A new empty database owned by the test role; its `postgres://` URL (TCP, password).
     fn database(&self) -> String {
         let name = format!("sb_{:016x}", rand::random::<u64>());
@@ -1005,5 +1034,104 @@ async fn kamailio_dispatcher_spreads_calls_over_two_nodes_on_postgres() {
             .filter(|l| l.contains("INVITE") && l.contains(&format!("-> sip:{node}")))
             .count();
         assert!(n > 0, "no call went to node {node}: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_refuses_new_calls_keeps_the_call_in_progress_and_recovers() {
+    // A cluster of its own: stopping the shared one would fail the other tests.
+    if cluster().is_none() {
+        return;
+    }
+    let own = Cluster::start().expect("a second cluster");
+    let db_url = own.database();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(&cfg, format!("[database]\nurl = \"{db_url}\"\n")).unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let gw = Gateway::start_in(
+        &tmp.path().join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let healthz = || async {
+        switchboard::channel::http::plain_client()
+            .get(format!("{}/healthz", gw.base_url()))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let call = |max: u64| {
+        let target = gw.sip;
+        async move {
+            Ua::new()
+                .await
+                .call(
+                    target,
+                    CallOptions {
+                        max_duration: Duration::from_secs(max),
+                        hangup_after: Some(Duration::from_millis(300)),
+                        ..CallOptions::default()
+                    },
+                )
+                .await
+                .final_status
+        }
+    };
+    let mut phone = Phone::dial(gw.sip, "+15550007777", Offer::Rfc4733).await;
+    assert_eq!(healthz().await, 200);
+
+    own.stop();
+    let down = Instant::now();
+    while healthz().await != 503 {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "the outage is noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        call(5).await,
+        503,
+        "a new call is refused, not answered and dropped"
+    );
+    // The call in progress keeps its audio.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let recent = phone
+        .heard
+        .lock()
+        .unwrap()
+        .packets
+        .iter()
+        .filter(|(t, ..)| t.elapsed() < Duration::from_millis(900))
+        .count();
+    assert!(
+        recent >= 30,
+        "{recent} packets in the last 0.9 s of the outage"
+    );
+
+    own.restart();
+    let up = Instant::now();
+    while healthz().await != 200 {
+        assert!(up.elapsed() < Duration::from_secs(15), "recovers by itself");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(call(10).await, 200, "calls are answered again");
+    // The call that lived through the outage ends and is stored whole.
+    phone.hangup().await;
+    let store = Store::open(&db_url).await.unwrap();
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let start = Instant::now();
+    loop {
+        let ex = store.executions_for_flow(&flow_sid).await.unwrap();
+        let ended = ex.iter().filter(|e| e.status == "ended").count();
+        if ex.len() == 2 && ended == 2 {
+            let steps = store.steps(&ex[0].sid).await.unwrap();
+            assert!(!steps.is_empty());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

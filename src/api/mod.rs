@@ -102,6 +102,7 @@ impl Api {
 /// The HTTP routes: `/healthz` without authentication, everything else behind Basic auth.
 pub fn router(api: Arc<Api>) -> Router {
     let webhook = api.webhook.clone();
+    let store = api.store.clone();
     let v2 = if api.metrics {
         metrics_routes()
     } else {
@@ -153,7 +154,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))
         .with_state(api);
-    let open = Router::new().route("/healthz", get(|| async { "ok\n" }));
+    // 503 while the database is away: a load balancer's health check moves traffic elsewhere.
+    let open = Router::new().route(
+        "/healthz",
+        get(move || async move {
+            if store.is_available() {
+                (axum::http::StatusCode::OK, "ok\n")
+            } else {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "database unavailable\n",
+                )
+            }
+        }),
+    );
     let open = match webhook {
         Some(w) => open.merge(crate::messaging::webhook::routes(w)),
         None => open,

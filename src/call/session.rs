@@ -115,6 +115,10 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
     {
         return reject(svc, &call_id, 503, "Service Unavailable", Some(5));
     }
+    // Every call is an execution in the store: without one it could not be kept.
+    if !svc.runner.store.is_available() {
+        return reject(svc, &call_id, 503, "Service Unavailable", Some(10));
+    }
     let sdp_text = String::from_utf8_lossy(&inv.sdp).to_string();
     let neg = match sdp::negotiate(&sdp_text, CODECS) {
         Ok(n) => n,

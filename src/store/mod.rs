@@ -72,6 +72,9 @@ pub struct Store {
     /// This gateway process's node id: written with every execution it creates or advances,
     /// so after a crash it can end exactly the executions that were running in it.
     node: Option<Arc<str>>,
+    /// Whether the database takes writes: false after a failed write or probe, true again after
+    /// the next successful probe (see [`Store::watch_health`]).
+    available: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One execution's progress, serialised and ready to bind.
@@ -177,6 +180,10 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS inbound_messages (
         message_sid TEXT PRIMARY KEY,
         date_created TEXT NOT NULL)",
+    // Each node writes its row every second: the write that tells it the database is back.
+    "CREATE TABLE IF NOT EXISTS nodes (
+        node TEXT PRIMARY KEY,
+        seen TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS test_users (
         flow_sid TEXT NOT NULL,
         address TEXT NOT NULL,
@@ -282,6 +289,48 @@ impl Store {
             pool,
             writer,
             node: None,
+            available: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        })
+    }
+
+    /// Whether the database took the latest write or probe: new calls are refused while it
+    /// does not, rather than answered and then dropped.
+    pub fn is_available(&self) -> bool {
+        self.available.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_available(&self, up: bool) {
+        let was = self
+            .available
+            .swap(up, std::sync::atomic::Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!("database available again");
+            } else {
+                tracing::error!("database unavailable: new calls get 503 until it is back");
+            }
+        }
+    }
+
+    /// Probe the database with a small write every `period` (this node's row in `nodes`), so an
+    /// outage is noticed before a call needs it and the recovery as soon as it happens.
+    pub fn watch_health(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let node = store.node.as_deref().unwrap_or("standalone").to_string();
+            loop {
+                let probe = sqlx::query("INSERT INTO nodes (node, seen) VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET seen = $2")
+                    .bind(&node)
+                    .bind(now_rfc3339())
+                    .execute(&store.pool);
+                let ok = matches!(
+                    tokio::time::timeout(period.max(std::time::Duration::from_secs(1)), probe)
+                        .await,
+                    Ok(Ok(_))
+                );
+                store.set_available(ok);
+                tokio::time::sleep(period).await;
+            }
         })
     }
 
@@ -380,7 +429,10 @@ impl Store {
             Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Err(
                 StoreError::ActiveExists(e.active_key.clone().unwrap_or_default()),
             ),
-            Err(err) => Err(err.into()),
+            Err(err) => {
+                self.set_available(false);
+                Err(err.into())
+            }
         }
     }
 
@@ -431,7 +483,10 @@ impl Store {
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Write(e)),
+            Ok(Err(e)) => {
+                self.set_available(false);
+                Err(StoreError::Write(e))
+            }
             Err(_) => Err(StoreError::Closed),
         }
     }
