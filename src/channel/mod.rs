@@ -51,6 +51,21 @@ pub struct Runner {
     pub events: Option<crate::events::Events>,
 }
 
+/// Run an engine step (pure CPU: widgets and all their Liquid) so that it cannot stall the
+/// tokio worker it was called on. A worker runs many tasks, SIP signalling among them, and
+/// tokio does not preempt: two heavy renders once delayed SIP by 1.9 s. `block_in_place`
+/// hands this worker's queued tasks to another thread for the duration and lets the OS
+/// schedule the step like any thread. It was chosen over `spawn_blocking` because the step
+/// borrows the caller's flow revision and execution (no `'static` copies per step); its
+/// cost is one hand-off per step, which is once per effect, never per packet. Runtimes
+/// with one thread (the chat CLI, unit tests) cannot hand off and run the step inline.
+fn off_worker<T>(step: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
+        _ => step(),
+    }
+}
+
 pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().fixed_offset()
 }
@@ -104,7 +119,7 @@ impl Runner {
         new: NewExecution,
         medium: &mut M,
     ) -> Result<(Execution, Finished), StoreError> {
-        let (exec, adv) = Engine::start(&flow.flow, new.init, new.trigger, now());
+        let (exec, adv) = off_worker(|| Engine::start(&flow.flow, new.init, new.trigger, now()));
         let created = now_rfc3339();
         let base = {
             let rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
@@ -128,7 +143,7 @@ impl Runner {
     ) -> Result<(Execution, Finished), StoreError> {
         let base = Base::from(&rec);
         let mut exec: Execution = serde_json::from_value(rec.state)?;
-        let adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+        let adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
         self.drive(flow, exec, adv, base, medium, 0).await
     }
 
@@ -195,7 +210,7 @@ impl Runner {
                         },
                     },
                 };
-                adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+                adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
             }
         })
     }
@@ -235,14 +250,16 @@ impl Runner {
         let mut parent_data = s.parameters.clone();
         parent_data.insert("ExecutionSid".into(), json!(parent.sid));
         parent_data.insert("FlowSid".into(), json!(parent.flow_sid));
-        let (exec, adv) = Engine::start(
-            &child_flow.flow,
-            init,
-            Trigger::IncomingParent {
-                parent: parent_data,
-            },
-            now(),
-        );
+        let (exec, adv) = off_worker(|| {
+            Engine::start(
+                &child_flow.flow,
+                init,
+                Trigger::IncomingParent {
+                    parent: parent_data,
+                },
+                now(),
+            )
+        });
         let created = now_rfc3339();
         let rec = record(
             &exec,
@@ -335,4 +352,43 @@ pub fn params<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Map<Str
         .into_iter()
         .map(|(k, v)| (k.to_string(), Value::String(v)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// With one worker thread, a long engine step must not stop the other tasks (SIP).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn engine_steps_do_not_stall_the_worker() {
+        let ticks = Arc::new(AtomicU32::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let before = ticks.load(Ordering::Relaxed);
+        off_worker(|| std::thread::sleep(Duration::from_millis(400)));
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        // Inline on the only worker, the ticker would not have run at all.
+        assert!(
+            during >= 10,
+            "ticker ran {during} times during a 400 ms step"
+        );
+    }
+
+    #[test]
+    fn steps_run_inline_without_a_multi_thread_runtime() {
+        assert_eq!(off_worker(|| 7), 7);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(rt.block_on(async { off_worker(|| 8) }), 8);
+    }
 }
