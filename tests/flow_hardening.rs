@@ -306,3 +306,34 @@ async fn run_function_is_signed_and_the_token_never_leaves_for_foreign_urls() {
     }
     panic!("the execution did not reach the own-API request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_call_to_on_a_call_records_why_on_its_step() {
+    let flow = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/connect-call.json"
+    ));
+    let g = Gateway::start(Some(flow));
+    let p = support::Phone::dial(g.sip, "+15550100000", support::Offer::Rfc4733).await;
+    // The execution ends, and so does the call: but not silently.
+    p.wait_bye(Duration::from_secs(10)).await;
+    for _ in 0..50 {
+        let execs = support::executions(&g, flow).await;
+        if let Some((e, steps)) = execs.iter().find(|(e, _)| e.status == "ended") {
+            let step = steps
+                .iter()
+                .find(|s| s.name == "connect")
+                .unwrap_or_else(|| panic!("no step for connect-call-to: {steps:?}"));
+            assert_eq!(step.transitioned_to, "Ended");
+            let error = step.error.as_deref().unwrap_or("");
+            assert!(
+                error.contains("connect-call-to is not available yet"),
+                "{error}"
+            );
+            assert_eq!(e.state["end_reason"]["kind"], "error", "{}", e.state);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the execution did not end");
+}

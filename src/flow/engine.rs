@@ -473,6 +473,16 @@ fn run(
             }
             Ok(Action::Done(res)) => next = follow(exec, state, &res, &mut steps),
             Err(message) => {
+                // The step log shows why the execution stopped here, as in `resume`.
+                exec.step_count = exec.step_count.saturating_add(1);
+                steps.push(Step {
+                    name: name.clone(),
+                    transitioned_from: name.clone(),
+                    transitioned_to: ENDED.into(),
+                    event: "failed".into(),
+                    context: exec.context.clone(),
+                    error: Some(message.clone()),
+                });
                 let reason = EndReason::Error {
                     widget: name,
                     message,
