@@ -199,6 +199,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
         _ => format!("http://{http}"),
     };
+    // The API's credentials may be sent (add_twilio_auth) only to the API itself.
+    runner.http.set_own_api(&public_url, http);
     let recordings = crate::call::recordings::Recordings {
         dir: cfg.data_dir.join("recordings"),
         public_url: public_url.clone(),

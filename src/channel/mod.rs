@@ -51,6 +51,21 @@ pub struct Runner {
     pub events: Option<crate::events::Events>,
 }
 
+/// Run an engine step (pure CPU: widgets and all their Liquid) so that it cannot stall the
+/// tokio worker it was called on. A worker runs many tasks, SIP signalling among them, and
+/// tokio does not preempt: two heavy renders once delayed SIP by 1.9 s. `block_in_place`
+/// hands this worker's queued tasks to another thread for the duration and lets the OS
+/// schedule the step like any thread. It was chosen over `spawn_blocking` because the step
+/// borrows the caller's flow revision and execution (no `'static` copies per step); its
+/// cost is one hand-off per step, which is once per effect, never per packet. Runtimes
+/// with one thread (the chat CLI, unit tests) cannot hand off and run the step inline.
+fn off_worker<T>(step: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
+        _ => step(),
+    }
+}
+
 pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().fixed_offset()
 }
@@ -104,7 +119,7 @@ impl Runner {
         new: NewExecution,
         medium: &mut M,
     ) -> Result<(Execution, Finished), StoreError> {
-        let (exec, adv) = Engine::start(&flow.flow, new.init, new.trigger, now());
+        let (exec, adv) = off_worker(|| Engine::start(&flow.flow, new.init, new.trigger, now()));
         let created = now_rfc3339();
         let base = {
             let rec = record(&exec, &new.contact, new.active_key.clone(), &created, None);
@@ -128,7 +143,7 @@ impl Runner {
     ) -> Result<(Execution, Finished), StoreError> {
         let base = Base::from(&rec);
         let mut exec: Execution = serde_json::from_value(rec.state)?;
-        let adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+        let adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
         self.drive(flow, exec, adv, base, medium, 0).await
     }
 
@@ -190,12 +205,14 @@ impl Runner {
                     Effect::RunSubflow(s) => self.subflow(&exec, s, medium, depth).await,
                     other => match medium.perform(other).await {
                         Some(o) => o,
+                        // The widget takes its failure event, or the execution ends with
+                        // this reason on the widget's step (logged above as a step error).
                         None => Outcome::Failed {
-                            error: format!("this widget cannot run in a {}", medium.name()),
+                            error: unavailable(other, medium.name()),
                         },
                     },
                 };
-                adv = Engine::resume(&flow.flow, &mut exec, outcome, now());
+                adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
             }
         })
     }
@@ -235,14 +252,16 @@ impl Runner {
         let mut parent_data = s.parameters.clone();
         parent_data.insert("ExecutionSid".into(), json!(parent.sid));
         parent_data.insert("FlowSid".into(), json!(parent.flow_sid));
-        let (exec, adv) = Engine::start(
-            &child_flow.flow,
-            init,
-            Trigger::IncomingParent {
-                parent: parent_data,
-            },
-            now(),
-        );
+        let (exec, adv) = off_worker(|| {
+            Engine::start(
+                &child_flow.flow,
+                init,
+                Trigger::IncomingParent {
+                    parent: parent_data,
+                },
+                now(),
+            )
+        });
         let created = now_rfc3339();
         let rec = record(
             &exec,
@@ -329,10 +348,309 @@ fn steps(exec: &Execution, adv: &Advance) -> Vec<StepRecord> {
         .collect()
 }
 
+/// Why `effect` was not performed by a medium called `medium`. Every medium performs the
+/// effects it can: voice effects are done only by calls, message effects only by
+/// conversations (and REST executions, which run on one), and Connect / OutgoingCall by none
+/// yet. So the effect alone says which case this is.
+fn unavailable(effect: &Effect, medium: &str) -> String {
+    let widget = match effect {
+        Effect::SayPlay(_) => "say-play",
+        Effect::Gather(_) => "gather-input-on-call",
+        Effect::Record(_) => "record-voicemail",
+        Effect::Redirect(_) => "add-twiml-redirect",
+        Effect::Connect(_) => {
+            return "connect-call-to is not available yet: Switchboard cannot connect a caller to another party (no outbound leg or bridge); the execution ends here".into()
+        }
+        Effect::OutgoingCall(_) => {
+            return "make-outgoing-call-v2 is not available yet: Switchboard cannot place outbound calls from a flow".into()
+        }
+        Effect::SendMessage(_) | Effect::SendAndWait { .. } => {
+            let widget = if matches!(effect, Effect::SendMessage(_)) {
+                "send-message"
+            } else {
+                "send-and-wait-for-reply"
+            };
+            return format!("{widget} is not available in a {medium} yet: only messaging conversations and REST executions send messages");
+        }
+        other => {
+            return format!("the {medium} cannot perform {:?}", effect_name(other));
+        }
+    };
+    format!("{widget} needs a voice call; this execution runs in a {medium}")
+}
+
+fn effect_name(e: &Effect) -> String {
+    serde_json::to_value(e)
+        .ok()
+        .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// Twilio-style string map from pairs.
 pub fn params<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Map<String, Value> {
     pairs
         .into_iter()
         .map(|(k, v)| (k.to_string(), Value::String(v)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Router;
+    use crate::store::Store;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    /// With one worker thread, a long engine step must not stop the other tasks (SIP).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn engine_steps_do_not_stall_the_worker() {
+        let ticks = Arc::new(AtomicU32::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let before = ticks.load(Ordering::Relaxed);
+        off_worker(|| std::thread::sleep(Duration::from_millis(400)));
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        // Inline on the only worker, the ticker would not have run at all.
+        assert!(
+            during >= 10,
+            "ticker ran {during} times during a 400 ms step"
+        );
+    }
+
+    /// Performs what `call::voice::VoiceChannel` performs, with canned outcomes.
+    struct FakeCall;
+
+    impl Medium for FakeCall {
+        async fn perform(&mut self, effect: &Effect) -> Option<Outcome> {
+            match effect {
+                Effect::SayPlay(_) => Some(Outcome::AudioComplete),
+                Effect::Gather(_) => Some(Outcome::Timeout),
+                Effect::Record(_) => Some(Outcome::NoAudio),
+                Effect::Redirect(_) => Some(Outcome::RedirectReturned { params: Map::new() }),
+                _ => None,
+            }
+        }
+        fn name(&self) -> &'static str {
+            "voice call"
+        }
+    }
+
+    struct Sent;
+
+    impl crate::messaging::MessageSink for Sent {
+        fn send<'a>(&'a self, _msg: &'a crate::flow::Message) -> crate::messaging::SendFuture<'a> {
+            Box::pin(async { Ok(Map::new()) })
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Expect {
+        /// Performed: the widget's step carries no error.
+        Runs,
+        /// Waiting for a reply (send-and-wait on a conversation).
+        Waits,
+        /// Not performed: the widget's failure event, with the reason on its step.
+        Fails,
+        /// Not performed and no failure event: the execution ends, the reason on the step.
+        Ends,
+    }
+    use Expect::*;
+
+    /// Every widget type × medium (REST executions run on the messaging medium).
+    const TABLE: &[(&str, Expect, Expect)] = &[
+        // (type, on a call, in a conversation / REST)
+        ("split-based-on", Runs, Runs),
+        ("set-variables", Runs, Runs),
+        ("say-play", Runs, Ends),
+        ("gather-input-on-call", Runs, Ends),
+        ("record-voicemail", Runs, Ends),
+        ("connect-call-to", Ends, Ends),
+        ("make-outgoing-call-v2", Fails, Fails),
+        ("add-twiml-redirect", Runs, Fails),
+        ("send-message", Fails, Runs),
+        ("send-and-wait-for-reply", Fails, Waits),
+        // Performed by the runner on every medium; here each fails on purpose (refused
+        // connection, no Function URL, subflow not loaded).
+        ("make-http-request", Fails, Fails),
+        ("run-function", Fails, Fails),
+        ("run-subflow", Fails, Fails),
+        // No such service here: the failure event, decided in the engine.
+        ("enqueue-call", Fails, Fails),
+        ("record-call", Fails, Fails),
+        ("fork-stream", Fails, Fails),
+        ("capture-payments", Fails, Fails),
+        ("connect-virtual-agent", Fails, Fails),
+        ("send-to-flex", Fails, Fails),
+        ("send-to-auto-pilot", Fails, Fails),
+    ];
+
+    fn props(kind: &str) -> Value {
+        match kind {
+            "split-based-on" => json!({"input": "x"}),
+            "say-play" | "gather-input-on-call" => json!({"say": "hi"}),
+            "connect-call-to" => json!({"noun": "number", "to": "+15550000002"}),
+            "add-twiml-redirect" => json!({"url": "http://127.0.0.1:9/twiml"}),
+            "send-message" | "send-and-wait-for-reply" => json!({"body": "hi"}),
+            "make-http-request" => json!({"method": "GET", "url": "http://127.0.0.1:9/"}),
+            "run-subflow" => json!({"flow_sid": "FWnotloaded"}),
+            _ => json!({}),
+        }
+    }
+
+    async fn run_one<M: Medium>(
+        kind: &str,
+        voice: bool,
+        medium: &mut M,
+        dir: &std::path::Path,
+    ) -> (Finished, Vec<crate::store::StepRecord>) {
+        let spec = crate::flow::widgets::spec(kind).expect("known type");
+        let transitions: Vec<Value> = spec.events.iter().map(|e| json!({"event": e})).collect();
+        let event = if voice {
+            "incomingCall"
+        } else {
+            "incomingMessage"
+        };
+        let def = json!({"states": [
+            {"name": "Trigger", "type": "trigger", "properties": {},
+             "transitions": [{"event": event, "next": "w"}]},
+            {"name": "w", "type": kind, "properties": props(kind), "transitions": transitions}],
+            "initial_state": "Trigger", "flags": {"allow_concurrent_calls": false}});
+        let flow = LoadedFlow::from_json(kind, &def.to_string()).expect("valid flow");
+        let db = dir.join(format!("{kind}-{voice}.db"));
+        let store = Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .expect("store");
+        let runner = Runner {
+            store: store.clone(),
+            http: HttpClient::new(None),
+            router: Arc::new(Router::single(
+                LoadedFlow::from_json(kind, &def.to_string()).expect("flow"),
+            )),
+            events: None,
+        };
+        let trigger = if voice {
+            Trigger::IncomingCall { call: Map::new() }
+        } else {
+            Trigger::IncomingMessage {
+                message: Map::new(),
+            }
+        };
+        let new = NewExecution {
+            init: ExecutionInit {
+                sid: new_sid("FN"),
+                flow_sid: flow.sid.clone(),
+                channel_address: "+15550000000".into(),
+                contact_address: "+15550000001".into(),
+                data: json!({}),
+            },
+            trigger,
+            contact: "+15550000001".into(),
+            active_key: None,
+        };
+        let (exec, finished) = runner.start(&flow, new, medium).await.expect("runs");
+        (finished, store.steps(&exec.sid).await.expect("steps"))
+    }
+
+    #[tokio::test]
+    async fn every_widget_on_every_medium_runs_fails_over_or_ends_with_a_step_error() {
+        // The table covers every widget type there is.
+        for w in crate::flow::widgets::WIDGETS
+            .iter()
+            .filter(|w| w.type_name != "trigger")
+        {
+            assert!(
+                TABLE.iter().any(|t| t.0 == w.type_name),
+                "{} not in the table",
+                w.type_name
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        for &(kind, on_call, on_messaging) in TABLE {
+            let spec = crate::flow::widgets::spec(kind).expect("known type");
+            let mut conversation = crate::messaging::MessagingChannel {
+                sink: Arc::new(Sent),
+            };
+            for (voice, expect) in [(true, on_call), (false, on_messaging)] {
+                let (finished, steps) = if voice {
+                    run_one(kind, true, &mut FakeCall, dir.path()).await
+                } else {
+                    run_one(kind, false, &mut conversation, dir.path()).await
+                };
+                let case = format!("{kind} on {}", if voice { "a call" } else { "messaging" });
+                if expect == Waits {
+                    assert!(
+                        matches!(finished, Finished::Waiting { .. }),
+                        "{case}: {finished:?}"
+                    );
+                    continue;
+                }
+                let step = steps
+                    .iter()
+                    .find(|s| s.name == "w")
+                    .unwrap_or_else(|| panic!("{case}: no step for the widget: {steps:?}"));
+                match expect {
+                    Runs => assert_eq!(step.error, None, "{case}"),
+                    Fails => {
+                        assert_eq!(Some(step.event.as_str()), spec.failure_event, "{case}");
+                        assert!(
+                            step.error.as_deref().is_some_and(|e| !e.is_empty()),
+                            "{case}: {step:?}"
+                        );
+                    }
+                    Ends => {
+                        assert_eq!(step.transitioned_to, crate::flow::ENDED, "{case}");
+                        let error = step.error.as_deref().unwrap_or("");
+                        assert!(
+                            error.contains("not available yet")
+                                || error.contains("needs a voice call"),
+                            "{case}: {error}"
+                        );
+                        assert!(
+                            matches!(finished, Finished::Ended(EndReason::Error { .. })),
+                            "{case}: {finished:?}"
+                        );
+                    }
+                    Waits => {}
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unavailable_reasons_name_the_widget_and_why() {
+        let connect = Effect::Connect(crate::flow::Connect {
+            noun: "number".into(),
+            to: "+1".into(),
+            caller_id: None,
+            timeout_secs: 30,
+            record: false,
+            sip_endpoint: None,
+            sip_username: None,
+            sip_password: None,
+        });
+        assert!(unavailable(&connect, "voice call")
+            .starts_with("connect-call-to is not available yet: "));
+        let say = Effect::SayPlay(crate::flow::Prompt::default());
+        assert_eq!(
+            unavailable(&say, "messaging conversation"),
+            "say-play needs a voice call; this execution runs in a messaging conversation"
+        );
+    }
+
+    #[test]
+    fn steps_run_inline_without_a_multi_thread_runtime() {
+        assert_eq!(off_worker(|| 7), 7);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        assert_eq!(rt.block_on(async { off_worker(|| 8) }), 8);
+    }
 }

@@ -105,7 +105,21 @@ pub struct HttpRequest {
     pub headers: Vec<(String, String)>,
     pub body: HttpBody,
     pub timeout_secs: u32,
-    pub add_twilio_auth: bool,
+    pub auth: HttpAuth,
+}
+
+/// How an HTTP effect authenticates itself. The engine only states the intent; the driver
+/// decides what, if anything, may be sent to the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    None,
+    /// make-http-request's `add_twilio_auth`: the account's Basic credentials, sent only to a
+    /// URL that configuration names for them (the gateway's own API), never elsewhere.
+    TwilioBasic,
+    /// run-function: signed like Twilio's requests to Functions (`X-Twilio-Signature` over
+    /// the URL and the POST parameters); the credentials themselves are never sent.
+    TwilioSignature,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -48,7 +48,10 @@ impl Flow {
     /// Validate and compile a definition already parsed as JSON.
     pub fn from_value(json: &Value) -> Result<Flow, FlowError> {
         let definition = validate(json)?;
-        let (templates, warnings) = compile_templates(&definition);
+        let (templates, warnings, limits) = compile_templates(&definition);
+        if !limits.is_empty() {
+            return Err(FlowError::Invalid(ValidationErrors(limits)));
+        }
         let index = definition
             .states
             .iter()
@@ -85,17 +88,26 @@ impl Flow {
     }
 }
 
-/// Compile every Liquid string once; bad templates become warnings.
-fn compile_templates(def: &FlowDefinition) -> (Templates, Vec<ValidationError>) {
+/// Compile every Liquid string once. Templates that do not compile become warnings;
+/// templates over a limit (size, nesting) are errors that make the flow invalid.
+fn compile_templates(
+    def: &FlowDefinition,
+) -> (Templates, Vec<ValidationError>, Vec<ValidationError>) {
     let mut t = Templates::default();
-    let mut errs = Vec::new();
+    let mut warnings = Vec::new();
+    let mut limits = Vec::new();
     let mut add = |state: &str, path: String, src: &str| {
         if let Err(e) = t.add(src) {
-            errs.push(ValidationError {
+            let fault = ValidationError {
                 state: Some(state.to_owned()),
                 path,
                 message: e.to_string(),
-            });
+            };
+            if e.is_limit() {
+                limits.push(fault);
+            } else {
+                warnings.push(fault);
+            }
         }
     };
     for (i, s) in def.states.iter().enumerate() {
@@ -116,7 +128,7 @@ fn compile_templates(def: &FlowDefinition) -> (Templates, Vec<ValidationError>) 
             }
         }
     }
-    (t, errs)
+    (t, warnings, limits)
 }
 
 fn walk_strings(v: &Value, path: String, f: &mut dyn FnMut(String, &str)) {
@@ -461,6 +473,16 @@ fn run(
             }
             Ok(Action::Done(res)) => next = follow(exec, state, &res, &mut steps),
             Err(message) => {
+                // The step log shows why the execution stopped here, as in `resume`.
+                exec.step_count = exec.step_count.saturating_add(1);
+                steps.push(Step {
+                    name: name.clone(),
+                    transitioned_from: name.clone(),
+                    transitioned_to: ENDED.into(),
+                    event: "failed".into(),
+                    context: exec.context.clone(),
+                    error: Some(message.clone()),
+                });
                 let reason = EndReason::Error {
                     widget: name,
                     message,
@@ -1002,6 +1024,48 @@ mod tests {
             .error
             .as_deref()
             .is_some_and(|e| e.contains("property `url`")));
+    }
+
+    #[test]
+    fn liquid_over_a_limit_makes_the_flow_invalid_with_state_and_path() {
+        // The shape of issue #10: ~1,200 nested `if`s (29 KB) overflowed a worker's stack.
+        let hostile = format!(
+            "{}boom{}",
+            "{% if true %}".repeat(1200),
+            "{% endif %}".repeat(1200)
+        );
+        let def = json!({"states": [trigger("incomingCall", "s"),
+            {"name": "s", "type": "say-play", "properties": {"say": "ok"}, "transitions": []},
+            {"name": "deep", "type": "set-variables",
+             "properties": {"variables": [{"key": "k", "value": hostile}]},
+             "transitions": [{"event": "next"}]}],
+            "initial_state": "Trigger"});
+        let Err(FlowError::Invalid(errs)) = Flow::from_value(&def) else {
+            panic!("a hostile template must be rejected");
+        };
+        assert_eq!(errs.0.len(), 1, "{errs}");
+        let e = &errs.0[0];
+        assert_eq!(e.state.as_deref(), Some("deep"));
+        assert_eq!(e.path, "$.states[2].properties.variables[0].value");
+        assert!(e.message.contains("limit is 16384 bytes"), "{e}");
+        // Under the size limit, the depth is what trips.
+        let deep = format!(
+            "{}x{}",
+            "{% if true %}".repeat(100),
+            "{% endif %}".repeat(100)
+        );
+        let def = json!({"states": [trigger("incomingCall", "s"),
+            {"name": "s", "type": "say-play", "properties": {"say": deep}, "transitions": []}],
+            "initial_state": "Trigger"});
+        let Err(FlowError::Invalid(errs)) = Flow::from_value(&def) else {
+            panic!("too deep");
+        };
+        assert!(
+            errs.to_string().contains(
+                "state \"s\" at $.states[1].properties.say: Liquid blocks nest more than 32 deep"
+            ),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -22,18 +22,22 @@ pub(crate) mod context;
 pub mod definition;
 pub mod effect;
 pub mod engine;
+pub mod liquid_limits;
 pub mod template;
 pub mod validate;
 pub(crate) mod widgets;
 
 pub use definition::{Condition, Flags, FlowDefinition, State, Transition};
 pub use effect::{
-    Connect, Effect, EndReason, Gather, GatherInput, HttpBody, HttpRequest, Message, Outcome,
-    OutgoingCall, Prompt, Record, Redirect, RunSubflow,
+    Connect, Effect, EndReason, Gather, GatherInput, HttpAuth, HttpBody, HttpRequest, Message,
+    Outcome, OutgoingCall, Prompt, Record, Redirect, RunSubflow,
 };
 pub use engine::{
     Advance, Engine, Execution, ExecutionInit, ExecutionStatus, Flow, FlowError, Step, Trigger,
     ENDED, MAX_REPEATS, MAX_STEPS,
+};
+pub use liquid_limits::{
+    MAX_CONDITION_OPERATORS, MAX_NESTING, MAX_RENDER_WORK, MAX_TEMPLATE_BYTES, MAX_VALUE_BYTES,
 };
 pub use template::{TemplateError, MAX_LOOP_ITERATIONS, MAX_RENDERED_BYTES};
 pub use validate::{validate, ValidationError, ValidationErrors, MAX_WIDGETS};

@@ -18,9 +18,11 @@ use liquid_core::{
 };
 use regex::Regex;
 
+use super::liquid_limits::{self as limits, CappedWriter};
+
 /// Largest rendered value (SPEC §4).
 pub const MAX_RENDERED_BYTES: usize = 16 * 1024;
-/// Most iterations a `for` loop runs (SPEC §4).
+/// Most iterations a `for` or `tablerow` loop runs, whatever its `limit:` says (SPEC §4).
 pub const MAX_LOOP_ITERATIONS: usize = 15;
 
 /// Why a template could not be compiled or rendered.
@@ -32,6 +34,29 @@ pub enum TemplateError {
     Render(String),
     #[error("rendered value is {size} bytes; the limit is {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("Liquid template is {size} bytes; the limit is {limit} bytes")]
+    TooLong { size: usize, limit: usize },
+    #[error("Liquid blocks nest more than {limit} deep (`{{% {tag} %}}` at byte {offset})")]
+    TooDeep {
+        limit: usize,
+        tag: String,
+        offset: usize,
+    },
+    #[error("a Liquid condition has more than {limit} `and`/`or` operators (at byte {offset})")]
+    TooManyOperators { limit: usize, offset: usize },
+}
+
+impl TemplateError {
+    /// A bound the template breaks whatever the data: the flow is invalid, not just this
+    /// widget (unlike a parse error, which Studio imports).
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            TemplateError::TooLong { .. }
+                | TemplateError::TooDeep { .. }
+                | TemplateError::TooManyOperators { .. }
+        )
+    }
 }
 
 /// Whether a string needs Liquid at all.
@@ -85,12 +110,25 @@ impl Templates {
         if !is_template(src) {
             return cap(src.to_owned());
         }
-        let out = match self.compiled.get(src) {
-            Some(Ok(t)) => t.render(&Root(&scope.root)),
+        let compiled;
+        let t = match self.compiled.get(src) {
+            Some(Ok(t)) => t,
             Some(Err(e)) => return Err(e.clone()),
-            None => compile(src)?.render(&Root(&scope.root)),
+            None => {
+                compiled = compile(src)?;
+                &compiled
+            }
         };
-        cap(out.map_err(|e| TemplateError::Render(e.to_string()))?)
+        // The writer stops at the limit, so a huge output is never held in memory.
+        let mut out = CappedWriter::new(MAX_RENDERED_BYTES);
+        match t.render_to(&mut out, &Root(&scope.root)) {
+            Ok(()) => cap(String::from_utf8_lossy(&out.buf).into_owned()),
+            Err(_) if out.overflow.is_some() => Err(TemplateError::TooLarge {
+                size: out.overflow.unwrap_or_default(),
+                limit: MAX_RENDERED_BYTES,
+            }),
+            Err(e) => Err(TemplateError::Render(e.to_string())),
+        }
     }
 }
 
@@ -109,27 +147,92 @@ fn parser() -> Result<&'static liquid::Parser, TemplateError> {
     static PARSER: OnceLock<Result<liquid::Parser, String>> = OnceLock::new();
     PARSER
         .get_or_init(|| {
-            liquid::ParserBuilder::with_stdlib()
-                .filter(JsonFilterParser)
-                .filter(SplitFilterParser)
-                .build()
-                .map_err(|e| e.to_string())
+            metered_filters(
+                liquid::ParserBuilder::with_stdlib()
+                    .block(limits::ForBlock)
+                    .block(limits::TableRowBlock)
+                    .block(limits::CaptureBlock),
+            )
+            .build()
+            .map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| TemplateError::Parse(e.clone()))
 }
 
+/// Every filter, ours and the stdlib's, charged to the render's work budget and capped in
+/// the size of what it returns (registering a name again replaces the stdlib filter).
+fn metered_filters(b: liquid::ParserBuilder) -> liquid::ParserBuilder {
+    use liquid_lib::stdlib as s;
+    let filters: Vec<Box<dyn liquid_core::ParseFilter>> = vec![
+        Box::new(s::Abs),
+        Box::new(s::Append),
+        Box::new(s::AtLeast),
+        Box::new(s::AtMost),
+        Box::new(s::Capitalize),
+        Box::new(s::Ceil),
+        Box::new(s::Compact),
+        Box::new(s::Concat),
+        Box::new(s::Date),
+        Box::new(s::Default),
+        Box::new(s::DividedBy),
+        Box::new(s::Downcase),
+        Box::new(s::Escape),
+        Box::new(s::EscapeOnce),
+        Box::new(s::First),
+        Box::new(s::Floor),
+        Box::new(s::Join),
+        Box::new(s::Last),
+        Box::new(s::Lstrip),
+        Box::new(s::Map),
+        Box::new(s::Minus),
+        Box::new(s::Modulo),
+        Box::new(s::NewlineToBr),
+        Box::new(s::Plus),
+        Box::new(s::Prepend),
+        Box::new(s::Remove),
+        Box::new(s::RemoveFirst),
+        Box::new(s::Replace),
+        Box::new(s::ReplaceFirst),
+        Box::new(s::Reverse),
+        Box::new(s::Round),
+        Box::new(s::Rstrip),
+        Box::new(s::Size),
+        Box::new(s::Slice),
+        Box::new(s::Sort),
+        Box::new(s::SortNatural),
+        Box::new(s::Strip),
+        Box::new(s::StripHtml),
+        Box::new(s::StripNewlines),
+        Box::new(s::Times),
+        Box::new(s::Truncate),
+        Box::new(s::TruncateWords),
+        Box::new(s::Uniq),
+        Box::new(s::Upcase),
+        Box::new(s::UrlDecode),
+        Box::new(s::UrlEncode),
+        Box::new(s::Where),
+        Box::new(JsonFilterParser),
+        Box::new(SplitFilterParser),
+    ];
+    filters
+        .into_iter()
+        .fold(b, |b, f| b.filter(limits::Metered(f)))
+}
+
 fn compile(src: &str) -> Result<liquid::Template, TemplateError> {
+    // Before the parser: it recurses per nested block and would overflow the stack.
+    limits::prescan(src)?;
     let parser = parser()?;
-    let capped = cap_loops(src);
-    match parser.parse(&capped) {
+    match parser.parse(src) {
         Ok(t) => Ok(t),
         Err(first) => {
             // Published flows write `widgets. name .parsed`; Studio accepts it.
-            let repaired = join_spaced_dots(&capped);
-            if repaired == capped {
+            let repaired = join_spaced_dots(src);
+            if repaired == src {
                 return Err(TemplateError::Parse(first.to_string()));
             }
+            limits::prescan(&repaired)?;
             parser
                 .parse(&repaired)
                 .map_err(|_| TemplateError::Parse(first.to_string()))
@@ -155,26 +258,6 @@ fn join_spaced_dots(src: &str) -> String {
         dot.replace_all(&c[0], "$1.$2").into_owned()
     })
     .into_owned()
-}
-
-/// Adds `limit:15` to every `for` tag that has no `limit` of its own: the
-/// cheapest way to cap loops without forking the stdlib `for` block.
-fn cap_loops(src: &str) -> std::borrow::Cow<'_, str> {
-    static FOR_TAG: OnceLock<Option<Regex>> = OnceLock::new();
-    let Some(re) = FOR_TAG
-        .get_or_init(|| Regex::new(r"(\{%-?\s*for\s[^%]*?)(\s*-?%\})").ok())
-        .as_ref()
-    else {
-        return src.into();
-    };
-    re.replace_all(src, |c: &regex::Captures<'_>| {
-        let head = &c[1];
-        if head.contains("limit") {
-            format!("{head}{}", &c[2])
-        } else {
-            format!("{head} limit:{MAX_LOOP_ITERATIONS}{}", &c[2])
-        }
-    })
 }
 
 /// A copy of the execution context that Liquid can walk leniently.
@@ -656,6 +739,97 @@ mod tests {
         assert_eq!(out.len(), MAX_LOOP_ITERATIONS);
         // An explicit limit is kept.
         assert_eq!(ok("{% for i in (1..9) limit:2 %}{{i}}{% endfor %}"), "12");
+    }
+
+    #[test]
+    fn huge_ranges_are_not_materialised_and_limit_cannot_lift_the_cap() {
+        // Materialising this range would need exabytes; it must cost 15 items.
+        let out = ok("{% for i in (1..9000000000000000000) %}x{% endfor %}");
+        assert_eq!(out.len(), MAX_LOOP_ITERATIONS);
+        let out = ok("{% for i in (1..3000000) limit:3000000 %}x{% endfor %}");
+        assert_eq!(out.len(), MAX_LOOP_ITERATIONS);
+        let out = ok("{% for i in widgets.http_1.parsed.items limit: 100 %}{{i}},{% endfor %}");
+        assert_eq!(out, "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,");
+        let out = ok("{% tablerow i in (1..3000000) %}x{% endtablerow %}");
+        assert_eq!(out.matches("<td").count(), MAX_LOOP_ITERATIONS);
+        let out = ok("{% tablerow i in (1..3000000) limit:99 cols:5 %}x{% endtablerow %}");
+        assert_eq!(out.matches("<td").count(), MAX_LOOP_ITERATIONS);
+        assert_eq!(out.matches("<tr").count(), 3);
+    }
+
+    #[test]
+    fn for_keeps_liquid_semantics() {
+        assert_eq!(
+            ok("{% for i in (1..5) offset:1 limit:3 reversed %}{{i}}{% endfor %}"),
+            "432"
+        );
+        assert_eq!(
+            ok("{% for i in (1..3) %}{{forloop.index}}/{{forloop.length}}{% unless forloop.last %},{% endunless %}{% endfor %}"),
+            "1/3,2/3,3/3"
+        );
+        assert_eq!(
+            ok("{% for a in (1..2) %}{% for b in (1..2) %}{{forloop.parentloop.index}}{{b}} {% endfor %}{% endfor %}"),
+            "11 12 21 22 "
+        );
+        assert_eq!(
+            ok("{% for i in widgets.nope %}x{% else %}none{% endfor %}"),
+            "none"
+        );
+        assert_eq!(
+            ok("{% for i in (1..9) %}{% if i == 3 %}{% break %}{% endif %}{{i}}{% endfor %}"),
+            "12"
+        );
+        assert_eq!(
+            ok("{% for p in widgets.get-customer.parsed.tags %}{{p}}{% endfor %}"),
+            "ab"
+        );
+    }
+
+    #[test]
+    fn nested_loops_share_one_work_budget() {
+        // 15^4 = 50,625 iterations: over the render's work budget, refused quickly.
+        let src = "{% for a in (1..15) %}{% for b in (1..15) %}{% for c in (1..15) %}{% for d in (1..15) %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}";
+        let started = std::time::Instant::now();
+        let err = r(src).expect_err("too much work");
+        assert!(err.to_string().contains("units of work"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Three levels (3,375 iterations) are within it.
+        assert!(r("{% for a in (1..15) %}{% for b in (1..15) %}{% for c in (1..15) %}{% endfor %}{% endfor %}{% endfor %}").is_ok());
+    }
+
+    #[test]
+    fn values_cannot_grow_without_bound() {
+        // Each line doubles `s`: 2^60 bytes if nothing stopped it.
+        let src = format!(
+            "{{% assign s = 'xxxxxxxxxxxxxxxx' %}}{}{{{{ s | size }}}}",
+            "{% assign s = s | append: s %}".repeat(60)
+        );
+        let err = r(&src).expect_err("capped");
+        assert!(err.to_string().contains("append"), "{err}");
+        let src = format!(
+            "{{% assign s = 'xxxxxxxxxxxxxxxx' %}}{}{{{{ s | size }}}}",
+            "{% capture s %}{{s}}{{s}}{% endcapture %}".repeat(60)
+        );
+        assert!(r(&src).is_err());
+    }
+
+    #[test]
+    fn limits_are_errors_of_their_own() {
+        let deep = format!(
+            "{}x{}",
+            "{% if true %}".repeat(40),
+            "{% endif %}".repeat(40)
+        );
+        let err = Templates::default().add(&deep).expect_err("deep");
+        assert!(err.is_limit(), "{err}");
+        assert!(!TemplateError::Parse("x".into()).is_limit());
+        // Inside the cap, nesting renders normally.
+        let fine = format!(
+            "{}x{}",
+            "{% if true %}".repeat(30),
+            "{% endif %}".repeat(30)
+        );
+        assert_eq!(ok(&fine), "x");
     }
 
     #[test]

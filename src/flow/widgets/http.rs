@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{Action, PropError, Props, Resolution};
-use crate::flow::effect::{Effect, HttpBody, HttpRequest, Outcome, RunSubflow};
+use crate::flow::effect::{Effect, HttpAuth, HttpBody, HttpRequest, Outcome, RunSubflow};
 
 /// Studio's HTTP/function timeout (seconds).
 pub(crate) const HTTP_TIMEOUT_SECS: u32 = 10;
@@ -36,7 +36,11 @@ pub(crate) fn enter(props: &Props<'_>) -> Result<Action, PropError> {
                 headers: props.pairs("headers")?,
                 body,
                 timeout_secs: HTTP_TIMEOUT_SECS,
-                add_twilio_auth: props.bool_or("add_twilio_auth", false)?,
+                auth: if props.bool_or("add_twilio_auth", false)? {
+                    HttpAuth::TwilioBasic
+                } else {
+                    HttpAuth::None
+                },
             })))
         }
         "run-function" => {
@@ -57,7 +61,7 @@ pub(crate) fn enter(props: &Props<'_>) -> Result<Action, PropError> {
                 headers: Vec::new(),
                 body: HttpBody::Form(props.pairs("parameters")?),
                 timeout_secs: HTTP_TIMEOUT_SECS,
-                add_twilio_auth: true,
+                auth: HttpAuth::TwilioSignature,
             })))
         }
         // run-subflow
