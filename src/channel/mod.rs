@@ -130,6 +130,7 @@ impl Runner {
             Base::from(&rec)
         };
         tracing::info!(execution = %exec.sid, flow = %flow.name, contact = %new.contact, "execution started");
+        crate::metrics::outcome(&crate::metrics::get().executions, "started");
         self.drive(flow, exec, adv, base, medium, 0).await
     }
 
@@ -186,8 +187,13 @@ impl Runner {
                         }
                     }
                 }
-                for s in adv.steps.iter().filter(|s| s.error.is_some()) {
-                    tracing::warn!(execution = %exec.sid, widget = %s.name, error = s.error.as_deref().unwrap_or(""), "step error");
+                let metrics = crate::metrics::get();
+                for s in &adv.steps {
+                    let ok = s.error.is_none();
+                    crate::metrics::outcome(&metrics.steps, if ok { "ok" } else { "error" });
+                    if !ok {
+                        tracing::warn!(execution = %exec.sid, widget = %s.name, error = s.error.as_deref().unwrap_or(""), "step error");
+                    }
                 }
                 // The steps' context snapshots are stored; a call waiting on its effect for
                 // minutes should not keep them in memory.
@@ -195,6 +201,10 @@ impl Runner {
                 let outcome = match &adv.effect {
                     Effect::End(reason) => {
                         tracing::info!(execution = %exec.sid, %reason, "execution ended");
+                        crate::metrics::outcome(
+                            &metrics.executions,
+                            crate::events::end_code(reason),
+                        );
                         return Ok((exec, Finished::Ended(reason.clone())));
                     }
                     Effect::AwaitReply { .. } => {
