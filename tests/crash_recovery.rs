@@ -99,3 +99,69 @@ async fn kill_9_while_recording_leaves_a_valid_recording_and_an_ended_execution(
     assert_eq!(mode(&path), 0o600);
     assert_eq!(mode(&rec_dir), 0o700);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_rest_execution_keeps_its_steps_and_ends_it_with_a_reason() {
+    // An HTTP server that takes a minute to answer: the execution is mid-step when killed.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", slow.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = slow.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(s);
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/rest-slow-lookup.json");
+    let flow_sid = switchboard::routing::LoadedFlow::from_file(&flow)
+        .unwrap()
+        .sid;
+    let mut gw = Gateway::start_in(&data, Some(&flow), &[]);
+    let http = switchboard::channel::http::plain_client();
+    let created = http
+        .post(format!("{}/v2/Flows/{flow_sid}/Executions", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .form(&[
+            ("To", "+15550009999"),
+            ("From", "+15550100000"),
+            ("Parameters", &format!("{{\"base\": \"{base}\"}}")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let start = std::time::Instant::now();
+    while hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the lookup starts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.kill();
+
+    let gw = Gateway::start_in(&data, Some(&flow), &[]);
+    let ex = executions(&gw, &flow).await;
+    assert_eq!(ex.len(), 1);
+    let (e, steps) = &ex[0];
+    assert_eq!(e.status, "ended");
+    assert!(
+        e.state["end_reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("gateway stopped"),
+        "{:?}",
+        e.state
+    );
+    // What was decided before the kill is kept: the steps up to the lookup, and the variable.
+    let names: Vec<&str> = steps.iter().map(|s| s.transitioned_to.as_str()).collect();
+    assert_eq!(names, ["note", "lookup"], "{names:?}");
+    assert_eq!(e.context["flow"]["variables"]["started"], "yes");
+}

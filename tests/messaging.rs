@@ -920,3 +920,49 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     assert!(all.contains("sb:***@127.0.0.1"), "{all}");
     assert!(!all.contains(db_pass), "{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_waiting_through_a_kill_9_resumes_on_the_reply() {
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(tmp.path(), "");
+    let flow = flow_path("sms-survey.json");
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let args = ["--config", cfg.to_str().unwrap()];
+    let mut gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
+    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "hello").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        recorder
+            .wait_messages(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    gw.kill();
+
+    // After the restart the waiting execution is still active (not ended as an orphan), and
+    // the reply carries it on.
+    let gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
+    let ex = executions(&gw, &flow).await;
+    assert_eq!(ex.len(), 1);
+    assert_eq!(
+        ex[0].0.status, "active",
+        "a waiting conversation survives the restart"
+    );
+    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "Ada").await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = recorder.wait_messages(2, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let ex = executions(&gw, &flow).await;
+    assert_eq!(
+        ex.len(),
+        1,
+        "the reply resumed the execution, it did not start another"
+    );
+    assert!(
+        step_names(&ex[0].1).len() >= 2,
+        "{:?}",
+        step_names(&ex[0].1)
+    );
+}
