@@ -38,7 +38,7 @@ fn twilio_python_library_drives_the_studio_api() {
         .env("SWITCHBOARD_AUTH_TOKEN", AUTH_TOKEN)
         .env(
             "SWITCHBOARD_FIXTURE",
-            format!("{dir}/../shared/fixtures/studio-flows/daily-sit-down-parent.json"),
+            format!("{dir}/tests/fixtures/studio-flows/daily-sit-down-parent.json"),
         )
         .env(
             "SWITCHBOARD_SILENT_URL",

@@ -6,10 +6,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/studio-flows"
-);
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/studio-flows");
 const FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flows");
 
 struct Chat {

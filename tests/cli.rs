@@ -2,13 +2,10 @@
 
 use std::process::Command;
 
-const VALID: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/studio-flows"
-);
+const VALID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/studio-flows");
 const INVALID: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/studio-flows-invalid"
+    "/tests/fixtures/studio-flows-invalid"
 );
 
 fn files(dir: &str) -> Vec<String> {

@@ -10,13 +10,10 @@ use switchboard::flow::{
     validate, Effect, Engine, ExecutionInit, Flow, FlowError, Outcome, Trigger,
 };
 
-const VALID: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/studio-flows"
-);
+const VALID: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/studio-flows");
 const INVALID: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/fixtures/studio-flows-invalid"
+    "/tests/fixtures/studio-flows-invalid"
 );
 
 fn json_files(dir: &str) -> Vec<PathBuf> {
@@ -217,6 +214,38 @@ fn every_real_flow_runs_to_an_end_on_scripted_input() {
                 adv = Engine::resume(&flow, &mut exec, outcome, now());
             }
             assert!(exec.end_reason.is_some(), "{}", path.display());
+        }
+    }
+}
+
+#[test]
+fn the_corpus_manifest_names_every_file_and_its_licence() {
+    for dir in [VALID, INVALID] {
+        let manifest = fs::read_to_string(format!("{dir}/MANIFEST.md")).expect("MANIFEST.md");
+        for file in json_files(dir) {
+            let name = file.file_name().unwrap().to_string_lossy().to_string();
+            let row = manifest
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}`")))
+                .unwrap_or_else(|| panic!("{name} is not in {dir}/MANIFEST.md"));
+            let licence = row
+                .split('|')
+                .nth(3)
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            assert!(!licence.is_empty(), "{name}: no licence column");
+            for forbidding in [
+                "all rights reserved",
+                "proprietary",
+                "no redistribution",
+                "confidential",
+            ] {
+                assert!(
+                    !licence.contains(forbidding),
+                    "{name} is under {licence:?}: it must not be redistributed here"
+                );
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ fn sipp_fifty_concurrent_calls_from_one_caller_id() {
     let gw = Gateway::start(None);
     let scenario = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/sipp/listen-wait-for-bye.xml"
+        "/tests/sipp/listen-wait-for-bye.xml"
     );
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new("sipp")

@@ -14,7 +14,7 @@ const FLOW: &str = concat!(
 );
 
 fn sipp(gw: &Gateway, scenario: &str, calls: u32) {
-    let scenario = format!("{}/../shared/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let n = calls.to_string();
     let out = Command::new("sipp")

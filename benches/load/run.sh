@@ -9,7 +9,7 @@
 # benches/load/ivr-load.json: spoken menu, wait for one digit, branch, speak again, hang up):
 #   a. raw baseline: rtp-baseline (benches/load/baseline.rs) with N sockets, one 172-byte packet
 #      out and one in per socket per 20 ms: the physical floor of RTP on this machine.
-#   b. the gateway under SIPp (../shared/sipp/press-1-wait-for-bye.xml), N concurrent calls.
+#   b. the gateway under SIPp (tests/sipp/press-1-wait-for-bye.xml), N concurrent calls.
 #   c. the gateway under `switchboard call`, N concurrent calls (RTP both ways, DTMF '1').
 #   d. setup rate: N short calls offered at up to 1000 calls/s.
 #   e. stepped run with `switchboard call`: CAP, CAP/2, ... from the smallest step up, until a
@@ -26,7 +26,7 @@ N=${N:-200}
 CAP=${1:-${CAP:-$N}}
 RAMP=${RAMP:-6}          # seconds to bring N calls up
 WINDOW=${WINDOW:-6}      # steady-state measurement window (seconds)
-SHARED=${SHARED:-../shared}
+SCENARIOS=${SCENARIOS:-tests/sipp}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 OUT=${OUT:-$TARGET_DIR/load}
 GW_LOG=${GW_LOG:-warn}   # gateway log level during the runs
@@ -38,7 +38,7 @@ CALL_SECS=18
 for tool in sipp tshark python3; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
 done
-[ -f "$SHARED/sipp/press-1-wait-for-bye.xml" ] || { echo "run.sh: no $SHARED/sipp (set SHARED=)" >&2; exit 1; }
+[ -f "$SCENARIOS/press-1-wait-for-bye.xml" ] || { echo "run.sh: no $SCENARIOS/press-1-wait-for-bye.xml (set SCENARIOS=)" >&2; exit 1; }
 
 # File descriptors: one RTP socket per call in the gateway and in the load generator.
 hard=$(ulimit -Hn)
@@ -143,7 +143,7 @@ wait "$bpid" || true
 echo "b. gateway + SIPp: $N concurrent calls" >&2
 start_gateway sipp
 sipp_rate=$(rate_for "$N")
-(cd "$work" && timeout $((RAMP + CALL_SECS + 90)) sipp -sf "$OLDPWD/$SHARED/sipp/press-1-wait-for-bye.xml" \
+(cd "$work" && timeout $((RAMP + CALL_SECS + 90)) sipp -sf "$OLDPWD/$SCENARIOS/press-1-wait-for-bye.xml" \
    -s ivr "127.0.0.1:$GW_PORT" -m "$N" -l "$N" -r "$sipp_rate" -mp 16000 -nostdin \
    -timeout $((RAMP + CALL_SECS + 60)) -timeout_error -trace_screen -screen_file "$work/sipp.screen" \
    > /dev/null 2>&1; echo $? > "$work/sipp.rc") &
