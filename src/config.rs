@@ -193,6 +193,15 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// Concurrent calls beyond this get 503 with Retry-After.
     pub max_calls: usize,
+    /// TCP: a message must be complete this many seconds after its first byte, or the
+    /// connection is closed (slow-header attacks).
+    pub tcp_header_timeout_secs: u64,
+    /// TCP: a connection that carries nothing for this many seconds is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// TCP: concurrent connections per source IP; more are closed at once.
+    pub tcp_max_connections_per_ip: usize,
+    /// Per-source rate limits, bans and scanner filtering.
+    pub defence: crate::sip::defence::DefenceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -257,6 +266,10 @@ impl Default for SipConfig {
             acl: vec!["127.0.0.0/8".into(), "::1".into()],
             max_message_bytes: 65_535,
             max_calls: 5_000,
+            tcp_header_timeout_secs: 10,
+            tcp_idle_timeout_secs: 300,
+            tcp_max_connections_per_ip: 32,
+            defence: crate::sip::defence::DefenceConfig::default(),
         }
     }
 }

@@ -15,7 +15,6 @@ use crate::messaging::providers::{ProviderContext, Providers};
 use crate::messaging::webhook::Webhook;
 use crate::messaging::Conversations;
 use crate::routing::Router;
-use crate::sip::acl::Acl;
 use crate::sip::{endpoint, CoreConfig};
 use crate::store::{redact, Store};
 
@@ -65,12 +64,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events,
     };
 
-    let acl = Acl::parse(&cfg.sip.acl)?;
-    let core_cfg = CoreConfig {
-        max_message_bytes: cfg.sip.max_message_bytes,
-        server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
-        acl,
-    };
+    let core_cfg = CoreConfig::from_sip(
+        &cfg.sip,
+        format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+    )?;
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
     // Outbound providers by number; messages they receive themselves (SMPP) come back here.
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);
