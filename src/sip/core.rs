@@ -358,15 +358,18 @@ impl SipCore {
         // flood the log) and gets at most a 403 built from a bounded header scan.
         if !self.cfg.acl.allows(ip) {
             let s = message::salvage(data);
-            let method = s.method.clone().unwrap_or_default();
-            if s.can_answer() {
+            let what = s.method.clone().unwrap_or_else(|| "message".into());
+            let status = if s.can_answer() {
                 let head = head_of_salvage(&s);
                 self.reply(peer, &head, 403, "Forbidden", None, "", b"");
-            }
+                403
+            } else {
+                0
+            };
             self.refused(
                 peer,
-                403,
-                format!("{method} from {} not allowed by ACL", peer.addr),
+                status,
+                format!("{what} from {} not allowed by ACL", peer.addr),
             );
             self.failed(now, ip);
             return;

@@ -220,6 +220,9 @@ fn check(sc: &Scanned, data: &[u8], stream: bool, max: usize) -> Result<Vec<u8>,
         let [method, uri, version] = parts[..] else {
             return Err(MessageError::BadRequestLine);
         };
+        if !version.to_ascii_uppercase().starts_with("SIP/") {
+            return Err(MessageError::BadRequestLine);
+        }
         if !version.eq_ignore_ascii_case("SIP/2.0") {
             return Err(MessageError::BadVersion(version.chars().take(16).collect()));
         }

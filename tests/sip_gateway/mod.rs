@@ -214,3 +214,43 @@ pub fn invite_with_sdp(branch: &str, from: SocketAddr, sdp: &str) -> String {
         sdp.len()
     )
 }
+
+fn contact_uri(msg: &str) -> Option<String> {
+    let c = header(msg, "Contact")?;
+    let a = c.find('<')?;
+    let b = c.find('>')?;
+    Some(c[a + 1..b].to_string())
+}
+
+/// ACK or BYE inside the dialog a 200 to our INVITE set up.
+pub fn in_dialog(ok: &str, method: &str, cseq: u32, me: SocketAddr) -> String {
+    let to = header(ok, "To").unwrap_or("");
+    let from = header(ok, "From").unwrap_or("");
+    let cid = header(ok, "Call-ID").unwrap_or("");
+    let uri = contact_uri(ok).unwrap_or_default();
+    format!(
+        "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{method}{cseq}\r\nFrom: {from}\r\nTo: {to}\r\n\
+         Call-ID: {cid}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+/// A TCP connection from a chosen loopback source address.
+pub async fn tcp_from(source: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{source}:0").parse().expect("source"))
+        .expect("bind source");
+    sock.connect(to).await.expect("connect")
+}
+
+/// Wait until the gateway closes `s` (EOF or reset); None when it is still open after `wait`.
+pub async fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((start + wait).into(), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
