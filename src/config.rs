@@ -378,6 +378,39 @@ mod tests {
     }
 
     #[test]
+    fn sip_hardening_keys() {
+        let c = Config::default();
+        assert_eq!(c.sip.tcp_header_timeout_secs, 10);
+        assert!(
+            c.sip.defence.enabled,
+            "the scanner defence is on by default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sb.toml");
+        std::fs::write(
+            &f,
+            "[sip]\ntcp_header_timeout_secs = 3\ntcp_idle_timeout_secs = 60\ntcp_max_connections_per_ip = 4\n\
+             [sip.defence]\nrate_invite = 5\nover_rate = \"drop\"\nban_secs = 30\nexempt = []\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.sip.tcp_max_connections_per_ip, 4);
+        assert_eq!(c.sip.defence.rate_invite, 5);
+        assert_eq!(c.sip.defence.over_rate, crate::sip::defence::OverRate::Drop);
+        assert_eq!(
+            c.sip.defence.ban_after_failures, 10,
+            "defaults fill the rest"
+        );
+        let core = crate::sip::CoreConfig::from_sip(&c.sip, "x".into()).unwrap();
+        assert_eq!(core.tcp.header_timeout, std::time::Duration::from_secs(3));
+        std::fs::write(&f, "[sip.defence]\nexempt = [\"nonsense\"]\n").unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert!(crate::sip::CoreConfig::from_sip(&c.sip, "x".into()).is_err());
+        std::fs::write(&f, "[sip.defence]\nrate_invtie = 5\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err(), "typos are refused");
+    }
+
+    #[test]
     fn api_section_and_redacted_token() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("sb.toml");

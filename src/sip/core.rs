@@ -332,6 +332,15 @@ impl SipCore {
         self.dialogs.len()
     }
 
+    /// The TCP peers that dialogs run over (the driver keeps their connections open).
+    pub fn tcp_dialog_peers(&self) -> std::collections::HashSet<SocketAddr> {
+        self.dialogs
+            .values()
+            .filter(|d| d.peer.transport == Transport::Tcp)
+            .map(|d| d.peer.addr)
+            .collect()
+    }
+
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
@@ -1799,5 +1808,27 @@ mod tests {
             options("r9", "softphone").as_bytes(),
         );
         assert_eq!(first_final(&drain(&mut c).0), Some(200), "refilled");
+    }
+
+    #[test]
+    fn tcp_peers_with_dialogs_are_reported_for_the_idle_timeout() {
+        let mut c = core();
+        let tcp = Peer {
+            addr: "127.0.0.1:5071".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        c.handle_message(
+            Instant::now(),
+            peer(),
+            local(),
+            invite("u1", "z9hG4bKu1").as_bytes(),
+        );
+        assert!(c.tcp_dialog_peers().is_empty(), "UDP dialogs pin nothing");
+        let inv = invite("t1", "z9hG4bKt1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        c.handle_message(Instant::now(), tcp, local(), inv.as_bytes());
+        assert_eq!(
+            c.tcp_dialog_peers().into_iter().collect::<Vec<_>>(),
+            vec![tcp.addr]
+        );
     }
 }

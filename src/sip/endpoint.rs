@@ -126,6 +126,12 @@ struct Inbound {
 /// Concurrent TCP connections per source IP.
 type ConnCount = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
+/// TCP peers that carry a dialog: their connections are not closed for being idle, since a
+/// call may be silent on SIP for longer than the idle timeout and our BYE must still go out.
+/// The driver refreshes it every [`IN_DIALOG_REFRESH`].
+type InDialog = Arc<Mutex<std::collections::HashSet<SocketAddr>>>;
+const IN_DIALOG_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Shared by the accept loop and the driver so that all per-source lines share one budget.
 type SharedLog = Arc<Mutex<LogLimiter>>;
 
@@ -205,6 +211,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(1024);
     let writers: TcpWriters = Arc::default();
     let log: SharedLog = Arc::new(Mutex::new(LogLimiter::new(Instant::now())));
+    let in_dialog: InDialog = Arc::default();
     tokio::spawn(accept_tcp(
         tcp,
         TcpShared {
@@ -215,11 +222,13 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
             acl: cfg.acl.clone(),
             conns: Arc::default(),
             log: log.clone(),
+            in_dialog: in_dialog.clone(),
         },
     ));
     let pending: Pending = Arc::default();
     let driver = Driver {
         log,
+        in_dialog,
         core: SipCore::new(cfg),
         udp: Arc::new(udp),
         udp_addr,
@@ -243,6 +252,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 
 struct Driver {
     log: SharedLog,
+    in_dialog: InDialog,
     core: SipCore,
     udp: Arc<UdpSocket>,
     udp_addr: SocketAddr,
@@ -259,6 +269,7 @@ impl Driver {
         mut tcp_in: mpsc::Receiver<Inbound>,
     ) {
         let mut buf = vec![0u8; 65536];
+        let mut refresh = tokio::time::interval(IN_DIALOG_REFRESH);
         loop {
             let deadline = self.core.poll_timeout();
             let sleep = async {
@@ -295,6 +306,12 @@ impl Driver {
                     self.core.handle_command(Instant::now(), cmd)
                 }
                 _ = sleep => self.core.handle_timeout(Instant::now()),
+                _ = refresh.tick() => {
+                    let peers = self.core.tcp_dialog_peers();
+                    if let Ok(mut d) = self.in_dialog.lock() {
+                        *d = peers;
+                    }
+                }
             }
             self.flush();
         }
@@ -388,6 +405,7 @@ struct TcpShared {
     acl: Acl,
     conns: ConnCount,
     log: SharedLog,
+    in_dialog: InDialog,
 }
 
 /// Holds one slot of a source's connection count; gives it back when the connection ends.
@@ -487,6 +505,12 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, shared: &TcpShared) -> s
         let n = match tokio::time::timeout_at(deadline.into(), rd.read(&mut chunk)).await {
             Ok(r) => r?,
             Err(_) => {
+                let pinned = partial_since.is_none()
+                    && shared.in_dialog.lock().is_ok_and(|d| d.contains(&peer));
+                if pinned {
+                    last_activity = Instant::now();
+                    continue;
+                }
                 let why = if partial_since.is_some() {
                     "incomplete message timed out"
                 } else {
