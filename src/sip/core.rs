@@ -277,7 +277,9 @@ pub struct SipCore {
     defence: Defence,
     dialogs: HashMap<String, Dialog>,
     /// Responses to non-INVITE requests, kept for 64*T1 so retransmissions get the same answer.
-    answered: HashMap<(String, String), (Vec<u8>, Instant)>,
+    /// Keyed by branch, method and peer: branches are only unique per sender (RFC 3261
+    /// §17.2.3 matches on sent-by too), and another sender's answer must never be replayed.
+    answered: HashMap<(String, String, Peer), (Vec<u8>, Instant)>,
     timers: BTreeMap<(Instant, u64), (String, TimerKind)>,
     timer_seq: u64,
     next_purge: Option<Instant>,
@@ -400,11 +402,20 @@ impl SipCore {
                         }
                         self.refused(peer, 503, format!("{} over the request rate", req.method));
                     }
-                    Verdict::Drop(why) => {
-                        self.refused(peer, 0, format!("dropped {}: {why}", req.method));
-                        if why == "scanner User-Agent" {
-                            self.failed(now, ip);
-                        }
+                    Verdict::DropOverRate => {
+                        self.refused(
+                            peer,
+                            0,
+                            format!("dropped {}: over the request rate", req.method),
+                        );
+                    }
+                    Verdict::DropScanner => {
+                        self.refused(
+                            peer,
+                            0,
+                            format!("dropped {}: scanner User-Agent", req.method),
+                        );
+                        self.failed(now, ip);
                     }
                 }
             }
@@ -458,21 +469,29 @@ impl SipCore {
 
     fn on_request(&mut self, now: Instant, peer: Peer, local: SocketAddr, req: Request) {
         let head = Head::of(&req);
-        let known = KNOWN_METHODS.contains(&req.method.as_str());
-        if !known {
+        let branch = param(&req.vias[0], "branch").unwrap_or_default();
+        // Retransmitted non-INVITE requests get the answer they got the first time.
+        if req.method != "INVITE" && req.method != "ACK" {
+            if let Some((bytes, _)) =
+                self.answered
+                    .get(&(branch.clone(), req.cseq_method.clone(), peer))
+            {
+                let data = bytes.clone();
+                self.send(peer, data);
+                return;
+            }
+        }
+        let allow = format!("Allow: {ALLOW}\r\n");
+        if !KNOWN_METHODS.contains(&req.method.as_str()) {
             // RFC 3261 §8.2.1: an unknown method is 501, even when the CSeq disagrees with it
             // (RFC 4475 §3.1.2.18 prefers 501).
-            let extra = format!("Allow: {ALLOW}\r\n");
-            self.reply(peer, &head, 501, "Not Implemented", None, &extra, b"");
-            return;
+            return self.refuse(now, peer, &req, &branch, 501, "Not Implemented", &allow);
         }
         if req.method != req.cseq_method && req.method != "ACK" && req.method != "CANCEL" {
             let warning = warning(local, "CSeq method mismatch");
-            self.reply(peer, &head, 400, "Bad Request", None, &warning, b"");
-            return;
+            return self.refuse(now, peer, &req, &branch, 400, "Bad Request", &warning);
         }
         if req.method == "ACK" {
-            let branch = param(&req.vias[0], "branch").unwrap_or_default();
             self.on_ack(&req, &branch);
             return;
         }
@@ -484,26 +503,15 @@ impl SipCore {
             .unwrap_or("")
             .to_ascii_lowercase();
         if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
-            self.reply(peer, &head, 416, "Unsupported URI Scheme", None, "", b"");
-            return;
+            return self.refuse(now, peer, &req, &branch, 416, "Unsupported URI Scheme", "");
         }
         // RFC 3261 §8.2.2.3: we implement no extension, so any Require tag is refused
         // (CANCEL carries none that apply).
         if !req.require.is_empty() && req.method != "CANCEL" {
             let extra = format!("Unsupported: {}\r\n", req.require.join(", "));
-            self.reply(peer, &head, 420, "Bad Extension", None, &extra, b"");
-            return;
+            return self.refuse(now, peer, &req, &branch, 420, "Bad Extension", &extra);
         }
         // Max-Forwards 0 matters to proxies only: an endpoint processes the request (RFC 4475 §3.3.11).
-        let branch = param(&req.vias[0], "branch").unwrap_or_default();
-        // Retransmitted non-INVITE requests get the answer they got the first time.
-        if req.method != "INVITE" {
-            if let Some((bytes, _)) = self.answered.get(&(branch.clone(), req.method.clone())) {
-                let data = bytes.clone();
-                self.send(peer, data);
-                return;
-            }
-        }
         match req.method.as_str() {
             "INVITE" => self.on_invite(now, peer, local, req, branch),
             "CANCEL" => self.on_cancel(now, peer, &req, &branch),
@@ -696,6 +704,27 @@ impl SipCore {
         self.out.push_back(Output::Event(Event::Cancelled {
             call_id: req.call_id.clone(),
         }));
+    }
+
+    /// Refuse a request before any method-specific handling: non-INVITE answers are kept for
+    /// retransmissions like any other; an INVITE gets a plain answer (it made no dialog).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        req: &Request,
+        branch: &str,
+        status: u16,
+        reason: &str,
+        extra: &str,
+    ) {
+        let head = Head::of(req);
+        if req.method == "INVITE" {
+            self.reply(peer, &head, status, reason, None, extra, b"");
+        } else {
+            self.reply_cached(now, peer, &head, branch, status, reason, extra);
+        }
     }
 
     /// 481: the request names a dialog or transaction we do not have.
@@ -1088,7 +1117,7 @@ impl SipCore {
         );
         if !branch.is_empty() && peer.transport == Transport::Udp {
             self.answered.insert(
-                (branch.to_string(), head.cseq_method.clone()),
+                (branch.to_string(), head.cseq_method.clone(), peer),
                 (data.clone(), now + TIMER_64T1),
             );
             self.next_purge.get_or_insert(now + Duration::from_secs(5));
@@ -1830,5 +1859,30 @@ mod tests {
             c.tcp_dialog_peers().into_iter().collect::<Vec<_>>(),
             vec![tcp.addr]
         );
+    }
+
+    #[test]
+    fn cached_answers_are_per_sender() {
+        // Two senders reuse one branch (RFC 4475's messages all do): each gets its own answer.
+        let mut c = core();
+        let t0 = Instant::now();
+        let opts = |require: &str| {
+            format!(
+                "OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKsame\r\n\
+                 From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: same\r\nCSeq: 1 OPTIONS\r\n\
+                 {require}Content-Length: 0\r\n\r\n"
+            )
+        };
+        c.handle_message(t0, peer(), local(), opts("").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(200));
+        let other = Peer {
+            addr: "127.0.0.2:5070".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        c.handle_message(t0, other, local(), opts("Require: foo\r\n").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(420));
+        // A real retransmission from the first sender still gets the cached 200.
+        c.handle_message(t0, peer(), local(), opts("").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(200));
     }
 }

@@ -65,7 +65,6 @@ impl Default for DefenceConfig {
                 "sipcli",
                 "vaxsipuseragent",
                 "sip-scan",
-                "sipsak",
                 "sundayddr",
                 "iWar",
                 "smap",
@@ -86,8 +85,10 @@ pub enum Verdict {
     Reject {
         retry_after: u32,
     },
-    /// Send nothing, for this reason.
-    Drop(&'static str),
+    /// Over the rate with `over_rate = "drop"`: send nothing.
+    DropOverRate,
+    /// A known scanner: send nothing, and count it towards a ban.
+    DropScanner,
 }
 
 /// A ban that has just started (for the log line).
@@ -267,7 +268,7 @@ impl Defence {
         if let Some(ua) = user_agent {
             let ua = ua.to_ascii_lowercase();
             if self.scanners.iter().any(|s| ua.contains(s.as_str())) {
-                return Verdict::Drop("scanner User-Agent");
+                return Verdict::DropScanner;
             }
         }
         if method == "ACK" || !self.guarded(ip) {
@@ -289,7 +290,7 @@ impl Defence {
         } else if over == OverRate::Reject {
             Verdict::Reject { retry_after: 1 }
         } else {
-            Verdict::Drop("over the request rate")
+            Verdict::DropOverRate
         }
     }
 }
@@ -365,6 +366,40 @@ impl LogLimiter {
     }
 }
 
+/// What [`LogLimiter::take_summary`] reports: lines suppressed since the last summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppressed {
+    pub lines: u64,
+    pub sources: usize,
+    /// The source most lines were about, and how many.
+    pub top: Option<(IpAddr, u64)>,
+}
+
+impl LogLimiter {
+    /// Lines suppressed since the last call (and not yet reported on a later line about
+    /// their source), so that a source that went quiet is still accounted for. Resets the
+    /// counts. The driver logs this as one line every few seconds, when there is anything.
+    pub fn take_summary(&mut self) -> Option<Suppressed> {
+        let mut out = Suppressed {
+            lines: std::mem::take(&mut self.global_suppressed),
+            sources: 0,
+            top: None,
+        };
+        for (ip, (_, n)) in self.per_source.iter_mut() {
+            if *n == 0 {
+                continue;
+            }
+            out.lines += *n;
+            out.sources += 1;
+            if out.top.is_none_or(|(_, m)| *n > m) {
+                out.top = Some((*ip, *n));
+            }
+            *n = 0;
+        }
+        (out.lines > 0).then_some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,10 +452,10 @@ mod tests {
         for _ in 0..4 {
             drop.check_request(t0, a, "INVITE", None);
         }
-        assert!(matches!(
+        assert_eq!(
             drop.check_request(t0, a, "INVITE", None),
-            Verdict::Drop(_)
-        ));
+            Verdict::DropOverRate
+        );
     }
 
     #[test]
@@ -466,7 +501,7 @@ mod tests {
         }
         assert_eq!(
             d.check_request(t0, lo, "OPTIONS", Some("friendly-scanner")),
-            Verdict::Drop("scanner User-Agent"),
+            Verdict::DropScanner,
             "the User-Agent check applies to exempt sources too"
         );
         assert!(matches!(
@@ -476,7 +511,7 @@ mod tests {
                 "REGISTER",
                 Some("Mozilla SIPVicious 0.3")
             ),
-            Verdict::Drop(_)
+            Verdict::DropScanner
         ));
         let mut off = Defence::new(DefenceConfig {
             enabled: false,
@@ -531,5 +566,8 @@ mod tests {
             .filter(|i| l.allow(t0, IpAddr::from(i.to_be_bytes())).is_some())
             .count();
         assert_eq!(total, 20);
+        let sum = l.take_summary().expect("suppressed lines are reported");
+        assert_eq!(sum.lines, 10_000 - 20);
+        assert_eq!(l.take_summary(), None, "and reported once");
     }
 }

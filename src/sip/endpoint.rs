@@ -311,6 +311,12 @@ impl Driver {
                     if let Ok(mut d) = self.in_dialog.lock() {
                         *d = peers;
                     }
+                    // Account for suppressed lines even when their sources went quiet.
+                    let summary = self.log.lock().ok().and_then(|mut l| l.take_summary());
+                    if let Some(s) = summary {
+                        let (top, top_lines) = s.top.map(|(ip, n)| (ip.to_string(), n)).unwrap_or_default();
+                        tracing::info!(suppressed = s.lines, sources = s.sources, top, top_lines, "SIP log lines suppressed");
+                    }
                 }
             }
             self.flush();
