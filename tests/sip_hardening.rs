@@ -257,6 +257,37 @@ async fn banned_source_is_dropped_and_others_are_not() {
     assert!(log.contains("127.0.0.2"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_rate_get_503_with_retry_after() {
+    let gw =
+        SipGateway::start("[sip]\nmax_calls = 0\n[sip.defence]\nexempt = []\nrate_options = 2\n");
+    let busy = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    let calm = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let busy_addr = busy.local_addr().unwrap();
+    // Ten at once: a burst of twice the rate passes, the rest get 503 with Retry-After.
+    for i in 0..10 {
+        let m = options(&format!("r{i}"), busy_addr, "UDP");
+        busy.send_to(m.as_bytes(), gw.sip).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while got.len() < 10 && std::time::Instant::now() < deadline {
+        got.extend(udp_collect(&busy, Duration::from_millis(300)).await);
+    }
+    let count = |code| got.iter().filter(|r| status_of(r) == Some(code)).count();
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!((4..=5).contains(&count(200)), "{got:?}");
+    assert_eq!(count(200) + count(503), 10);
+    assert!(got
+        .iter()
+        .filter(|r| status_of(r) == Some(503))
+        .all(|r| header(r, "retry-after").is_some()));
+    // Another source has its own budget.
+    let calm_addr = calm.local_addr().unwrap();
+    let got = udp_exchange_on(&calm, gw.sip, &options("c1", calm_addr, "UDP")).await;
+    assert_eq!(final_status(&got), Some(200));
+}
+
 async fn udp_exchange_on(sock: &UdpSocket, to: std::net::SocketAddr, msg: &str) -> Vec<String> {
     sock.send_to(msg.as_bytes(), to).await.unwrap();
     udp_collect(sock, Duration::from_millis(800)).await

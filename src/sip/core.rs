@@ -1176,7 +1176,11 @@ fn invite_refusal(req: &Request, local: SocketAddr) -> Option<(u16, &'static str
 
 /// `Warning: 399 <our host> "text"` (RFC 3261 §20.43), with the text made safe to quote.
 fn warning(local: SocketAddr, text: &str) -> String {
-    format!("Warning: 399 {} \"{}\"\r\n", local.ip(), sanitize(text))
+    let host = match local.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    format!("Warning: 399 {host} \"{}\"\r\n", sanitize(text))
 }
 
 /// The headers a response echoes, from what a refused message still told us.
