@@ -224,7 +224,7 @@ async fn tcp_refused_sources_slow_headers_idle_and_per_source_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn banned_source_is_dropped_and_others_are_not() {
     let gw = SipGateway::start(
-        "[sip]\nmax_calls = 0\nacl = [\"127.0.0.1\"]\n[sip.defence]\nexempt = []\n\
+        "[sip]\nmax_calls = 0\nacl = [\"127.0.0.1\", \"127.0.0.3\"]\n[sip.defence]\nexempt = []\n\
          ban_after_failures = 5\nban_window_secs = 60\nban_secs = 60\n",
     );
     let bad = UdpSocket::bind("127.0.0.2:0").await.unwrap();
@@ -247,14 +247,44 @@ async fn banned_source_is_dropped_and_others_are_not() {
     );
     let got = udp_exchange_on(&good, gw.sip, &scan).await;
     assert!(got.is_empty(), "{got:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A scanner from a source the ACL allows is banned too, and then also refused over TCP
+    // on accept (the accept loop learns of bans within 5 s).
+    let scanner = UdpSocket::bind("127.0.0.3:0").await.unwrap();
+    let scanner_addr = scanner.local_addr().unwrap();
+    for i in 0..5 {
+        let m = options(&format!("s{i}"), scanner_addr, "UDP").replace(
+            "Content-Length: 0",
+            "User-Agent: sipcli/v1.8\r\nContent-Length: 0",
+        );
+        assert!(udp_silent(&scanner, gw.sip, &m).await);
+    }
+    let got = udp_exchange_on(&scanner, gw.sip, &options("s9", scanner_addr, "UDP")).await;
+    assert!(
+        got.is_empty(),
+        "banned, even without the User-Agent: {got:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let mut s = tcp_from("127.0.0.3", gw.sip_tcp).await;
+    let t = closed_within(&mut s, Duration::from_secs(2)).await;
+    assert!(t.is_some_and(|t| t < Duration::from_millis(500)), "{t:?}");
+    let mut s = tcp_from("127.0.0.1", gw.sip_tcp).await;
+    let me = s.local_addr().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, options("t1", me, "TCP").as_bytes())
+        .await
+        .unwrap();
+    let out = tcp_read(&mut s, WAIT, true).await;
+    assert_eq!(final_status(&out.responses), Some(200));
+
     let log = gw.log_text();
     assert_eq!(
         log.matches("SIP source banned").count(),
-        1,
-        "one log line for the ban: {log}"
+        2,
+        "one log line per ban: {log}"
     );
-    assert!(log.contains("127.0.0.2"), "{log}");
+    assert!(
+        log.contains("127.0.0.2") && log.contains("127.0.0.3"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,6 +316,15 @@ async fn requests_over_the_rate_get_503_with_retry_after() {
     let calm_addr = calm.local_addr().unwrap();
     let got = udp_exchange_on(&calm, gw.sip, &options("c1", calm_addr, "UDP")).await;
     assert_eq!(final_status(&got), Some(200));
+}
+
+/// Nothing comes back within a short wait (a late answer would only make this pass wrongly,
+/// never fail wrongly; the assertions that something *is* answered wait longer).
+async fn udp_silent(sock: &UdpSocket, to: std::net::SocketAddr, msg: &str) -> bool {
+    sock.send_to(msg.as_bytes(), to).await.unwrap();
+    udp_collect(sock, Duration::from_millis(300))
+        .await
+        .is_empty()
 }
 
 async fn udp_exchange_on(sock: &UdpSocket, to: std::net::SocketAddr, msg: &str) -> Vec<String> {

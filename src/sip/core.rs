@@ -334,6 +334,11 @@ impl SipCore {
         self.dialogs.len()
     }
 
+    /// Sources banned now: the driver refuses their TCP connections on accept too.
+    pub fn banned_sources(&self, now: Instant) -> std::collections::HashSet<std::net::IpAddr> {
+        self.defence.banned(now)
+    }
+
     /// The TCP peers that dialogs run over (the driver keeps their connections open).
     pub fn tcp_dialog_peers(&self) -> std::collections::HashSet<SocketAddr> {
         self.dialogs

@@ -228,6 +228,15 @@ impl Defence {
         }
     }
 
+    /// Every source banned at `now` (the driver hands these to the TCP accept loop).
+    pub fn banned(&self, now: Instant) -> std::collections::HashSet<IpAddr> {
+        self.sources
+            .iter()
+            .filter(|(_, s)| s.banned_until.is_some_and(|t| t > now))
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
     /// `ip` was refused (ACL, scanner). Returns the ban this failure starts, if any.
     pub fn on_failure(&mut self, now: Instant, ip: IpAddr) -> Option<Ban> {
         if !self.guarded(ip) || self.cfg.ban_after_failures == 0 {
@@ -474,6 +483,7 @@ mod tests {
             .expect("third failure in the window bans");
         assert_eq!((ban.ip, ban.failures, ban.secs), (a, 3, 60));
         assert!(d.is_banned(t1 + Duration::from_secs(59), a));
+        assert_eq!(d.banned(t1).into_iter().collect::<Vec<_>>(), vec![a]);
         assert!(
             !d.is_banned(t1, ip("198.51.100.8")),
             "others are unaffected"

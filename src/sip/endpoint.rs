@@ -130,6 +130,8 @@ type ConnCount = Arc<Mutex<HashMap<IpAddr, usize>>>;
 /// call may be silent on SIP for longer than the idle timeout and our BYE must still go out.
 /// The driver refreshes it every [`IN_DIALOG_REFRESH`].
 type InDialog = Arc<Mutex<std::collections::HashSet<SocketAddr>>>;
+/// Sources the core has banned, as of the last refresh: closed on accept without a log line.
+type Banned = Arc<Mutex<std::collections::HashSet<IpAddr>>>;
 const IN_DIALOG_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Shared by the accept loop and the driver so that all per-source lines share one budget.
@@ -212,6 +214,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let writers: TcpWriters = Arc::default();
     let log: SharedLog = Arc::new(Mutex::new(LogLimiter::new(Instant::now())));
     let in_dialog: InDialog = Arc::default();
+    let banned: Banned = Arc::default();
     tokio::spawn(accept_tcp(
         tcp,
         TcpShared {
@@ -223,12 +226,14 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
             conns: Arc::default(),
             log: log.clone(),
             in_dialog: in_dialog.clone(),
+            banned: banned.clone(),
         },
     ));
     let pending: Pending = Arc::default();
     let driver = Driver {
         log,
         in_dialog,
+        banned: banned.clone(),
         core: SipCore::new(cfg),
         udp: Arc::new(udp),
         udp_addr,
@@ -253,6 +258,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 struct Driver {
     log: SharedLog,
     in_dialog: InDialog,
+    banned: Banned,
     core: SipCore,
     udp: Arc<UdpSocket>,
     udp_addr: SocketAddr,
@@ -310,6 +316,10 @@ impl Driver {
                     let peers = self.core.tcp_dialog_peers();
                     if let Ok(mut d) = self.in_dialog.lock() {
                         *d = peers;
+                    }
+                    let banned = self.core.banned_sources(Instant::now());
+                    if let Ok(mut b) = self.banned.lock() {
+                        *b = banned;
                     }
                     // Account for suppressed lines even when their sources went quiet.
                     let summary = self.log.lock().ok().and_then(|mut l| l.take_summary());
@@ -412,6 +422,7 @@ struct TcpShared {
     conns: ConnCount,
     log: SharedLog,
     in_dialog: InDialog,
+    banned: Banned,
 }
 
 /// Holds one slot of a source's connection count; gives it back when the connection ends.
@@ -454,6 +465,9 @@ async fn accept_tcp(listener: TcpListener, shared: TcpShared) {
             Ok((stream, peer)) => {
                 // Refused sources and sources over their connection cap are closed at once
                 // (dropping the stream), before a byte is read.
+                if shared.banned.lock().is_ok_and(|b| b.contains(&peer.ip())) {
+                    continue;
+                }
                 if !shared.acl.allows(peer.ip()) {
                     limited!(shared.log, peer.ip(), info, from = %peer, "SIP TCP connection refused by ACL");
                     continue;
