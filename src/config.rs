@@ -232,6 +232,15 @@ pub struct SipConfig {
     /// Sources (CIDR) whose SIP MESSAGE requests are inbound SMS, besides the hosts of the
     /// `kind = "sip"` messaging providers' trunks. Any other source gets 403.
     pub message_from: Vec<String>,
+    /// TCP: a message must be complete this many seconds after its first byte, or the
+    /// connection is closed (slow-header attacks).
+    pub tcp_header_timeout_secs: u64,
+    /// TCP: a connection that carries nothing for this many seconds is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// TCP: concurrent connections per source IP; more are closed at once.
+    pub tcp_max_connections_per_ip: usize,
+    /// Per-source rate limits, bans and scanner filtering.
+    pub defence: crate::sip::defence::DefenceConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,6 +315,10 @@ impl Default for SipConfig {
             max_message_bytes: 65_535,
             max_calls: 5_000,
             message_from: Vec::new(),
+            tcp_header_timeout_secs: 10,
+            tcp_idle_timeout_secs: 300,
+            tcp_max_connections_per_ip: 32,
+            defence: crate::sip::defence::DefenceConfig::default(),
         }
     }
 }
@@ -416,6 +429,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("bnid"));
+    }
+
+    #[test]
+    fn sip_hardening_keys() {
+        let c = Config::default();
+        assert_eq!(c.sip.tcp_header_timeout_secs, 10);
+        assert!(
+            c.sip.defence.enabled,
+            "the scanner defence is on by default"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sb.toml");
+        std::fs::write(
+            &f,
+            "[sip]\ntcp_header_timeout_secs = 3\ntcp_idle_timeout_secs = 60\ntcp_max_connections_per_ip = 4\n\
+             [sip.defence]\nrate_invite = 5\nover_rate = \"drop\"\nban_secs = 30\nexempt = []\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.sip.tcp_max_connections_per_ip, 4);
+        assert_eq!(c.sip.defence.rate_invite, 5);
+        assert_eq!(c.sip.defence.over_rate, crate::sip::defence::OverRate::Drop);
+        assert_eq!(
+            c.sip.defence.ban_after_failures, 10,
+            "defaults fill the rest"
+        );
+        let core =
+            crate::sip::CoreConfig::from_sip(&c.sip, "x".into(), Default::default()).unwrap();
+        assert_eq!(core.tcp.header_timeout, std::time::Duration::from_secs(3));
+        std::fs::write(&f, "[sip.defence]\nexempt = [\"nonsense\"]\n").unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert!(crate::sip::CoreConfig::from_sip(&c.sip, "x".into(), Default::default()).is_err());
+        std::fs::write(&f, "[sip.defence]\nrate_invtie = 5\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err(), "typos are refused");
     }
 
     #[test]

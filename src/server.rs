@@ -128,13 +128,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events,
     };
 
-    let acl = Acl::parse(&cfg.sip.acl)?;
-    let core_cfg = CoreConfig {
-        max_message_bytes: cfg.sip.max_message_bytes,
-        server_name: format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
-        acl,
-        message_sources: sms_trunk_sources(&cfg).await?,
-    };
+    let core_cfg = CoreConfig::from_sip(
+        &cfg.sip,
+        format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
+        sms_trunk_sources(&cfg).await?,
+    )?;
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
     // Outbound providers by number; messages they receive themselves (SMPP) come back here.
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::acl::Acl;
+use super::acl::{Acl, AclError};
+use super::defence::{Ban, Defence, DefenceConfig, Verdict};
 use super::message::{
-    self, has_param, param, uri_of, user_of, Message, Request, Response, Salvage,
+    self, has_param, param, uri_of, user_of, Message, MessageError, Request, Response, Salvage,
 };
 
 /// RFC 3261 timer base values.
@@ -49,6 +50,56 @@ pub struct CoreConfig {
     /// Sources whose MESSAGE requests are taken as inbound SMS (the SMS trunks). A MESSAGE
     /// turns into paid outbound replies, so any other admitted source gets 403.
     pub message_sources: Acl,
+    /// Per-source rate limits, bans and scanner filter (`[sip.defence]`).
+    pub defence: DefenceConfig,
+    /// Connection limits the driver applies to SIP over TCP.
+    pub tcp: TcpLimits,
+}
+
+/// `[sip]` settings for TCP connections (applied by the endpoint, which owns the sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// A message must be complete this long after its first byte arrived.
+    pub header_timeout: Duration,
+    /// A connection that carries nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent connections per source IP; more are closed at once.
+    pub max_per_ip: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_per_ip: 32,
+        }
+    }
+}
+
+impl CoreConfig {
+    /// The SIP stack's settings from `[sip]`; fails on an ACL entry that is not an address.
+    /// `message_sources` are the SMS trunks' addresses (resolved by the caller).
+    pub fn from_sip(
+        sip: &crate::config::SipConfig,
+        server_name: String,
+        message_sources: Acl,
+    ) -> Result<Self, AclError> {
+        // The exempt list is checked here so that the core can take it as valid.
+        Defence::new(sip.defence.clone())?;
+        Ok(CoreConfig {
+            max_message_bytes: sip.max_message_bytes,
+            server_name,
+            acl: Acl::parse(&sip.acl)?,
+            message_sources,
+            defence: sip.defence.clone(),
+            tcp: TcpLimits {
+                header_timeout: Duration::from_secs(sip.tcp_header_timeout_secs.max(1)),
+                idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_secs.max(1)),
+                max_per_ip: sip.tcp_max_connections_per_ip,
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +204,9 @@ pub struct Transmit {
 pub enum Output {
     Transmit(Transmit),
     Event(Event),
+    /// A source has just been banned (the driver logs it; later traffic from it is dropped
+    /// without a word).
+    Banned(Ban),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,9 +283,12 @@ enum TimerKind {
 
 pub struct SipCore {
     cfg: CoreConfig,
+    defence: Defence,
     dialogs: HashMap<String, Dialog>,
     /// Responses to non-INVITE requests, kept for 64*T1 so retransmissions get the same answer.
-    answered: HashMap<(String, String), (Vec<u8>, Instant)>,
+    /// Keyed by branch, method and peer: branches are only unique per sender (RFC 3261
+    /// §17.2.3 matches on sent-by too), and another sender's answer must never be replayed.
+    answered: HashMap<(String, String, Peer), (Vec<u8>, Instant)>,
     timers: BTreeMap<(Instant, u64), (String, TimerKind)>,
     timer_seq: u64,
     next_purge: Option<Instant>,
@@ -249,10 +306,28 @@ struct MessageTx {
 }
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE";
+/// Methods we recognise: those in ALLOW, and those we answer 405 (RFC 3261 §8.2.1).
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "CANCEL",
+    "BYE",
+    "OPTIONS",
+    "INFO",
+    "MESSAGE",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "REFER",
+    "UPDATE",
+    "PRACK",
+];
 
 impl SipCore {
     pub fn new(cfg: CoreConfig) -> Self {
         SipCore {
+            defence: Defence::lenient(cfg.defence.clone()),
             cfg,
             dialogs: HashMap::new(),
             answered: HashMap::new(),
@@ -266,6 +341,20 @@ impl SipCore {
 
     pub fn dialog_count(&self) -> usize {
         self.dialogs.len()
+    }
+
+    /// Sources banned now: the driver refuses their TCP connections on accept too.
+    pub fn banned_sources(&self, now: Instant) -> std::collections::HashSet<std::net::IpAddr> {
+        self.defence.banned(now)
+    }
+
+    /// The TCP peers that dialogs run over (the driver keeps their connections open).
+    pub fn tcp_dialog_peers(&self) -> std::collections::HashSet<SocketAddr> {
+        self.dialogs
+            .values()
+            .filter(|d| d.peer.transport == Transport::Tcp)
+            .map(|d| d.peer.addr)
+            .collect()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -285,26 +374,77 @@ impl SipCore {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return; // keep-alive (RFC 5626 CRLF ping)
         }
-        match message::parse(data, self.cfg.max_message_bytes) {
+        let ip = peer.addr.ip();
+        // A banned source is dropped before anything else, without a log line.
+        if self.defence.is_banned(now, ip) {
+            return;
+        }
+        // The ACL comes next: a refused source costs no full parse (whose warnings could
+        // flood the log) and gets at most a 403 built from a bounded header scan.
+        if !self.cfg.acl.allows(ip) {
+            let s = message::salvage(data);
+            let what = s.method.clone().unwrap_or_else(|| "message".into());
+            let status = if s.can_answer() {
+                let head = head_of_salvage(&s);
+                self.reply(peer, &head, 403, "Forbidden", None, "", b"");
+                403
+            } else {
+                0
+            };
+            self.refused(
+                peer,
+                status,
+                format!("{what} from {} not allowed by ACL", peer.addr),
+            );
+            self.failed(now, ip);
+            return;
+        }
+        match message::parse_from(
+            data,
+            self.cfg.max_message_bytes,
+            peer.transport == Transport::Tcp,
+        ) {
             Ok(Message::Request(req)) => {
-                if !self.cfg.acl.allows(peer.addr.ip()) {
-                    if req.method != "ACK" {
-                        self.reply(peer, &Head::of(&req), 403, "Forbidden", None, "", b"");
+                let ua = req.user_agent.as_deref();
+                match self.defence.check_request(now, ip, &req.method, ua) {
+                    Verdict::Pass => self.on_request(now, peer, local, req),
+                    Verdict::Reject { retry_after } => {
+                        if req.method != "ACK" {
+                            let extra = format!("Retry-After: {retry_after}\r\n");
+                            let head = Head::of(&req);
+                            self.reply(peer, &head, 503, "Service Unavailable", None, &extra, b"");
+                        }
+                        self.refused(peer, 503, format!("{} over the request rate", req.method));
                     }
-                    self.refused(
-                        peer,
-                        403,
-                        format!("{} from {} not allowed by ACL", req.method, peer.addr),
-                    );
-                    return;
+                    Verdict::DropOverRate => {
+                        self.refused(
+                            peer,
+                            0,
+                            format!("dropped {}: over the request rate", req.method),
+                        );
+                    }
+                    Verdict::DropScanner => {
+                        self.refused(
+                            peer,
+                            0,
+                            format!("dropped {}: scanner User-Agent", req.method),
+                        );
+                        self.failed(now, ip);
+                    }
                 }
-                self.on_request(now, peer, local, req)
             }
             Ok(Message::Response(resp)) => self.on_response(resp),
             Err(failure) => {
                 let (err, salvage) = *failure;
-                self.on_garbage(peer, err.to_string(), salvage)
+                self.on_garbage(peer, local, &err, salvage)
             }
+        }
+    }
+
+    /// A refusal that counts towards a ban.
+    fn failed(&mut self, now: Instant, ip: std::net::IpAddr) {
+        if let Some(ban) = self.defence.on_failure(now, ip) {
+            self.out.push_back(Output::Banned(ban));
         }
     }
 
@@ -316,25 +456,26 @@ impl SipCore {
         }));
     }
 
-    fn on_garbage(&mut self, peer: Peer, reason: String, s: Salvage) {
-        if s.can_answer() && self.cfg.acl.allows(peer.addr.ip()) {
-            let cseq = s.cseq.clone().unwrap_or_default();
-            let mut parts = cseq.split_whitespace();
-            let head = Head {
-                vias: s.vias.clone(),
-                from: s.from.clone().unwrap_or_default(),
-                to: s.to.clone().unwrap_or_default(),
-                call_id: s.call_id.clone().unwrap_or_default(),
-                cseq: parts.next().and_then(|n| n.parse().ok()).unwrap_or(0),
-                cseq_method: parts
-                    .next()
-                    .map(str::to_string)
-                    .or_else(|| s.method.clone())
-                    .unwrap_or_default(),
-            };
-            let warning = format!("Warning: 399 switchboard \"{}\"\r\n", sanitize(&reason));
-            self.reply(peer, &head, 400, "Bad Request", None, &warning, b"");
-            self.refused(peer, 400, reason);
+    fn on_garbage(&mut self, peer: Peer, local: SocketAddr, err: &MessageError, s: Salvage) {
+        let reason = err.to_string();
+        if s.can_answer() {
+            let head = head_of_salvage(&s);
+            // The parser refuses methods it does not know (RFC 4475 §3.1.1.2, §3.1.1.5), but
+            // our own checks passed: it is an unknown method, and that is 501 (RFC 3261 §8.2.1).
+            let unknown_method = matches!(err, MessageError::Unparseable(_))
+                && s.method
+                    .as_deref()
+                    .is_some_and(|m| !KNOWN_METHODS.contains(&m));
+            if unknown_method {
+                let extra = format!("Allow: {ALLOW}\r\n");
+                self.reply(peer, &head, 501, "Not Implemented", None, &extra, b"");
+                self.refused(peer, 501, reason);
+                return;
+            }
+            let (status, phrase) = err.status();
+            let warning = warning(local, &reason);
+            self.reply(peer, &head, status, phrase, None, &warning, b"");
+            self.refused(peer, status, reason);
         } else {
             self.refused(peer, 0, format!("dropped: {reason}"));
         }
@@ -342,34 +483,51 @@ impl SipCore {
 
     fn on_request(&mut self, now: Instant, peer: Peer, local: SocketAddr, req: Request) {
         let head = Head::of(&req);
-        if req.method != req.cseq_method && req.method != "ACK" && req.method != "CANCEL" {
-            self.reply(
-                peer,
-                &head,
-                400,
-                "Bad Request",
-                None,
-                "Warning: 399 switchboard \"CSeq method mismatch\"\r\n",
-                b"",
-            );
-            return;
-        }
-        if req.max_forwards == Some(0) && req.method != "ACK" {
-            self.reply(peer, &head, 483, "Too Many Hops", None, "", b"");
-            return;
-        }
         let branch = param(&req.vias[0], "branch").unwrap_or_default();
         // Retransmitted non-INVITE requests get the answer they got the first time.
         if req.method != "INVITE" && req.method != "ACK" {
-            if let Some((bytes, _)) = self.answered.get(&(branch.clone(), req.method.clone())) {
+            if let Some((bytes, _)) =
+                self.answered
+                    .get(&(branch.clone(), req.cseq_method.clone(), peer))
+            {
                 let data = bytes.clone();
                 self.send(peer, data);
                 return;
             }
         }
+        let allow = format!("Allow: {ALLOW}\r\n");
+        if !KNOWN_METHODS.contains(&req.method.as_str()) {
+            // RFC 3261 §8.2.1: an unknown method is 501, even when the CSeq disagrees with it
+            // (RFC 4475 §3.1.2.18 prefers 501).
+            return self.refuse(now, peer, &req, &branch, 501, "Not Implemented", &allow);
+        }
+        if req.method != req.cseq_method && req.method != "ACK" && req.method != "CANCEL" {
+            let warning = warning(local, "CSeq method mismatch");
+            return self.refuse(now, peer, &req, &branch, 400, "Bad Request", &warning);
+        }
+        if req.method == "ACK" {
+            self.on_ack(&req, &branch);
+            return;
+        }
+        // RFC 3261 §8.2.2.1: a Request-URI scheme we do not serve is 416.
+        let scheme = req
+            .raw_uri
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "sip" | "sips" | "tel") {
+            return self.refuse(now, peer, &req, &branch, 416, "Unsupported URI Scheme", "");
+        }
+        // RFC 3261 §8.2.2.3: we implement no extension, so any Require tag is refused
+        // (CANCEL carries none that apply).
+        if !req.require.is_empty() && req.method != "CANCEL" {
+            let extra = format!("Unsupported: {}\r\n", req.require.join(", "));
+            return self.refuse(now, peer, &req, &branch, 420, "Bad Extension", &extra);
+        }
+        // Max-Forwards 0 matters to proxies only: an endpoint processes the request (RFC 4475 §3.3.11).
         match req.method.as_str() {
             "INVITE" => self.on_invite(now, peer, local, req, branch),
-            "ACK" => self.on_ack(&req, &branch),
             "CANCEL" => self.on_cancel(now, peer, &req, &branch),
             "BYE" => self.on_bye(now, peer, &req, &branch),
             "OPTIONS" => {
@@ -398,7 +556,10 @@ impl SipCore {
                 let extra = format!("Allow: {ALLOW}\r\n");
                 self.reply_cached(now, peer, &head, &branch, 405, "Method Not Allowed", &extra);
             }
-            _ => self.reply_cached(now, peer, &head, &branch, 501, "Not Implemented", ""),
+            _ => {
+                let extra = format!("Allow: {ALLOW}\r\n");
+                self.reply_cached(now, peer, &head, &branch, 501, "Not Implemented", &extra)
+            }
         }
     }
 
@@ -466,23 +627,8 @@ impl SipCore {
             );
             return;
         }
-        let sdp_ok = req
-            .content_type
-            .as_deref()
-            .map(|c| c.to_ascii_lowercase().starts_with("application/sdp"))
-            .unwrap_or(false);
-        if !sdp_ok || req.body.is_empty() {
-            // Offerless INVITEs (RFC 3264 late offer) are not supported: say so plainly.
-            let extra = "Warning: 399 switchboard \"an SDP offer is required in the INVITE\"\r\nAccept: application/sdp\r\n";
-            self.reply(
-                peer,
-                &head,
-                488,
-                "Not Acceptable Here",
-                Some(&new_tag()),
-                extra,
-                b"",
-            );
+        if let Some((status, phrase, extra)) = invite_refusal(&req, local) {
+            self.reply(peer, &head, status, phrase, Some(&new_tag()), &extra, b"");
             return;
         }
         let local_tag = new_tag();
@@ -572,6 +718,27 @@ impl SipCore {
         self.out.push_back(Output::Event(Event::Cancelled {
             call_id: req.call_id.clone(),
         }));
+    }
+
+    /// Refuse a request before any method-specific handling: non-INVITE answers are kept for
+    /// retransmissions like any other; an INVITE gets a plain answer (it made no dialog).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        req: &Request,
+        branch: &str,
+        status: u16,
+        reason: &str,
+        extra: &str,
+    ) {
+        let head = Head::of(req);
+        if req.method == "INVITE" {
+            self.reply(peer, &head, status, reason, None, extra, b"");
+        } else {
+            self.reply_cached(now, peer, &head, branch, status, reason, extra);
+        }
     }
 
     /// 481: the request names a dialog or transaction we do not have.
@@ -932,12 +1099,14 @@ impl SipCore {
         extra: &str,
         body: &[u8],
     ) {
+        // RFC 3261 §8.2.6.2: a final response carries a To tag.
+        let fresh = (tag.is_none() && status > 100).then(new_tag);
         let data = build_response(
             head,
             peer,
             status,
             reason,
-            tag,
+            tag.or(fresh.as_deref()),
             extra,
             body,
             &self.cfg.server_name,
@@ -974,12 +1143,88 @@ impl SipCore {
         );
         if !branch.is_empty() && peer.transport == Transport::Udp {
             self.answered.insert(
-                (branch.to_string(), head.cseq_method.clone()),
+                (branch.to_string(), head.cseq_method.clone(), peer),
                 (data.clone(), now + TIMER_64T1),
             );
             self.next_purge.get_or_insert(now + Duration::from_secs(5));
         }
         self.send(peer, data);
+    }
+}
+
+/// Why a new INVITE cannot be taken, as (status, reason phrase, extra headers).
+fn invite_refusal(req: &Request, local: SocketAddr) -> Option<(u16, &'static str, String)> {
+    let ct = req.content_type.as_deref().map(str::to_ascii_lowercase);
+    let is_sdp = ct
+        .as_deref()
+        .is_some_and(|c| c.starts_with("application/sdp"));
+    if ct.is_some() && !is_sdp && !req.body.is_empty() {
+        // RFC 3261 §21.4.13: a body type we do not understand.
+        return Some((
+            415,
+            "Unsupported Media Type",
+            "Accept: application/sdp\r\n".into(),
+        ));
+    }
+    if !is_sdp || req.body.is_empty() {
+        // Offerless INVITEs (RFC 3264 late offer) are not supported: say so plainly.
+        let extra = format!(
+            "{}Accept: application/sdp\r\n",
+            warning(local, "an SDP offer is required in the INVITE")
+        );
+        return Some((488, "Not Acceptable Here", extra));
+    }
+    if let Some(accept) = &req.accept {
+        // Our answer carries SDP: a caller that accepts no SDP cannot take it (RFC 4475 §3.3.15).
+        let takes_sdp = accept.split(',').any(|t| {
+            let t = t
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            matches!(t.as_str(), "application/sdp" | "application/*" | "*/*")
+        });
+        if !accept.trim().is_empty() && !takes_sdp {
+            let extra = warning(
+                local,
+                "our answer is application/sdp, which Accept excludes",
+            );
+            return Some((406, "Not Acceptable", extra));
+        }
+    }
+    let sdp = String::from_utf8_lossy(&req.body);
+    if let Some(why) = super::sdp::offer_refusal(&sdp) {
+        return Some((488, "Not Acceptable Here", warning(local, why)));
+    }
+    None
+}
+
+/// `Warning: 399 <our host> "text"` (RFC 3261 §20.43), with the text made safe to quote.
+fn warning(local: SocketAddr, text: &str) -> String {
+    let host = match local.ip() {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
+    };
+    format!("Warning: 399 {host} \"{}\"\r\n", sanitize(text))
+}
+
+/// The headers a response echoes, from what a refused message still told us.
+fn head_of_salvage(s: &Salvage) -> Head {
+    let cseq = s.cseq.clone().unwrap_or_default();
+    let mut parts = cseq.split_whitespace();
+    Head {
+        vias: s.vias.clone(),
+        from: s.from.clone().unwrap_or_default(),
+        to: s.to.clone().unwrap_or_default(),
+        call_id: s.call_id.clone().unwrap_or_default(),
+        // A CSeq number that does not fit is echoed as 0 rather than not at all.
+        cseq: parts.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+        cseq_method: parts
+            .next()
+            .map(str::to_string)
+            .or_else(|| s.method.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -1050,16 +1295,22 @@ fn build_response(
             s.push_str(&format!("Via: {via}\r\n"));
         }
     }
-    s.push_str(&format!("From: {}\r\n", head.from));
+    // From, To and Call-ID are empty only in answers to requests that lacked them.
+    if !head.from.is_empty() {
+        s.push_str(&format!("From: {}\r\n", head.from));
+    }
     match tag {
+        _ if head.to.is_empty() => {}
         Some(t) if status > 100 && param(&head.to, "tag").is_none() => {
             s.push_str(&format!("To: {};tag={t}\r\n", head.to))
         }
         _ => s.push_str(&format!("To: {}\r\n", head.to)),
     }
+    if !head.call_id.is_empty() {
+        s.push_str(&format!("Call-ID: {}\r\n", head.call_id));
+    }
     s.push_str(&format!(
-        "Call-ID: {}\r\nCSeq: {} {}\r\nServer: {server}\r\n{extra}Content-Length: {}\r\n\r\n",
-        head.call_id,
+        "CSeq: {} {}\r\nServer: {server}\r\n{extra}Content-Length: {}\r\n\r\n",
         head.cseq,
         head.cseq_method,
         body.len()
@@ -1103,6 +1354,8 @@ mod tests {
             server_name: "switchboard-test".into(),
             acl: Acl::parse(&["127.0.0.0/8".to_string()]).unwrap(),
             message_sources: Acl::parse(&["127.0.0.1".to_string()]).unwrap(),
+            defence: DefenceConfig::default(),
+            tcp: TcpLimits::default(),
         })
     }
 
@@ -1119,6 +1372,10 @@ mod tests {
 
     fn invite(call_id: &str, branch: &str) -> String {
         let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n";
+        invite_with_sdp(call_id, branch, sdp)
+    }
+
+    fn invite_with_sdp(call_id: &str, branch: &str, sdp: &str) -> String {
         format!(
             "INVITE sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\r\n\
              From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
@@ -1134,6 +1391,7 @@ mod tests {
             match o {
                 Output::Transmit(t) => tx.push(String::from_utf8(t.data).unwrap()),
                 Output::Event(e) => ev.push(e),
+                Output::Banned(_) => {}
             }
         }
         (tx, ev)
@@ -1454,5 +1712,223 @@ mod tests {
             }),
             "{ev:?}"
         );
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/sip-torture/rfc4475/{name}.sip",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap()
+    }
+
+    fn first_final(tx: &[String]) -> Option<u16> {
+        tx.iter()
+            .filter_map(|t| t.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok())
+            .find(|s: &u16| *s >= 200)
+    }
+
+    #[test]
+    fn torture_messages_that_were_answered_wrongly() {
+        // Each of these got 200, 503 (via the call layer) or nothing before (issue #10).
+        for (name, want) in [
+            ("badinv01", 400),
+            ("badvers", 505),
+            ("mcl01", 400),
+            ("clerr", 400),
+            ("ncl", 400),
+            ("unkscm", 416),
+            ("novelsc", 416),
+            ("intmeth", 501),
+            ("esc02", 501),
+            ("mismatch02", 501),
+            ("mismatch01", 400),
+            ("multi01", 400),
+            ("ltgtruri", 400),
+            ("lwsruri", 400),
+            ("insuf", 400),
+            ("bext01", 420),
+            ("invut", 415),
+            ("sdp01", 406),
+            ("zeromf", 200),
+            ("scalar02", 400),
+        ] {
+            let mut c = core();
+            c.handle_message(Instant::now(), peer(), local(), &fixture(name));
+            let (tx, ev) = drain(&mut c);
+            assert_eq!(first_final(&tx), Some(want), "{name}: {tx:?}");
+            assert!(
+                !ev.iter().any(|e| matches!(e, Event::Invite(_))),
+                "{name} must not start a call"
+            );
+            if want == 501 {
+                assert!(tx[0].contains("\r\nAllow: INVITE"), "{name}: {}", tx[0]);
+            }
+        }
+        // Valid messages still start calls: RFC 2543 INVITE without Content-Length, whose
+        // body is the rest of the datagram.
+        let mut c = core();
+        c.handle_message(Instant::now(), peer(), local(), &fixture("inv2543"));
+        let (_, ev) = drain(&mut c);
+        assert!(
+            matches!(&ev[..], [Event::Invite(i)] if i.sdp.starts_with(b"v=0")),
+            "{ev:?}"
+        );
+        // Trailing octets after a datagram's body are ignored: one answer, not two.
+        let mut c = core();
+        c.handle_message(Instant::now(), peer(), local(), &fixture("dblreq"));
+        let (tx, _) = drain(&mut c);
+        assert_eq!(tx.len(), 1, "{tx:?}");
+    }
+
+    #[test]
+    fn srtp_only_offer_gets_488_with_warning() {
+        let mut c = core();
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+                   a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let inv = invite_with_sdp("srtp", "z9hG4bKs", sdp);
+        c.handle_message(Instant::now(), peer(), local(), inv.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(ev.is_empty(), "no call is started: {ev:?}");
+        assert!(tx[0].starts_with("SIP/2.0 488 "), "{tx:?}");
+        let warning = tx[0]
+            .lines()
+            .find(|l| l.starts_with("Warning:"))
+            .unwrap_or_default();
+        assert!(
+            warning.starts_with("Warning: 399 127.0.0.1 \"") && warning.contains("SRTP"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn refused_source_gets_403_and_enough_failures_ban_it() {
+        let mut c = SipCore::new(CoreConfig {
+            defence: DefenceConfig {
+                exempt: vec![],
+                ban_after_failures: 3,
+                ..DefenceConfig::default()
+            },
+            ..core().cfg
+        });
+        let t0 = Instant::now();
+        let stranger = Peer {
+            addr: "192.0.2.9:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        let mut banned = 0;
+        for i in 0..3 {
+            let inv = invite(&format!("b{i}"), &format!("z9hG4bKb{i}"));
+            c.handle_message(t0, stranger, local(), inv.as_bytes());
+            while let Some(o) = c.poll_output() {
+                if let Output::Banned(b) = o {
+                    assert_eq!(b.ip, stranger.addr.ip());
+                    banned += 1;
+                }
+            }
+        }
+        assert_eq!(banned, 1);
+        // Banned: silence, not even a 403 or an event.
+        c.handle_message(t0, stranger, local(), invite("b9", "z9hG4bKb9").as_bytes());
+        assert!(c.poll_output().is_none());
+        // Another source is unaffected.
+        c.handle_message(t0, peer(), local(), invite("ok", "z9hG4bKok").as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 100"));
+        assert!(matches!(ev[0], Event::Invite(_)));
+    }
+
+    #[test]
+    fn scanner_user_agents_are_dropped_and_rates_limited() {
+        let mut c = SipCore::new(CoreConfig {
+            defence: DefenceConfig {
+                exempt: vec![],
+                rate_options: 1,
+                ..DefenceConfig::default()
+            },
+            ..core().cfg
+        });
+        let t0 = Instant::now();
+        let options = |b: &str, ua: &str| {
+            format!(
+                "OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{b}\r\n\
+                 From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: {b}\r\nCSeq: 1 OPTIONS\r\n\
+                 User-Agent: {ua}\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            options("s1", "friendly-scanner").as_bytes(),
+        );
+        let (tx, _) = drain(&mut c);
+        assert!(tx.is_empty(), "{tx:?}");
+        // Burst of 2 at 1/s, then 503 with Retry-After.
+        let mut codes = Vec::new();
+        for i in 0..3 {
+            c.handle_message(
+                t0,
+                peer(),
+                local(),
+                options(&format!("r{i}"), "softphone").as_bytes(),
+            );
+            codes.push(first_final(&drain(&mut c).0));
+        }
+        assert_eq!(codes, vec![Some(200), Some(200), Some(503)]);
+        c.handle_message(
+            t0 + Duration::from_secs(1),
+            peer(),
+            local(),
+            options("r9", "softphone").as_bytes(),
+        );
+        assert_eq!(first_final(&drain(&mut c).0), Some(200), "refilled");
+    }
+
+    #[test]
+    fn tcp_peers_with_dialogs_are_reported_for_the_idle_timeout() {
+        let mut c = core();
+        let tcp = Peer {
+            addr: "127.0.0.1:5071".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        c.handle_message(
+            Instant::now(),
+            peer(),
+            local(),
+            invite("u1", "z9hG4bKu1").as_bytes(),
+        );
+        assert!(c.tcp_dialog_peers().is_empty(), "UDP dialogs pin nothing");
+        let inv = invite("t1", "z9hG4bKt1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+        c.handle_message(Instant::now(), tcp, local(), inv.as_bytes());
+        assert_eq!(
+            c.tcp_dialog_peers().into_iter().collect::<Vec<_>>(),
+            vec![tcp.addr]
+        );
+    }
+
+    #[test]
+    fn cached_answers_are_per_sender() {
+        // Two senders reuse one branch (RFC 4475's messages all do): each gets its own answer.
+        let mut c = core();
+        let t0 = Instant::now();
+        let opts = |require: &str| {
+            format!(
+                "OPTIONS sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKsame\r\n\
+                 From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:ivr@127.0.0.1>\r\nCall-ID: same\r\nCSeq: 1 OPTIONS\r\n\
+                 {require}Content-Length: 0\r\n\r\n"
+            )
+        };
+        c.handle_message(t0, peer(), local(), opts("").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(200));
+        let other = Peer {
+            addr: "127.0.0.2:5070".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        c.handle_message(t0, other, local(), opts("Require: foo\r\n").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(420));
+        // A real retransmission from the first sender still gets the cached 200.
+        c.handle_message(t0, peer(), local(), opts("").as_bytes());
+        assert_eq!(first_final(&drain(&mut c).0), Some(200));
     }
 }

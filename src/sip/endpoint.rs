@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, Transport};
+use super::acl::Acl;
+use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, TcpLimits, Transport};
+use super::defence::LogLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -117,6 +119,40 @@ struct Inbound {
     peer: Peer,
     local: SocketAddr,
     data: Vec<u8>,
+    /// The stream cannot be framed any further: answer this, then close the connection.
+    close: bool,
+}
+
+/// Concurrent TCP connections per source IP.
+type ConnCount = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// TCP peers that carry a dialog: their connections are not closed for being idle, since a
+/// call may be silent on SIP for longer than the idle timeout and our BYE must still go out.
+/// The driver refreshes it every [`IN_DIALOG_REFRESH`].
+type InDialog = Arc<Mutex<std::collections::HashSet<SocketAddr>>>;
+/// Sources the core has banned, as of the last refresh: closed on accept without a log line.
+type Banned = Arc<Mutex<std::collections::HashSet<IpAddr>>>;
+const IN_DIALOG_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Shared by the accept loop and the driver so that all per-source lines share one budget.
+type SharedLog = Arc<Mutex<LogLimiter>>;
+
+/// Log a line about `ip` unless its budget is spent; a line that follows suppressed ones
+/// says how many were suppressed.
+macro_rules! limited {
+    ($log:expr, $ip:expr, $level:ident, $($arg:tt)+) => {{
+        let verdict = $log
+            .lock()
+            .ok()
+            .and_then(|mut l| l.allow(Instant::now(), $ip));
+        if let Some(suppressed) = verdict {
+            if suppressed > 0 {
+                tracing::$level!(suppressed, $($arg)+);
+            } else {
+                tracing::$level!($($arg)+);
+            }
+        }
+    }};
 }
 
 /// UDP and TCP on the same port. With port 0 the kernel picks the UDP port, and that port may
@@ -176,10 +212,28 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::channel::<Inbound>(1024);
     let writers: TcpWriters = Arc::default();
-    let max = cfg.max_message_bytes;
-    tokio::spawn(accept_tcp(tcp, in_tx, writers.clone(), max));
+    let log: SharedLog = Arc::new(Mutex::new(LogLimiter::new(Instant::now())));
+    let in_dialog: InDialog = Arc::default();
+    let banned: Banned = Arc::default();
+    tokio::spawn(accept_tcp(
+        tcp,
+        TcpShared {
+            tx: in_tx,
+            writers: writers.clone(),
+            max: cfg.max_message_bytes,
+            limits: cfg.tcp,
+            acl: cfg.acl.clone(),
+            conns: Arc::default(),
+            log: log.clone(),
+            in_dialog: in_dialog.clone(),
+            banned: banned.clone(),
+        },
+    ));
     let pending: Pending = Arc::default();
     let driver = Driver {
+        log,
+        in_dialog,
+        banned: banned.clone(),
         core: SipCore::new(cfg),
         udp: Arc::new(udp),
         udp_addr,
@@ -202,6 +256,9 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 }
 
 struct Driver {
+    log: SharedLog,
+    in_dialog: InDialog,
+    banned: Banned,
     core: SipCore,
     udp: Arc<UdpSocket>,
     udp_addr: SocketAddr,
@@ -218,6 +275,7 @@ impl Driver {
         mut tcp_in: mpsc::Receiver<Inbound>,
     ) {
         let mut buf = vec![0u8; 65536];
+        let mut refresh = tokio::time::interval(IN_DIALOG_REFRESH);
         loop {
             let deadline = self.core.poll_timeout();
             let sleep = async {
@@ -236,7 +294,17 @@ impl Driver {
                     // ICMP port-unreachable surfaces here on some systems; keep serving.
                     Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
                 },
-                Some(m) = tcp_in.recv() => self.core.handle_message(Instant::now(), m.peer, m.local, &m.data),
+                Some(m) = tcp_in.recv() => {
+                    self.core.handle_message(Instant::now(), m.peer, m.local, &m.data);
+                    if m.close {
+                        // Answer first, then drop the writer: its task ends once the
+                        // answer is written, and the connection closes.
+                        self.flush();
+                        if let Ok(mut w) = self.writers.lock() {
+                            w.remove(&m.peer.addr);
+                        }
+                    }
+                }
                 Some(mut cmd) = cmds.recv() => {
                     if let Command::SendMessage { peer, local, .. } = &mut cmd {
                         *local = self.local_for(peer.addr.ip());
@@ -244,6 +312,22 @@ impl Driver {
                     self.core.handle_command(Instant::now(), cmd)
                 }
                 _ = sleep => self.core.handle_timeout(Instant::now()),
+                _ = refresh.tick() => {
+                    let peers = self.core.tcp_dialog_peers();
+                    if let Ok(mut d) = self.in_dialog.lock() {
+                        *d = peers;
+                    }
+                    let banned = self.core.banned_sources(Instant::now());
+                    if let Ok(mut b) = self.banned.lock() {
+                        *b = banned;
+                    }
+                    // Account for suppressed lines even when their sources went quiet.
+                    let summary = self.log.lock().ok().and_then(|mut l| l.take_summary());
+                    if let Some(s) = summary {
+                        let (top, top_lines) = s.top.map(|(ip, n)| (ip.to_string(), n)).unwrap_or_default();
+                        tracing::info!(suppressed = s.lines, sources = s.sources, top, top_lines, "SIP log lines suppressed");
+                    }
+                }
             }
             self.flush();
         }
@@ -273,7 +357,7 @@ impl Driver {
                 Output::Transmit(t) => match t.to.transport {
                     Transport::Udp => {
                         if let Err(e) = self.udp.try_send_to(&t.data, t.to.addr) {
-                            tracing::warn!(to = %t.to.addr, error = %e, "SIP UDP send failed");
+                            limited!(self.log, t.to.addr.ip(), warn, to = %t.to.addr, error = %e, "SIP UDP send failed");
                         }
                     }
                     Transport::Tcp => {
@@ -287,7 +371,7 @@ impl Driver {
                                 let _ = w.send(t.data);
                             }
                             None => {
-                                tracing::warn!(to = %t.to.addr, "SIP TCP connection gone; message dropped")
+                                limited!(self.log, t.to.addr.ip(), warn, to = %t.to.addr, "SIP TCP connection gone; message dropped")
                             }
                         }
                     }
@@ -297,7 +381,11 @@ impl Driver {
                     status,
                     reason,
                 }) => {
-                    tracing::info!(from = %peer.addr, status, %reason, "SIP request refused");
+                    limited!(self.log, peer.addr.ip(), info, from = %peer.addr, status, %reason, "SIP request refused");
+                }
+                Output::Banned(ban) => {
+                    // One line per ban: bans are long, so these cannot flood.
+                    tracing::warn!(source = %ban.ip, failures = ban.failures, secs = ban.secs, "SIP source banned: its traffic is dropped");
                 }
                 Output::Event(Event::MessageResult { id, status, reason }) => {
                     if let Some(tx) = self.pending.lock().ok().and_then(|mut p| p.remove(&id)) {
@@ -323,21 +411,79 @@ pub fn route_source(peer: IpAddr) -> Option<IpAddr> {
     s.local_addr().ok().map(|a| a.ip())
 }
 
-async fn accept_tcp(
-    listener: TcpListener,
+/// What every TCP connection task shares.
+#[derive(Clone)]
+struct TcpShared {
     tx: mpsc::Sender<Inbound>,
     writers: TcpWriters,
     max: usize,
-) {
+    limits: TcpLimits,
+    acl: Acl,
+    conns: ConnCount,
+    log: SharedLog,
+    in_dialog: InDialog,
+    banned: Banned,
+}
+
+/// Holds one slot of a source's connection count; gives it back when the connection ends.
+struct ConnSlot {
+    conns: ConnCount,
+    ip: IpAddr,
+}
+
+impl ConnSlot {
+    fn take(conns: &ConnCount, ip: IpAddr, max: usize) -> Option<ConnSlot> {
+        let mut m = conns.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            conns: conns.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.conns.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, shared: TcpShared) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let (tx, writers) = (tx.clone(), writers.clone());
+                // Refused sources and sources over their connection cap are closed at once
+                // (dropping the stream), before a byte is read.
+                if shared.banned.lock().is_ok_and(|b| b.contains(&peer.ip())) {
+                    continue;
+                }
+                if !shared.acl.allows(peer.ip()) {
+                    limited!(shared.log, peer.ip(), info, from = %peer, "SIP TCP connection refused by ACL");
+                    continue;
+                }
+                let Some(slot) = ConnSlot::take(&shared.conns, peer.ip(), shared.limits.max_per_ip)
+                else {
+                    limited!(shared.log, peer.ip(), warn, from = %peer, max = shared.limits.max_per_ip, "SIP TCP connection refused: too many from this source");
+                    continue;
+                };
+                let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_tcp(stream, peer, tx, writers.clone(), max).await {
+                    let _slot = slot;
+                    if let Err(e) = serve_tcp(stream, peer, &shared).await {
                         tracing::debug!(%peer, error = %e, "SIP TCP connection closed");
                     }
-                    if let Ok(mut w) = writers.lock() {
+                    if let Ok(mut w) = shared.writers.lock() {
                         w.remove(&peer);
                     }
                 });
@@ -350,43 +496,69 @@ async fn accept_tcp(
     }
 }
 
-async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tx: mpsc::Sender<Inbound>,
-    writers: TcpWriters,
-    max: usize,
-) -> std::io::Result<()> {
+async fn serve_tcp(stream: TcpStream, peer: SocketAddr, shared: &TcpShared) -> std::io::Result<()> {
     let local = stream.local_addr()?;
     let (mut rd, mut wr) = stream.into_split();
     let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if let Ok(mut w) = writers.lock() {
+    if let Ok(mut w) = shared.writers.lock() {
         w.insert(peer, wtx);
     }
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         while let Some(data) = wrx.recv().await {
             if wr.write_all(&data).await.is_err() {
                 break;
             }
         }
     });
+    let limits = shared.limits;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let mut last_activity = Instant::now();
+    // When the first byte of the message now in `buf` arrived.
+    let mut partial_since: Option<Instant> = None;
     loop {
-        let n = rd.read(&mut chunk).await?;
+        let idle_deadline = last_activity + limits.idle_timeout;
+        let deadline = match partial_since {
+            Some(t) => idle_deadline.min(t + limits.header_timeout),
+            None => idle_deadline,
+        };
+        let n = match tokio::time::timeout_at(deadline.into(), rd.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let pinned = partial_since.is_none()
+                    && shared.in_dialog.lock().is_ok_and(|d| d.contains(&peer));
+                if pinned {
+                    last_activity = Instant::now();
+                    continue;
+                }
+                let why = if partial_since.is_some() {
+                    "incomplete message timed out"
+                } else {
+                    "idle connection timed out"
+                };
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+            }
+        };
         if n == 0 {
             return Ok(());
         }
+        last_activity = Instant::now();
         buf.extend_from_slice(&chunk[..n]);
         loop {
-            match frame(&buf, max) {
+            let tcp_peer = Peer {
+                addr: peer,
+                transport: Transport::Tcp,
+            };
+            match frame(&buf, shared.max) {
                 Frame::Complete(len) => {
                     let data: Vec<u8> = buf.drain(..len).collect();
-                    let peer = Peer {
-                        addr: peer,
-                        transport: Transport::Tcp,
+                    let m = Inbound {
+                        peer: tcp_peer,
+                        local,
+                        data,
+                        close: false,
                     };
-                    if tx.send(Inbound { peer, local, data }).await.is_err() {
+                    if shared.tx.send(m).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -394,6 +566,25 @@ async fn serve_tcp(
                     buf.drain(..len);
                 }
                 Frame::Partial => break,
+                Frame::Invalid(len) => {
+                    // RFC 4475 §3.1.2.3, §3.3.9: the rest of the stream cannot be framed.
+                    // The core answers the head (400); the driver then drops our writer.
+                    let data: Vec<u8> = buf.drain(..len).collect();
+                    let m = Inbound {
+                        peer: tcp_peer,
+                        local,
+                        data,
+                        close: true,
+                    };
+                    if shared.tx.send(m).await.is_ok() {
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+                    }
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "unframeable Content-Length",
+                    ));
+                }
                 Frame::TooLarge => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
@@ -402,6 +593,11 @@ async fn serve_tcp(
                 }
             }
         }
+        partial_since = if buf.is_empty() {
+            None
+        } else {
+            partial_since.or(Some(last_activity))
+        };
     }
 }
 
@@ -411,6 +607,9 @@ enum Frame {
     Skip(usize),
     Partial,
     TooLarge,
+    /// Content-Length is not a number, or given twice with different values: the head
+    /// (this many bytes) can still be answered, but the stream cannot be framed further.
+    Invalid(usize),
 }
 
 /// RFC 3261 §18.3: on streams, Content-Length delimits the body.
@@ -429,23 +628,35 @@ fn frame(buf: &[u8], max: usize) -> Frame {
             Frame::Partial
         };
     };
+    let head_len = end + 4;
     let head = String::from_utf8_lossy(&buf[..end]);
-    let body_len = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| {
-            let k = k.trim();
-            k.eq_ignore_ascii_case("content-length") || k == "l"
-        })
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let total = end + 4 + body_len;
-    if total > max {
-        Frame::TooLarge
-    } else if buf.len() >= total {
-        Frame::Complete(total)
-    } else {
-        Frame::Partial
+    let mut body_len: Option<u64> = None;
+    for (k, v) in head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')) {
+        let k = k.trim();
+        if !(k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("l")) {
+            continue;
+        }
+        // Parsed as u64 and compared with the limit before any arithmetic: a huge value
+        // must not overflow (nor be taken as 0, nor wrap).
+        match (v.trim().parse::<u64>(), body_len) {
+            (Ok(n), None) => body_len = Some(n),
+            (Ok(n), Some(m)) if n == m => {}
+            _ => return Frame::Invalid(head_len),
+        }
+    }
+    let body_len = body_len.unwrap_or(0);
+    let total = usize::try_from(body_len)
+        .ok()
+        .and_then(|b| b.checked_add(head_len));
+    match total {
+        Some(total) if total <= max => {
+            if buf.len() >= total {
+                Frame::Complete(total)
+            } else {
+                Frame::Partial
+            }
+        }
+        _ => Frame::TooLarge,
     }
 }
 
@@ -469,5 +680,34 @@ mod tests {
             frame(b"X\r\nContent-Length: 5000\r\n\r\n", 1000),
             Frame::TooLarge
         );
+    }
+
+    #[test]
+    fn huge_content_length_does_not_overflow() {
+        // usize::MAX and beyond: in a debug build, `end + 4 + body_len` used to panic.
+        for cl in [
+            usize::MAX.to_string(),
+            (usize::MAX - 3).to_string(),
+            u64::MAX.to_string(),
+            "18446744073709551616".to_string(),
+            "99999999999999999999999999".to_string(),
+        ] {
+            let m = format!("OPTIONS sip:a SIP/2.0\r\nContent-Length: {cl}\r\n\r\nabc");
+            let f = frame(m.as_bytes(), 65535);
+            assert!(
+                matches!(f, Frame::TooLarge | Frame::Invalid(_)),
+                "{cl}: {f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unframeable_content_length_is_invalid() {
+        let head = "OPTIONS sip:a SIP/2.0\r\nContent-Length: -999\r\n\r\n";
+        assert_eq!(frame(head.as_bytes(), 1000), Frame::Invalid(head.len()));
+        let two = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 13\r\nl: 5\r\n\r\nhello";
+        assert_eq!(frame(two.as_bytes(), 1000), Frame::Invalid(two.len() - 5));
+        let same = "OPTIONS sip:a SIP/2.0\r\nContent-Length: 5\r\nl: 5\r\n\r\nhello";
+        assert_eq!(frame(same.as_bytes(), 1000), Frame::Complete(same.len()));
     }
 }

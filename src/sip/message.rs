@@ -13,7 +13,35 @@ pub enum MessageError {
     BadHeader(&'static str),
     #[error("message of {0} bytes exceeds the limit of {1}")]
     TooLarge(usize, usize),
+    #[error("malformed request line")]
+    BadRequestLine,
+    #[error("SIP version {0:?} is not supported")]
+    BadVersion(String),
+    #[error("Content-Length: {0}")]
+    BadContentLength(&'static str),
+    #[error("more than one {0} header")]
+    DuplicateHeader(&'static str),
+    #[error("a header value is longer than {0} bytes")]
+    HeaderTooLong(usize),
+    #[error("more than {0} header lines")]
+    TooManyHeaders(usize),
 }
+
+impl MessageError {
+    /// The status a request refused for this reason is answered with.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            MessageError::BadVersion(_) => (505, "Version Not Supported"),
+            _ => (400, "Bad Request"),
+        }
+    }
+}
+
+/// Longest header value (after unfolding) we accept. The parser logs a warning per folded line
+/// beyond 4 KiB, so longer values are refused before it sees them.
+pub const MAX_HEADER_VALUE: usize = 4096;
+/// Most header lines (continuations included) we accept in one message.
+pub const MAX_HEADER_LINES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -29,6 +57,13 @@ pub struct Request {
     pub record_routes: Vec<String>,
     pub content_type: Option<String>,
     pub max_forwards: Option<u32>,
+    /// The Request-URI exactly as sent (the parser may re-render `uri`).
+    pub raw_uri: String,
+    /// Option tags of all Require headers.
+    pub require: Vec<String>,
+    /// The Accept header values, when present.
+    pub accept: Option<String>,
+    pub user_agent: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -41,6 +76,8 @@ pub struct Response {
     pub branch: Option<String>,
 }
 
+// One message is parsed and handled at a time, never stored: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Message {
     Request(Request),
@@ -61,28 +98,211 @@ pub struct Salvage {
 }
 
 impl Salvage {
-    /// True when we have every header a response must echo.
+    /// True when a response could reach the sender and be matched to its request: it needs
+    /// the Via and the CSeq. From, To and Call-ID are echoed when present (RFC 4475 §3.3.1
+    /// asks for a 400 even when they are missing).
     pub fn can_answer(&self) -> bool {
         self.is_request
             && !self.vias.is_empty()
-            && self.from.is_some()
-            && self.to.is_some()
-            && self.call_id.is_some()
             && self.cseq.is_some()
             && self.method.as_deref() != Some("ACK")
     }
 }
 
+/// The head of a message as we scan it ourselves: the start line and the unfolded headers
+/// with compact names expanded and lower-cased. Bounded in size and count.
+#[derive(Debug)]
+struct Scanned {
+    start: String,
+    headers: Vec<(String, String)>,
+    /// Offset of the body (after the blank line), or the end of the data when there is none.
+    body_start: usize,
+}
+
+impl Scanned {
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn long_name(name: &str) -> String {
+    let n = name.trim().to_ascii_lowercase();
+    let long = match n.as_str() {
+        "i" => "call-id",
+        "m" => "contact",
+        "e" => "content-encoding",
+        "l" => "content-length",
+        "c" => "content-type",
+        "f" => "from",
+        "s" => "subject",
+        "k" => "supported",
+        "t" => "to",
+        "v" => "via",
+        _ => return n,
+    };
+    long.to_string()
+}
+
+fn scan(data: &[u8]) -> Result<Scanned, MessageError> {
+    let (head_end, body_start) = match data.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (i, i + 4),
+        None => (data.len(), data.len()),
+    };
+    let text = String::from_utf8_lossy(&data[..head_end]);
+    let mut lines = text.split("\r\n");
+    let start = lines.next().unwrap_or("").to_string();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for (i, line) in lines.enumerate() {
+        if i >= MAX_HEADER_LINES {
+            return Err(MessageError::TooManyHeaders(MAX_HEADER_LINES));
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, v)) = headers.last_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+                if v.len() > MAX_HEADER_VALUE {
+                    return Err(MessageError::HeaderTooLong(MAX_HEADER_VALUE));
+                }
+            }
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if value.len() > MAX_HEADER_VALUE {
+            return Err(MessageError::HeaderTooLong(MAX_HEADER_VALUE));
+        }
+        headers.push((long_name(name), value.trim().to_string()));
+    }
+    Ok(Scanned {
+        start,
+        headers,
+        body_start,
+    })
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+}
+
+/// Split on `sep` outside double quotes and angle brackets.
+fn split_outside(s: &str, sep: char) -> Vec<&str> {
+    let (mut out, mut start, mut quoted, mut angle, mut escaped) =
+        (Vec::new(), 0, false, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            c if c == sep && !quoted && !angle => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// Checks the parser does not make (RFC 4475 §3.1.2, §3.3.8, §3.3.9). Returns the body range.
+fn check(sc: &Scanned, data: &[u8], stream: bool, max: usize) -> Result<Vec<u8>, MessageError> {
+    let is_request = !sc.start.starts_with("SIP/");
+    if is_request {
+        let parts: Vec<&str> = sc.start.split_whitespace().collect();
+        let [method, uri, version] = parts[..] else {
+            return Err(MessageError::BadRequestLine);
+        };
+        if !version.to_ascii_uppercase().starts_with("SIP/") {
+            return Err(MessageError::BadRequestLine);
+        }
+        if !version.eq_ignore_ascii_case("SIP/2.0") {
+            return Err(MessageError::BadVersion(version.chars().take(16).collect()));
+        }
+        if !is_token(method) || uri.starts_with('<') || !uri.contains(':') {
+            return Err(MessageError::BadRequestLine);
+        }
+        for name in ["to", "from", "call-id", "cseq", "max-forwards"] {
+            if sc.all(name).count() > 1 {
+                return Err(MessageError::DuplicateHeader(match name {
+                    "to" => "To",
+                    "from" => "From",
+                    "call-id" => "Call-ID",
+                    "cseq" => "CSeq",
+                    _ => "Max-Forwards",
+                }));
+            }
+        }
+        for via in sc.all("via") {
+            for part in split_outside(via, ',') {
+                // `SIP/2.0/UDP host;;,;,,` (RFC 4475 §3.1.2.1): empty values or parameters.
+                let mut params = split_outside(part, ';').into_iter();
+                let sent_by = params.next().unwrap_or("").trim();
+                if sent_by.is_empty() || params.any(|p| p.trim().is_empty()) {
+                    return Err(MessageError::BadHeader("Via"));
+                }
+            }
+        }
+    }
+    let mut lengths = sc.all("content-length").map(|v| v.trim().parse::<u64>());
+    let available = data.len().saturating_sub(sc.body_start);
+    let length = match lengths.next() {
+        None => None,
+        Some(Err(_)) => return Err(MessageError::BadContentLength("not a number")),
+        Some(Ok(n)) => {
+            for other in lengths {
+                match other {
+                    Ok(m) if m == n => {}
+                    Ok(_) => return Err(MessageError::BadContentLength("more than one value")),
+                    Err(_) => return Err(MessageError::BadContentLength("not a number")),
+                }
+            }
+            let n = usize::try_from(n).ok().filter(|n| *n <= max).ok_or(
+                MessageError::BadContentLength("over the message size limit"),
+            )?;
+            Some(n)
+        }
+    };
+    let body = match length {
+        // RFC 3261 §18.3: octets after the body in a datagram are ignored.
+        Some(n) if n <= available => &data[sc.body_start..sc.body_start + n],
+        Some(_) if stream => &data[sc.body_start..],
+        Some(_) => return Err(MessageError::BadContentLength("larger than the datagram")),
+        // RFC 3261 §20.14: without Content-Length a datagram's body runs to its end; on a
+        // stream the framer has already taken Content-Length as 0.
+        None if stream => &[],
+        None => &data[sc.body_start..],
+    };
+    Ok(body.to_vec())
+}
+
 /// A message that did not parse, with what could be salvaged from it.
 pub type ParseFailure = Box<(MessageError, Salvage)>;
 
+/// Parse one whole datagram.
 pub fn parse(data: &[u8], max_len: usize) -> Result<Message, ParseFailure> {
+    parse_from(data, max_len, false)
+}
+
+/// Parse one message. `stream` says it came framed from TCP (the body length was then already
+/// taken from Content-Length) rather than as a whole datagram.
+pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<Message, ParseFailure> {
     if data.len() > max_len {
         return Err(Box::new((
             MessageError::TooLarge(data.len(), max_len),
             salvage(data),
         )));
     }
+    let fail = |e: MessageError| Box::new((e, salvage(data)));
+    let scanned = scan(data).map_err(fail)?;
+    let body = check(&scanned, data, stream, max_len).map_err(fail)?;
     let msg = match rsip::SipMessage::try_from(data) {
         Ok(m) => m,
         Err(e) => {
@@ -93,7 +313,7 @@ pub fn parse(data: &[u8], max_len: usize) -> Result<Message, ParseFailure> {
         }
     };
     let out = match msg {
-        rsip::SipMessage::Request(r) => request_from(&r).map(Message::Request),
+        rsip::SipMessage::Request(r) => request_from(&r, &scanned, body).map(Message::Request),
         rsip::SipMessage::Response(r) => response_from(&r).map(Message::Response),
     };
     out.map_err(|e| Box::new((e, salvage(data))))
@@ -106,7 +326,7 @@ fn cseq_parts(raw: &str) -> Option<(u32, String)> {
     Some((n, m))
 }
 
-fn request_from(r: &rsip::Request) -> Result<Request, MessageError> {
+fn request_from(r: &rsip::Request, sc: &Scanned, body: Vec<u8>) -> Result<Request, MessageError> {
     let mut vias = Vec::new();
     let mut record_routes = Vec::new();
     let mut contact = None;
@@ -149,7 +369,19 @@ fn request_from(r: &rsip::Request) -> Result<Request, MessageError> {
         record_routes,
         content_type,
         max_forwards,
-        body: r.body().clone(),
+        raw_uri: sc.start.split_whitespace().nth(1).unwrap_or("").to_string(),
+        require: sc
+            .all("require")
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        accept: {
+            let all: Vec<&str> = sc.all("accept").collect();
+            (!all.is_empty()).then(|| all.join(", "))
+        },
+        user_agent: sc.all("user-agent").next().map(str::to_string),
+        body,
     })
 }
 
@@ -180,12 +412,17 @@ pub fn salvage(data: &[u8]) -> Salvage {
     let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
     let mut s = Salvage::default();
     if let Some(start) = lines.next() {
-        let mut parts = start.split_whitespace();
-        let first = parts.next().unwrap_or("");
-        let _uri = parts.next();
-        if parts.next() == Some("SIP/2.0") && first.chars().all(|c| c.is_ascii_uppercase()) {
+        // Liberal on purpose: LWS inside the Request-URI or a bad version still leaves a
+        // request we can answer (RFC 4475 §3.1.2.8, §3.1.2.16).
+        let parts: Vec<&str> = start.split_whitespace().collect();
+        if parts.len() >= 3
+            && is_token(parts[0])
+            && parts[parts.len() - 1]
+                .to_ascii_uppercase()
+                .starts_with("SIP/")
+        {
             s.is_request = true;
-            s.method = Some(first.to_string());
+            s.method = Some(parts[0].to_string());
         }
     }
     for line in lines {
@@ -195,7 +432,10 @@ pub fn salvage(data: &[u8]) -> Salvage {
         let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let value = value.trim().to_string();
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        let value = value.trim().chars().take(1024).collect::<String>();
         match name.trim().to_ascii_lowercase().as_str() {
             "via" | "v" => s.vias.push(value),
             "from" | "f" => s.from = Some(value),

@@ -3,10 +3,13 @@
 
 pub mod acl;
 pub mod core;
+pub mod defence;
 pub mod endpoint;
 pub mod message;
 pub mod message_sink;
 pub mod sdp;
 
-pub use self::core::{Command, CoreConfig, EndReason, Event, IncomingInvite, Peer, Transport};
+pub use self::core::{
+    Command, CoreConfig, EndReason, Event, IncomingInvite, Peer, TcpLimits, Transport,
+};
 pub use endpoint::{Endpoint, SipHandle};

@@ -17,6 +17,18 @@ pub enum SdpError {
     Malformed { line: usize, reason: &'static str },
     #[error("no common codec: offered payload types {0:?}")]
     NoCommonCodec(Vec<u8>),
+    #[error("only secure RTP ({0}) is offered, and SRTP is not supported")]
+    SrtpOnly(String),
+}
+
+/// One `m=` line of the offer, as the answer must mirror it (RFC 3264 §6: one answer line
+/// per offered line, in order; streams we decline get port 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaLine {
+    pub media: String,
+    pub proto: String,
+    /// The first offered format, which a declined line repeats.
+    pub first_format: String,
 }
 
 /// What we learnt from the remote offer and chose for the answer.
@@ -29,6 +41,9 @@ pub struct Negotiated {
     pub telephone_event: Option<u8>,
     pub ptime_ms: u32,
     pub direction: Direction,
+    /// Every offered m-line, and which of them is the audio stream we took.
+    pub offered: Vec<MediaLine>,
+    pub audio_index: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,22 +66,37 @@ impl Direction {
 }
 
 #[derive(Debug, Default)]
-struct Offer {
-    session_ip: Option<IpAddr>,
-    media_ip: Option<IpAddr>,
-    port: Option<u16>,
+struct Stream {
+    line: Option<MediaLine>,
+    ip: Option<IpAddr>,
+    port: u16,
     formats: Vec<u8>,
     rtpmap: Vec<(u8, String, u32)>,
     ptime: Option<u32>,
     direction: Option<Direction>,
-    in_audio: bool,
-    seen_audio: bool,
 }
 
-/// Parse a remote offer and choose what to answer with. `supported` lists our codecs in our
-/// preference order; the offerer's order wins among those both sides support (RFC 3264 §6.1).
-pub fn negotiate(sdp: &str, supported: &[Codec]) -> Result<Negotiated, SdpError> {
-    let mut o = Offer::default();
+impl Stream {
+    fn is_audio(&self) -> bool {
+        self.line.as_ref().is_some_and(|l| l.media == "audio")
+    }
+    /// Plain RTP: the only profile we can answer.
+    fn is_plain_rtp(&self) -> bool {
+        self.line
+            .as_ref()
+            .is_some_and(|l| l.proto.eq_ignore_ascii_case("RTP/AVP"))
+    }
+    fn is_secure(&self) -> bool {
+        self.line.as_ref().is_some_and(|l| {
+            let p = l.proto.to_ascii_uppercase();
+            p.contains("SAVP") || p.starts_with("UDP/TLS")
+        })
+    }
+}
+
+/// The session level (index 0) and each media stream in order.
+fn parse_streams(sdp: &str) -> Result<Vec<Stream>, SdpError> {
+    let mut streams = vec![Stream::default()];
     for (i, raw) in sdp.lines().enumerate() {
         let line = raw.trim_end_matches('\r');
         let Some((kind, value)) = line.split_once('=') else {
@@ -78,74 +108,121 @@ pub fn negotiate(sdp: &str, supported: &[Codec]) -> Result<Negotiated, SdpError>
                 reason: "expected <type>=<value>",
             });
         };
+        let cur = streams.len() - 1;
         match kind {
             "c" => {
                 let ip = parse_connection(value).ok_or(SdpError::Malformed {
                     line: i + 1,
                     reason: "bad c= line",
                 })?;
-                if o.in_audio {
-                    o.media_ip = Some(ip);
-                } else if !o.seen_audio {
-                    o.session_ip = Some(ip);
-                }
+                streams[cur].ip = Some(ip);
             }
             "m" => {
-                // Only the first audio stream is used; later streams are declined implicitly.
                 let mut parts = value.split_whitespace();
-                let media = parts.next().unwrap_or("");
-                if media == "audio" && !o.seen_audio {
-                    let port = parts.next().and_then(|p| p.split('/').next()?.parse().ok());
-                    let _proto = parts.next();
-                    o.port = Some(port.ok_or(SdpError::Malformed {
+                let media = parts.next().unwrap_or("").to_string();
+                let port = parts
+                    .next()
+                    .and_then(|p| p.split('/').next()?.parse().ok())
+                    .ok_or(SdpError::Malformed {
                         line: i + 1,
                         reason: "bad m= port",
-                    })?);
-                    o.formats = parts.filter_map(|f| f.parse().ok()).collect();
-                    o.in_audio = true;
-                    o.seen_audio = true;
-                } else {
-                    o.in_audio = false;
-                }
+                    })?;
+                let proto = parts.next().unwrap_or("RTP/AVP").to_string();
+                let formats: Vec<&str> = parts.collect();
+                streams.push(Stream {
+                    line: Some(MediaLine {
+                        media,
+                        proto,
+                        first_format: formats.first().unwrap_or(&"0").to_string(),
+                    }),
+                    port,
+                    formats: formats.iter().filter_map(|f| f.parse().ok()).collect(),
+                    ..Stream::default()
+                });
             }
-            "a" if o.in_audio || !o.seen_audio => parse_attribute(value, &mut o),
+            "a" => parse_attribute(value, &mut streams[cur]),
             _ => {}
         }
     }
-    if !o.seen_audio {
+    Ok(streams)
+}
+
+/// Why an offer must be refused before any codec is looked at, as a short text for a
+/// `Warning` header: today only SRTP without a plain RTP alternative (RFC 3264 §6 would
+/// otherwise have us answer an RTP/SAVP line with RTP/AVP, which the offerer must not accept).
+pub fn offer_refusal(sdp: &str) -> Option<&'static str> {
+    let streams = parse_streams(sdp).ok()?;
+    let audio = || {
+        streams
+            .iter()
+            .skip(1)
+            .filter(|s| s.is_audio() && s.port != 0)
+    };
+    let secure = audio().any(|s| s.is_secure());
+    let plain = audio().any(|s| s.is_plain_rtp());
+    (secure && !plain).then_some("SRTP (RTP/SAVP) is not supported yet: offer RTP/AVP")
+}
+
+/// Parse a remote offer and choose what to answer with. `supported` lists our codecs in our
+/// preference order; the offerer's order wins among those both sides support (RFC 3264 §6.1).
+/// The first plain RTP audio stream with a common codec is taken; every other stream is
+/// declined in the answer.
+pub fn negotiate(sdp: &str, supported: &[Codec]) -> Result<Negotiated, SdpError> {
+    let streams = parse_streams(sdp)?;
+    let session = &streams[0];
+    let media = &streams[1..];
+    if !media.iter().any(Stream::is_audio) {
         return Err(SdpError::NoAudio);
     }
-    let ip = o.media_ip.or(o.session_ip).ok_or(SdpError::NoConnection)?;
-    let port = o.port.ok_or(SdpError::NoAudio)?;
-
-    let name_of = |pt: u8| -> Option<(String, u32)> {
-        o.rtpmap
-            .iter()
-            .find(|(p, _, _)| *p == pt)
-            .map(|(_, n, r)| (n.clone(), *r))
-            .or_else(|| static_payload(pt).map(|(n, r)| (n.to_string(), r)))
-    };
-    let mut chosen = None;
-    for &pt in &o.formats {
-        if let Some((name, rate)) = name_of(pt) {
-            if let Some(c) = supported.iter().find(|c| c.matches(&name, rate)) {
-                chosen = Some((*c, pt));
-                break;
-            }
+    let mut first_error = None;
+    for (index, o) in media.iter().enumerate() {
+        if !o.is_audio() || o.port == 0 {
+            continue;
         }
+        if !o.is_plain_rtp() {
+            let proto = o.line.as_ref().map(|l| l.proto.clone()).unwrap_or_default();
+            first_error.get_or_insert(if o.is_secure() {
+                SdpError::SrtpOnly(proto)
+            } else {
+                SdpError::NoAudio
+            });
+            continue;
+        }
+        let name_of = |pt: u8| -> Option<(String, u32)> {
+            o.rtpmap
+                .iter()
+                .find(|(p, _, _)| *p == pt)
+                .map(|(_, n, r)| (n.clone(), *r))
+                .or_else(|| static_payload(pt).map(|(n, r)| (n.to_string(), r)))
+        };
+        let chosen = o.formats.iter().find_map(|&pt| {
+            let (name, rate) = name_of(pt)?;
+            let c = supported.iter().find(|c| c.matches(&name, rate))?;
+            Some((*c, pt))
+        });
+        let Some((codec, payload_type)) = chosen else {
+            first_error.get_or_insert(SdpError::NoCommonCodec(o.formats.clone()));
+            continue;
+        };
+        let ip = o.ip.or(session.ip).ok_or(SdpError::NoConnection)?;
+        let telephone_event = o.formats.iter().copied().find(|&pt| {
+            name_of(pt).is_some_and(|(n, r)| n.eq_ignore_ascii_case("telephone-event") && r == 8000)
+        });
+        return Ok(Negotiated {
+            remote_rtp: SocketAddr::new(ip, o.port),
+            codec,
+            payload_type,
+            telephone_event,
+            ptime_ms: o.ptime.filter(|p| (10..=60).contains(p)).unwrap_or(20),
+            direction: o
+                .direction
+                .or(session.direction)
+                .unwrap_or(Direction::SendRecv),
+            offered: media.iter().filter_map(|s| s.line.clone()).collect(),
+            audio_index: index,
+        });
     }
-    let (codec, payload_type) = chosen.ok_or_else(|| SdpError::NoCommonCodec(o.formats.clone()))?;
-    let telephone_event = o.formats.iter().copied().find(|&pt| {
-        name_of(pt).is_some_and(|(n, r)| n.eq_ignore_ascii_case("telephone-event") && r == 8000)
-    });
-    Ok(Negotiated {
-        remote_rtp: SocketAddr::new(ip, port),
-        codec,
-        payload_type,
-        telephone_event,
-        ptime_ms: o.ptime.filter(|p| (10..=60).contains(p)).unwrap_or(20),
-        direction: o.direction.unwrap_or(Direction::SendRecv),
-    })
+    Err(first_error.unwrap_or(SdpError::NoAudio))
 }
 
 fn parse_connection(value: &str) -> Option<IpAddr> {
@@ -155,7 +232,7 @@ fn parse_connection(value: &str) -> Option<IpAddr> {
     addr.split('/').next()?.parse().ok()
 }
 
-fn parse_attribute(value: &str, o: &mut Offer) {
+fn parse_attribute(value: &str, o: &mut Stream) {
     let (name, rest) = value.split_once(':').unwrap_or((value, ""));
     match name {
         "rtpmap" => {
@@ -208,12 +285,30 @@ pub fn answer(n: &Negotiated, local: SocketAddr, session_id: u64) -> String {
             "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
         ));
     }
-    format!(
-        "v=0\r\no=switchboard {session_id} {session_id} IN {ip_kind} {ip}\r\ns=switchboard\r\n\
-         c=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}\r\n{attrs}a=ptime:{ptime}\r\na={dir}\r\n",
+    let audio = format!(
+        "m=audio {port} RTP/AVP {pts}\r\n{attrs}a=ptime:{ptime}\r\na={dir}\r\n",
         port = local.port(),
         ptime = n.ptime_ms,
         dir = n.direction.answer(),
+    );
+    let mut media = String::new();
+    if n.offered.is_empty() {
+        media.push_str(&audio);
+    }
+    for (i, line) in n.offered.iter().enumerate() {
+        if i == n.audio_index {
+            media.push_str(&audio);
+        } else {
+            // Declined (RFC 3264 §6): same media and proto, port 0, one format.
+            media.push_str(&format!(
+                "m={} 0 {} {}\r\n",
+                line.media, line.proto, line.first_format
+            ));
+        }
+    }
+    format!(
+        "v=0\r\no=switchboard {session_id} {session_id} IN {ip_kind} {ip}\r\ns=switchboard\r\n\
+         c=IN {ip_kind} {ip}\r\nt=0 0\r\n{media}"
     )
 }
 
@@ -264,5 +359,50 @@ mod tests {
         assert!(a.contains("m=audio 20000 RTP/AVP 0 96\r\n"), "{a}");
         assert!(a.contains("a=rtpmap:96 telephone-event/8000"));
         assert!(a.contains("a=recvonly"));
+    }
+
+    #[test]
+    fn every_offered_stream_gets_an_answer_line() {
+        // Audio and video: the video line is declined with port 0, in the offered order.
+        let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=video 5002 RTP/AVP 31 96\r\na=rtpmap:96 H264/90000\r\n\
+                   m=audio 5000 RTP/AVP 0\r\nm=application 5004 UDP/BFCP *\r\n";
+        let n = negotiate(sdp, ALL).unwrap();
+        assert_eq!(n.remote_rtp, "127.0.0.1:5000".parse().unwrap());
+        let a = answer(&n, "127.0.0.1:20000".parse().unwrap(), 7);
+        let m: Vec<&str> = a.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(
+            m,
+            vec![
+                "m=video 0 RTP/AVP 31",
+                "m=audio 20000 RTP/AVP 0",
+                "m=application 0 UDP/BFCP *"
+            ],
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn srtp_only_offers_are_refused_and_plain_alternatives_taken() {
+        let savp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5000 RTP/SAVP 0\r\n\
+                    a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        assert!(offer_refusal(savp).is_some_and(|w| w.contains("SRTP")));
+        assert_eq!(
+            negotiate(savp, ALL),
+            Err(SdpError::SrtpOnly("RTP/SAVP".into()))
+        );
+        // An SRTP line with a plain RTP alternative: the plain one is answered, the SRTP one declined.
+        let both = format!("{savp}m=audio 5002 RTP/AVP 0\r\n");
+        assert_eq!(offer_refusal(&both), None);
+        let n = negotiate(&both, ALL).unwrap();
+        assert_eq!(n.remote_rtp.port(), 5002);
+        let a = answer(&n, "127.0.0.1:20000".parse().unwrap(), 7);
+        assert!(
+            a.contains("m=audio 0 RTP/SAVP 0\r\nm=audio 20000 RTP/AVP 0\r\n"),
+            "{a}"
+        );
+        let dtls = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 UDP/TLS/RTP/SAVPF 0\r\n";
+        assert!(offer_refusal(dtls).is_some());
+        let plain = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/AVP 0\r\n";
+        assert_eq!(offer_refusal(plain), None);
     }
 }
