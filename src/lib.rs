@@ -22,3 +22,4 @@ pub mod sip;
 pub mod speech;
 pub mod store;
 pub mod twiml;
+pub mod web;

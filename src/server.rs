@@ -151,7 +151,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                     "kind = \"sip\" needs trunk = \"sip:host[:port]\"",
                 )
             })?;
-        Ok(Arc::new(crate::sip::message_sink::SipMessageSink {
+        Ok(Arc::new(crate::messaging::providers::sip::SipMessageSink {
             handle: sip_handle.clone(),
             trunk,
         }))
@@ -299,7 +299,7 @@ async fn sms_trunk_sources(cfg: &Config) -> anyhow::Result<Acl> {
         .filter(|p| p.kind == crate::config::ProviderKind::Sip)
         .filter_map(|p| p.trunk.as_deref());
     for trunk in trunks {
-        let Some(hostport) = crate::sip::message_sink::hostport_of(trunk) else {
+        let Some(hostport) = crate::sip::endpoint::hostport_of(trunk) else {
             continue;
         };
         let resolved = tokio::net::lookup_host(hostport.as_str()).await;

@@ -23,10 +23,10 @@ struct Client {
 
 impl Client {
     fn new(g: &Gateway) -> Client {
-        switchboard::channel::http::install_crypto_provider();
+        switchboard::web::install_crypto_provider();
         Client {
             base: g.base_url(),
-            http: switchboard::channel::http::plain_client(),
+            http: switchboard::web::plain_client(),
             auth: Some((ACCOUNT_SID.into(), AUTH_TOKEN.into())),
         }
     }

@@ -123,7 +123,7 @@ async fn kill_9_during_a_rest_execution_keeps_its_steps_and_ends_it_with_a_reaso
         .unwrap()
         .sid;
     let mut gw = Gateway::start_in(&data, Some(&flow), &[]);
-    let http = switchboard::channel::http::plain_client();
+    let http = switchboard::web::plain_client();
     let created = http
         .post(format!("{}/v2/Flows/{flow_sid}/Executions", gw.base_url()))
         .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))

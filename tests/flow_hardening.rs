@@ -32,7 +32,7 @@ fn nested_flow(depth: usize) -> String {
 }
 
 fn client() -> reqwest::Client {
-    switchboard::channel::http::plain_client()
+    switchboard::web::plain_client()
 }
 
 async fn validate(g: &Gateway, definition: &str) -> (StatusCode, Value) {
@@ -268,7 +268,7 @@ async fn run_function_is_signed_and_the_token_never_leaves_for_foreign_urls() {
         .get("x-twilio-signature")
         .expect("X-Twilio-Signature");
     assert!(
-        switchboard::messaging::signature::valid(AUTH_TOKEN, &fn_url, &params, sig),
+        switchboard::web::signature::valid(AUTH_TOKEN, &fn_url, &params, sig),
         "signature {sig} does not verify"
     );
 

@@ -222,7 +222,7 @@ async fn slow_and_greedy_http_clients_are_cut_off() {
 }
 
 async fn get(url: &str, auth: Option<(&str, &str)>) -> (u16, String) {
-    let http = switchboard::channel::http::plain_client();
+    let http = switchboard::web::plain_client();
     let mut req = http.get(url);
     if let Some((u, p)) = auth {
         req = req.basic_auth(u, Some(p));

@@ -18,8 +18,8 @@ use axum::routing::post;
 use axum::Json;
 use serde_json::{json, Value};
 use support::*;
-use switchboard::messaging::signature;
 use switchboard::routing::LoadedFlow;
+use switchboard::web::signature;
 
 const FLOWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flows");
 const CONTACT: &str = "+15550100001";
@@ -68,7 +68,7 @@ async fn messages(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let form = switchboard::api::params::decode_form(&body);
+    let form = switchboard::web::params::decode_form(&body);
     let sent = Sent {
         account: account.clone(),
         authorization: headers
@@ -166,9 +166,9 @@ struct Inbound {
 
 impl Inbound {
     fn new(gw: &Gateway, flow_sid: &str) -> Inbound {
-        switchboard::channel::http::install_crypto_provider();
+        switchboard::web::install_crypto_provider();
         Inbound {
-            http: switchboard::channel::http::plain_client(),
+            http: switchboard::web::plain_client(),
             url: format!(
                 "{}/v1/Accounts/{ACCOUNT_SID}/Flows/{flow_sid}",
                 gw.base_url()
@@ -856,7 +856,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     let phone = Phone::dial(gw.sip, CONTACT, Offer::Rfc4733).await;
     phone.wait_bye(Duration::from_secs(5)).await;
     // The API with the right and a wrong password.
-    let http = switchboard::channel::http::plain_client();
+    let http = switchboard::web::plain_client();
     for pass in [api_token, "wrong-password-123"] {
         let _ = http
             .get(format!("{}/v2/Flows", gw.base_url()))

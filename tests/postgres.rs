@@ -18,12 +18,12 @@ use axum::routing::post;
 use axum::Json;
 use serde_json::{json, Value};
 use support::*;
-use switchboard::messaging::signature;
 use switchboard::routing::LoadedFlow;
 use switchboard::store::{
     new_sid, now_rfc3339, ExecutionFilter, ExecutionRecord, RevisionRecord, StepRecord, Store,
     StoreError,
 };
+use switchboard::web::signature;
 
 // ---------------------------------------------------------------------------------------------
 // A throwaway PostgreSQL cluster.
@@ -613,7 +613,7 @@ async fn outbox_messages(
     State(outbox): State<Arc<Outbox>>,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<Value>) {
-    let form = switchboard::api::params::decode_form(&body);
+    let form = switchboard::web::params::decode_form(&body);
     let get = |k: &str| {
         form.iter()
             .find(|(n, _)| n == k)
@@ -749,7 +749,7 @@ fn node_config(dir: &Path, db_url: &str, provider: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_sessions_replies_timeouts_and_calls_on_postgres() {
     let Some(db_url) = database() else { return };
-    switchboard::channel::http::install_crypto_provider();
+    switchboard::web::install_crypto_provider();
     let (outbox, provider) = Outbox::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let flow = tmp.path().join("two-node.json");
@@ -765,7 +765,7 @@ async fn two_nodes_share_sessions_replies_timeouts_and_calls_on_postgres() {
         "the nodes use PostgreSQL, not a local SQLite file"
     );
     let store = Store::open(&db_url).await.unwrap();
-    let http = switchboard::channel::http::plain_client();
+    let http = switchboard::web::plain_client();
 
     // 1. One contact's first message reaches both nodes at the same moment: one execution.
     let racer = "+15550100010";
@@ -1055,7 +1055,7 @@ async fn a_database_outage_refuses_new_calls_keeps_the_call_in_progress_and_reco
         &["--config", cfg.to_str().unwrap()],
     );
     let healthz = || async {
-        switchboard::channel::http::plain_client()
+        switchboard::web::plain_client()
             .get(format!("{}/healthz", gw.base_url()))
             .send()
             .await

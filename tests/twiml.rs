@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method as HttpMethod, StatusCode, Uri};
 use serde_json::{json, Map, Value};
 use switchboard::flow::{Gather, Outcome, Prompt, Record, Redirect};
-use switchboard::messaging::signature;
 use switchboard::twiml::{run_redirect, Limits, RedirectEnv, VoiceOps};
+use switchboard::web::signature;
 
 const TOKEN: &str = "tok-twiml-test";
 
@@ -205,8 +205,8 @@ async fn run_with(
     timeout_secs: u32,
     limits: Limits,
 ) -> Outcome {
-    switchboard::channel::http::install_crypto_provider();
-    let http = switchboard::channel::http::plain_client();
+    switchboard::web::install_crypto_provider();
+    let http = switchboard::web::plain_client();
     let call = call();
     let env = RedirectEnv {
         http: &http,

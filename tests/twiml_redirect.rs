@@ -51,7 +51,7 @@ async fn handle(
         .get("X-Twilio-Signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let signed = switchboard::messaging::signature::valid(AUTH_TOKEN, &full, &form, given);
+    let signed = switchboard::web::signature::valid(AUTH_TOKEN, &full, &form, given);
     app.seen.lock().unwrap().push(Seen {
         path: uri.path().to_string(),
         form: form.into_iter().collect(),

@@ -16,9 +16,9 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
-use super::errors::ApiError;
 use super::Api;
 use crate::config::ApiConfig;
+use crate::web::{constant_time_eq, ApiError};
 
 pub const CREDENTIALS_FILE: &str = "api-credentials.toml";
 
@@ -145,17 +145,6 @@ impl Credentials {
         let token_ok = constant_time_eq(pass, self.auth_token.as_bytes());
         sid_ok & token_ok
     }
-}
-
-/// Compare without an early exit on the first differing byte (lengths are not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// Write `text` to `path` readable by the owner only, atomically (temp file + rename).

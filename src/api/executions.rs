@@ -13,10 +13,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::errors::ApiError;
 use super::flows::compiled;
 use super::paging::{page, PageRequest};
-use super::params::Params;
 use super::{twilio_date, Api};
 use crate::channel::NewExecution;
 use crate::flow::{ExecutionInit, Trigger};
@@ -25,6 +23,8 @@ use crate::routing::LoadedFlow;
 use crate::store::{
     new_sid, now_rfc3339, ExecutionFilter, ExecutionRecord, StepRecord, StoreError,
 };
+use crate::web::params::Params;
+use crate::web::ApiError;
 
 type Answer = Result<Json<Value>, ApiError>;
 
@@ -405,7 +405,7 @@ pub async fn step_context(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::params::decode_form;
+    use crate::web::params::decode_form;
 
     #[test]
     fn date_bounds() {

@@ -9,13 +9,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::errors::ApiError;
 use super::paging::{page, PageRequest};
-use super::params::Params;
 use super::{twilio_date, Api};
 use crate::flow::{Flow, FlowError, ValidationError};
 use crate::routing::LoadedFlow;
 use crate::store::{new_sid, now_rfc3339, FlowRecord, RevisionRecord, Store, StoreError};
+use crate::web::params::Params;
+use crate::web::ApiError;
 
 type Answer = Result<Json<Value>, ApiError>;
 

@@ -2,19 +2,16 @@
 //! SID and auth token). Twilio's paths, parameters (form-encoded, or JSON) and snake_case JSON.
 //!
 //! - `auth`: credentials (configured or generated) and the Basic check.
-//! - `params`: form/query/JSON request parameters.
 //! - `paging`: `PageSize`/`Page`/`PageToken` and the `meta` block.
 //! - `flows`: Flows, Revisions, Validate, TestUsers.
 //! - `executions`: Executions, their Context, Steps and step Context.
-//! - `errors`: Twilio-shaped error bodies.
+//! Request parameters and Twilio-shaped error bodies are `crate::web`'s.
 
 pub mod auth;
-pub mod errors;
 mod executions;
 mod flows;
 pub mod listener;
 pub mod paging;
-pub mod params;
 mod recordings;
 
 use std::collections::HashMap;
@@ -25,8 +22,8 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 
+pub use crate::web::ApiError;
 pub use auth::Credentials;
-pub use errors::ApiError;
 
 use crate::channel::Runner;
 use crate::messaging::MessageSink;

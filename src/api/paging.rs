@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 
-use super::errors::ApiError;
-use super::params::{encode, Params};
+use crate::web::params::{encode, Params};
+use crate::web::ApiError;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 1000;
@@ -94,7 +94,7 @@ pub fn page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::params::decode_form;
+    use crate::web::params::decode_form;
 
     fn req(q: &str) -> Result<PageRequest, ApiError> {
         PageRequest::from_params(&Params(decode_form(q.as_bytes())))

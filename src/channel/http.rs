@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::flow::{HttpAuth, HttpBody, HttpRequest, Outcome};
-use crate::messaging::signature;
+use crate::web::signature;
 
 /// Responses larger than this are cut (Studio widgets parse at most a few hundred KB).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -68,21 +68,10 @@ impl ApiBase {
     }
 }
 
-/// A plain client with the crypto provider installed (tests and tools that need no settings).
-pub fn plain_client() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::new()
-}
-
-pub fn install_crypto_provider() {
-    // One crypto stack (ring); a second install attempt is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl HttpClient {
     /// `account`: our own API's (account SID, auth token), when there is one.
     pub fn new(account: Option<(String, String)>) -> HttpClient {
-        install_crypto_provider();
+        crate::web::install_crypto_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(5))

@@ -378,7 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_are_posted_and_retried() {
-        crate::channel::http::install_crypto_provider();
+        crate::web::install_crypto_provider();
         let got: Arc<Mutex<Vec<Vec<Value>>>> = Arc::default();
         let calls = Arc::new(AtomicU64::new(0));
         let (g, c) = (got.clone(), calls.clone());
@@ -405,7 +405,7 @@ mod tests {
             retry_base_ms: 20,
             ..EventsConfig::default()
         };
-        let ev = Events::start(&cfg, "AC1", crate::channel::http::plain_client())
+        let ev = Events::start(&cfg, "AC1", crate::web::plain_client())
             .unwrap()
             .unwrap();
         let e = exec();

@@ -4,7 +4,6 @@
 //! live in the store with their deadline, so replies and timeouts work across restarts.
 
 pub mod providers;
-pub mod signature;
 pub mod webhook;
 
 use std::collections::HashMap;

@@ -15,9 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value};
 
-use super::{signature, Conversations, Delivery, InboundMessage};
-use crate::api::params::decode_form;
-use crate::api::ApiError;
+use super::{Conversations, Delivery, InboundMessage};
+use crate::web::params::decode_form;
+use crate::web::signature;
+use crate::web::ApiError;
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";

@@ -46,6 +46,27 @@ pub enum SendMessageError {
     Stopped,
 }
 
+/// `host:port` of a trunk URI (`sip:[user@]host[:port][;params]`), port 5060 by default.
+pub fn hostport_of(trunk: &str) -> Option<String> {
+    let rest = trunk.trim().strip_prefix("sip:")?;
+    let rest = rest.split([';', '?']).next()?;
+    let host = rest.rsplit('@').next()?;
+    if host.is_empty() {
+        return None;
+    }
+    let has_port = if host.starts_with('[') {
+        host.contains("]:")
+    } else {
+        host.rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    };
+    Some(if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:5060")
+    })
+}
+
 impl SipHandle {
     pub fn send(&self, cmd: Command) {
         // The endpoint only stops when the process does; a closed channel is not an error then.
@@ -60,21 +81,8 @@ impl SipHandle {
         from_user: &str,
         body: &str,
     ) -> Result<(), SendMessageError> {
-        let hostport = uri
-            .strip_prefix("sip:")
-            .and_then(|r| r.split([';', '?']).next())
-            .map(|r| r.rsplit('@').next().unwrap_or(r))
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| SendMessageError::BadUri(uri.to_string()))?;
-        let with_port = if hostport.starts_with('[')
-            || hostport
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            hostport.to_string()
-        } else {
-            format!("{hostport}:5060")
-        };
+        let with_port =
+            hostport_of(uri).ok_or_else(|| SendMessageError::BadUri(uri.to_string()))?;
         let addr = tokio::net::lookup_host(&with_port)
             .await
             .map_err(|e| SendMessageError::Resolve(with_port.clone(), e.to_string()))?
@@ -663,6 +671,22 @@ fn frame(buf: &[u8], max: usize) -> Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trunk_host_and_port() {
+        assert_eq!(
+            hostport_of("sip:127.0.0.1:5070").as_deref(),
+            Some("127.0.0.1:5070")
+        );
+        assert_eq!(
+            hostport_of("sip:sms@gw.example.net;transport=udp").as_deref(),
+            Some("gw.example.net:5060")
+        );
+        assert_eq!(hostport_of("sip:[::1]:5080").as_deref(), Some("[::1]:5080"));
+        assert_eq!(hostport_of("sip:[::1]").as_deref(), Some("[::1]:5060"));
+        assert_eq!(hostport_of("tel:+1555"), None);
+        assert_eq!(hostport_of("sip:"), None);
+    }
 
     #[test]
     fn stream_framing() {

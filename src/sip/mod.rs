@@ -6,7 +6,6 @@ pub mod core;
 pub mod defence;
 pub mod endpoint;
 pub mod message;
-pub mod message_sink;
 pub mod sdp;
 
 pub use self::core::{

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 use super::parse::{Method, ParseError};
-use crate::messaging::signature;
+use crate::web::signature;
 
 /// The largest TwiML document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;

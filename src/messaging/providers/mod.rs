@@ -255,7 +255,7 @@ mod tests {
         .unwrap();
         let (tx, _rx) = mpsc::channel(1);
         let ctx = ProviderContext {
-            http: crate::channel::http::plain_client(),
+            http: crate::web::plain_client(),
             inbound: tx,
         };
         let p = Providers::from_config(&cfg, &ctx).unwrap();

@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn configuration_is_checked() {
-        let http = crate::channel::http::plain_client();
+        let http = crate::web::plain_client();
         let p = TwilioProvider::new(&cfg("http://127.0.0.1:9/"), http.clone()).unwrap();
         assert_eq!(
             p.url,
@@ -235,12 +235,9 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_is_a_delivery_failure() {
-        crate::channel::http::install_crypto_provider();
-        let p = TwilioProvider::new(
-            &cfg("http://127.0.0.1:9"),
-            crate::channel::http::plain_client(),
-        )
-        .unwrap();
+        crate::web::install_crypto_provider();
+        let p =
+            TwilioProvider::new(&cfg("http://127.0.0.1:9"), crate::web::plain_client()).unwrap();
         let m = Message {
             from: "+1".into(),
             to: "+2".into(),

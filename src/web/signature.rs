@@ -6,7 +6,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha1::Sha1;
 
-use crate::api::auth::constant_time_eq;
+use crate::web::constant_time_eq;
 
 /// The signature Twilio sends for a POST of `params` to `url`.
 pub fn sign(auth_token: &str, url: &str, params: &[(String, String)]) -> String {
