@@ -5,6 +5,7 @@
 //! - `paging`: `PageSize`/`Page`/`PageToken` and the `meta` block.
 //! - `flows`: Flows, Revisions, Validate, TestUsers.
 //! - `executions`: Executions, their Context, Steps and step Context.
+//!
 //! Request parameters and Twilio-shaped error bodies are `crate::web`'s.
 
 pub mod auth;
