@@ -24,7 +24,7 @@ pub struct Config {
     pub media: MediaSettings,
     pub tts: TtsConfig,
     /// Speech recognition for gather widgets with speech input.
-    pub speech: crate::speech::SpeechConfig,
+    pub speech: SpeechConfig,
     pub database: DatabaseConfig,
     pub api: ApiConfig,
     pub messaging: MessagingConfig,
@@ -68,7 +68,36 @@ impl Default for ShutdownConfig {
     }
 }
 
-pub use crate::events::EventsConfig;
+/// `[events]` in the configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// URLs that receive batches of CloudEvents (a JSON array per POST). Empty: no events.
+    pub sinks: Vec<String>,
+    /// At most this many events per POST.
+    pub batch_size: usize,
+    /// How long a batch may wait to fill before it is sent (milliseconds).
+    pub flush_ms: u64,
+    /// Events queued per sink before the oldest are dropped.
+    pub queue_capacity: usize,
+    /// Attempts per batch (the first one included) before it is given up.
+    pub max_attempts: u32,
+    /// First retry delay (milliseconds); doubled on each retry, at most 30 s.
+    pub retry_base_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            sinks: Vec::new(),
+            batch_size: 100,
+            flush_ms: 1000,
+            queue_capacity: 10_000,
+            max_attempts: 5,
+            retry_base_ms: 250,
+        }
+    }
+}
 
 /// `[messaging]`: the inbound webhook and the outbound providers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,7 +324,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             media: MediaSettings::default(),
             tts: TtsConfig::default(),
-            speech: crate::speech::SpeechConfig::default(),
+            speech: SpeechConfig::default(),
             database: DatabaseConfig::default(),
             api: ApiConfig::default(),
             messaging: MessagingConfig::default(),
@@ -400,6 +429,31 @@ impl Config {
                 "sqlite://{}?mode=rwc",
                 self.data_dir.join("switchboard.db").display()
             ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeechConfig {
+    /// `none` (speech input times out) or `pocketsphinx`.
+    pub engine: String,
+    pub command: String,
+    /// Acoustic model and dictionary (Debian's pocketsphinx-en-us paths by default).
+    pub hmm: PathBuf,
+    pub dict: PathBuf,
+    pub lm: PathBuf,
+}
+
+impl Default for SpeechConfig {
+    fn default() -> Self {
+        let model = PathBuf::from("/usr/share/pocketsphinx/model/en-us");
+        SpeechConfig {
+            engine: "none".into(),
+            command: "pocketsphinx_continuous".into(),
+            hmm: model.join("en-us"),
+            dict: model.join("cmudict-en-us.dict"),
+            lm: model.join("en-us.lm.bin"),
         }
     }
 }

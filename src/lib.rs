@@ -16,6 +16,7 @@ pub mod media;
 pub mod messaging;
 pub mod metrics;
 pub mod redact;
+pub mod retention;
 pub mod routing;
 pub mod server;
 pub mod sip;

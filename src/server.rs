@@ -115,7 +115,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     }
     recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
     store.watch_health(std::time::Duration::from_secs(1));
-    tokio::spawn(crate::store::retention::run(
+    tokio::spawn(crate::retention::run(
         store.clone(),
         cfg.retention.clone(),
         events.clone(),

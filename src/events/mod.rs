@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -35,36 +34,8 @@ pub fn end_code(reason: &EndReason) -> &'static str {
     }
 }
 
-/// `[events]` in the configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EventsConfig {
-    /// URLs that receive batches of CloudEvents (a JSON array per POST). Empty: no events.
-    pub sinks: Vec<String>,
-    /// At most this many events per POST.
-    pub batch_size: usize,
-    /// How long a batch may wait to fill before it is sent (milliseconds).
-    pub flush_ms: u64,
-    /// Events queued per sink before the oldest are dropped.
-    pub queue_capacity: usize,
-    /// Attempts per batch (the first one included) before it is given up.
-    pub max_attempts: u32,
-    /// First retry delay (milliseconds); doubled on each retry, at most 30 s.
-    pub retry_base_ms: u64,
-}
 
-impl Default for EventsConfig {
-    fn default() -> Self {
-        EventsConfig {
-            sinks: Vec::new(),
-            batch_size: 100,
-            flush_ms: 1000,
-            queue_capacity: 10_000,
-            max_attempts: 5,
-            retry_base_ms: 250,
-        }
-    }
-}
+pub use crate::config::EventsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {

@@ -4,10 +4,8 @@
 //! With no recogniser configured, speech input is a clear `timeout`.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeechError {
@@ -38,30 +36,7 @@ pub trait Recognizer: Send + Sync {
     ) -> RecognizeFuture<'a>;
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SpeechConfig {
-    /// `none` (speech input times out) or `pocketsphinx`.
-    pub engine: String,
-    pub command: String,
-    /// Acoustic model and dictionary (Debian's pocketsphinx-en-us paths by default).
-    pub hmm: PathBuf,
-    pub dict: PathBuf,
-    pub lm: PathBuf,
-}
-
-impl Default for SpeechConfig {
-    fn default() -> Self {
-        let model = PathBuf::from("/usr/share/pocketsphinx/model/en-us");
-        SpeechConfig {
-            engine: "none".into(),
-            command: "pocketsphinx_continuous".into(),
-            hmm: model.join("en-us"),
-            dict: model.join("cmudict-en-us.dict"),
-            lm: model.join("en-us.lm.bin"),
-        }
-    }
-}
+pub use crate::config::SpeechConfig;
 
 pub fn from_config(cfg: &SpeechConfig) -> Option<Box<dyn Recognizer>> {
     match cfg.engine.as_str() {
