@@ -59,4 +59,3 @@ pub async fn run(
         tokio::time::sleep(interval).await;
     }
 }
-

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::flow::Flow;
+use crate::store::{Store, StoreError};
 
 pub const DEMO_FLOW: &str = include_str!("../examples/demo-ivr.json");
 
@@ -117,6 +118,52 @@ pub struct Router {
 }
 
 impl Router {
+    /// Register every flow stored through the API in the router (at start-up). A stored flow that
+    /// no longer compiles is reported and skipped.
+    pub async fn load_stored(&self, store: &Store) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for sid in store.flow_sids().await? {
+            match store.runnable_revision(&sid).await? {
+                Some(rev) => {
+                    match LoadedFlow::with_sid(&sid, &rev.friendly_name, &rev.definition) {
+                        Ok(f) => {
+                            self.register(Arc::new(f));
+                            n += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(flow = %sid, error = %e, "stored flow does not load")
+                        }
+                    }
+                }
+                None => continue,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Find a flow stored through the API that this node has not loaded yet (another node created
+    /// or published it) and register it; `None` when the store has no runnable revision.
+    pub async fn load_stored_flow(
+        &self,
+        store: &Store,
+        sid: &str,
+    ) -> Result<Option<Arc<LoadedFlow>>, StoreError> {
+        let Some(rev) = store.runnable_revision(sid).await? else {
+            return Ok(None);
+        };
+        match LoadedFlow::with_sid(sid, &rev.friendly_name, &rev.definition) {
+            Ok(f) => {
+                let f = Arc::new(f);
+                self.register(f.clone());
+                Ok(Some(f))
+            }
+            Err(e) => {
+                tracing::warn!(flow = %sid, error = %e, "stored flow does not load");
+                Ok(None)
+            }
+        }
+    }
+
     /// A router that sends everything to one flow (the chat CLI, tests).
     pub fn single(flow: LoadedFlow) -> Router {
         Router {

@@ -96,7 +96,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let node = node_id(&cfg.data_dir)?;
     let store = Store::open(&db_url).await?.on_node(&node);
     tracing::info!(database = %redact(&db_url), %node, "store open");
-    let stored = crate::api::load_stored_flows(&store, &router).await?;
+    let stored = router.load_stored(&store).await?;
     if stored > 0 {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
     }

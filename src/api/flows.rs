@@ -13,7 +13,7 @@ use super::paging::{page, PageRequest};
 use super::{twilio_date, Api};
 use crate::flow::{Flow, FlowError, ValidationError};
 use crate::routing::LoadedFlow;
-use crate::store::{new_sid, now_rfc3339, FlowRecord, RevisionRecord, Store, StoreError};
+use crate::store::{new_sid, now_rfc3339, FlowRecord, RevisionRecord};
 use crate::web::params::Params;
 use crate::web::ApiError;
 
@@ -124,18 +124,6 @@ async fn found(api: &Api, sid: &str) -> Result<(FlowRecord, RevisionRecord), Api
     Ok((f, rev))
 }
 
-/// The revision calls, messages and subflows run: the latest published one, or the latest
-/// while none is published.
-pub(crate) async fn runnable_revision(
-    store: &Store,
-    sid: &str,
-) -> Result<Option<RevisionRecord>, StoreError> {
-    match store.latest_revision(sid, true).await? {
-        Some(r) => Ok(Some(r)),
-        None => store.latest_revision(sid, false).await,
-    }
-}
-
 /// Compile a revision once and keep it.
 pub(crate) fn compiled(api: &Api, rev: &RevisionRecord) -> Result<Arc<LoadedFlow>, ApiError> {
     let key = (rev.flow_sid.clone(), rev.revision);
@@ -153,7 +141,7 @@ pub(crate) fn compiled(api: &Api, rev: &RevisionRecord) -> Result<Arc<LoadedFlow
 
 /// Make the router's copy of a flow its runnable revision.
 async fn refresh_router(api: &Api, sid: &str) -> Result<(), ApiError> {
-    if let Some(rev) = runnable_revision(&api.store, sid).await? {
+    if let Some(rev) = api.store.runnable_revision(sid).await? {
         api.router.register(compiled(api, &rev)?);
     }
     Ok(())

@@ -29,7 +29,7 @@ pub use auth::Credentials;
 use crate::channel::Runner;
 use crate::messaging::MessageSink;
 use crate::routing::{LoadedFlow, Router as FlowRouter};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// What the API handlers share.
 pub struct Api {
@@ -187,48 +187,6 @@ pub fn metrics_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
             )
         }),
     )
-}
-
-/// Register every flow stored through the API in the router (at start-up). A stored flow that
-/// no longer compiles is reported and skipped.
-pub async fn load_stored_flows(store: &Store, router: &FlowRouter) -> Result<usize, StoreError> {
-    let mut n = 0;
-    for sid in store.flow_sids().await? {
-        match flows::runnable_revision(store, &sid).await? {
-            Some(rev) => match LoadedFlow::with_sid(&sid, &rev.friendly_name, &rev.definition) {
-                Ok(f) => {
-                    router.register(Arc::new(f));
-                    n += 1;
-                }
-                Err(e) => tracing::warn!(flow = %sid, error = %e, "stored flow does not load"),
-            },
-            None => continue,
-        }
-    }
-    Ok(n)
-}
-
-/// Find a flow stored through the API that this node has not loaded yet (another node created
-/// or published it) and register it; `None` when the store has no runnable revision.
-pub async fn load_stored_flow(
-    store: &Store,
-    router: &FlowRouter,
-    sid: &str,
-) -> Result<Option<Arc<LoadedFlow>>, StoreError> {
-    let Some(rev) = flows::runnable_revision(store, sid).await? else {
-        return Ok(None);
-    };
-    match LoadedFlow::with_sid(sid, &rev.friendly_name, &rev.definition) {
-        Ok(f) => {
-            let f = Arc::new(f);
-            router.register(f.clone());
-            Ok(Some(f))
-        }
-        Err(e) => {
-            tracing::warn!(flow = %sid, error = %e, "stored flow does not load");
-            Ok(None)
-        }
-    }
 }
 
 /// Twilio's date form: `2026-11-26T02:58:33Z` (stored dates carry milliseconds).

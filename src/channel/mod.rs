@@ -103,7 +103,7 @@ impl Runner {
         if let Some(f) = self.router.by_sid(sid) {
             return Some(f);
         }
-        match crate::api::load_stored_flow(&self.store, &self.router, sid).await {
+        match self.router.load_stored_flow(&self.store, sid).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(flow = %sid, error = %e, "looking up a stored flow");

@@ -34,7 +34,6 @@ pub fn end_code(reason: &EndReason) -> &'static str {
     }
 }
 
-
 pub use crate::config::EventsConfig;
 
 #[derive(Debug, thiserror::Error)]

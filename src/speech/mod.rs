@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::pin::Pin;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum SpeechError {
     #[error(

@@ -204,6 +204,14 @@ impl Store {
         row.map(|r| revision_from(&r)).transpose()
     }
 
+    /// The revision a flow runs: the latest published, else the latest draft.
+    pub async fn runnable_revision(&self, sid: &str) -> Result<Option<RevisionRecord>, StoreError> {
+        match self.latest_revision(sid, true).await? {
+            Some(r) => Ok(Some(r)),
+            None => self.latest_revision(sid, false).await,
+        }
+    }
+
     /// The newest revision, or the newest published one.
     pub async fn latest_revision(
         &self,
