@@ -11,10 +11,10 @@ use anyhow::Context as _;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::channel::{params, Finished, HttpClient, Runner};
 use crate::flow::Message;
 use crate::messaging::{Conversations, Delivery, InboundMessage, MessageSink, SendFuture};
 use crate::routing::{LoadedFlow, Router};
+use crate::runner::{params, Finished, HttpClient, Runner};
 use crate::store::{new_sid, Store};
 
 pub struct ChatOptions {

@@ -6,10 +6,9 @@
 
 pub mod api;
 pub mod call;
-pub mod caller;
-pub mod channel;
 pub mod chat;
 pub mod config;
+pub mod dialer;
 pub mod events;
 pub mod flow;
 pub mod media;
@@ -18,6 +17,7 @@ pub mod metrics;
 pub mod redact;
 pub mod retention;
 pub mod routing;
+pub mod runner;
 pub mod server;
 pub mod sip;
 pub mod speech;

@@ -56,7 +56,7 @@ enum Cmd {
     /// Call a SIP URI as a real user agent (SIP/UDP, RTP, RFC 4733 DTMF): one test call, or
     /// a load run with --calls/--concurrency/--rate. Prints a summary; the last stdout line is
     /// JSON ({"summary": ...}). Exits 0 when every call was answered and ended cleanly.
-    Call(switchboard::caller::CallArgs),
+    Call(switchboard::dialer::CallArgs),
     /// Studio flow tools.
     Flow {
         #[command(subcommand)]
@@ -198,7 +198,7 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn call(args: &switchboard::caller::CallArgs) -> ExitCode {
+fn call(args: &switchboard::dialer::CallArgs) -> ExitCode {
     match run_call(args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -210,7 +210,7 @@ fn call(args: &switchboard::caller::CallArgs) -> ExitCode {
 }
 
 /// Ok(true) when every call completed; the summary goes to stdout, its JSON line last.
-fn run_call(args: &switchboard::caller::CallArgs) -> anyhow::Result<bool> {
+fn run_call(args: &switchboard::dialer::CallArgs) -> anyhow::Result<bool> {
     use anyhow::Context as _;
     let opts = args.validate()?;
     let single = opts.calls == 1;
@@ -218,7 +218,7 @@ fn run_call(args: &switchboard::caller::CallArgs) -> anyhow::Result<bool> {
         .enable_all()
         .build()
         .context("cannot start runtime")?;
-    let summary = rt.block_on(switchboard::caller::run(opts))?;
+    let summary = rt.block_on(switchboard::dialer::run(opts))?;
     print!("{}", summary.human());
     println!("{}", summary.json_line());
     if summary.success() {

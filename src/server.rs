@@ -101,7 +101,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
     }
     let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
-    let http_client = crate::channel::HttpClient::new(Some((
+    let http_client = crate::runner::HttpClient::new(Some((
         credentials.account_sid.clone(),
         credentials.auth_token().to_string(),
     )));
@@ -121,7 +121,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events.clone(),
     ));
     let events_for_shutdown = events.clone();
-    let runner = crate::channel::Runner {
+    let runner = crate::runner::Runner {
         store,
         http: http_client,
         router: router.clone(),

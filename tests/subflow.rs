@@ -3,11 +3,11 @@
 use std::sync::{Arc, Mutex};
 
 use serde_json::Map;
-use switchboard::channel::{HttpClient, Runner};
 use switchboard::config::{Config, Route};
 use switchboard::flow::Message;
 use switchboard::messaging::{Conversations, Delivery, InboundMessage, MessageSink, SendFuture};
 use switchboard::routing::{LoadedFlow, Router};
+use switchboard::runner::{HttpClient, Runner};
 use switchboard::store::Store;
 
 #[derive(Default)]

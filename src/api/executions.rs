@@ -16,10 +16,10 @@ use serde_json::{json, Map, Value};
 use super::flows::compiled;
 use super::paging::{page, PageRequest};
 use super::{twilio_date, Api};
-use crate::channel::NewExecution;
 use crate::flow::{ExecutionInit, Trigger};
 use crate::messaging::{session_key, MessagingChannel};
 use crate::routing::LoadedFlow;
+use crate::runner::NewExecution;
 use crate::store::{
     new_sid, now_rfc3339, ExecutionFilter, ExecutionRecord, StepRecord, StoreError,
 };

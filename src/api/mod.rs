@@ -26,9 +26,9 @@ use axum::Router;
 pub use crate::web::ApiError;
 pub use auth::Credentials;
 
-use crate::channel::Runner;
 use crate::messaging::MessageSink;
 use crate::routing::{LoadedFlow, Router as FlowRouter};
+use crate::runner::Runner;
 use crate::store::Store;
 
 /// What the API handlers share.

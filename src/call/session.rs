@@ -9,10 +9,10 @@ use tokio::sync::mpsc;
 
 use super::registry::{info_digit, CallKey, CallSignal, Registry};
 use super::voice::VoiceChannel;
-use crate::channel::{Finished, NewExecution, Runner};
 use crate::flow::{ExecutionInit, Trigger};
 use crate::media::{Codec, MediaEngine, StreamParams};
 use crate::routing::{LoadedFlow, Router};
+use crate::runner::{Finished, NewExecution, Runner};
 use crate::sip::sdp::{self, Negotiated};
 use crate::sip::{Command, Event, IncomingInvite, SipHandle};
 use crate::store::new_sid;

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use super::prompts::Prompts;
 use super::recordings::Recordings;
 use super::registry::CallSignal;
-use crate::channel::Medium;
 use crate::flow::{Effect, Gather, Outcome, Prompt, Record};
 use crate::media::engine::MediaEvent;
 use crate::media::vad::Vad;
 use crate::media::{tones, Clip, MediaSession};
+use crate::runner::Medium;
 
 /// Studio's `loop: 0` means "until the caller hangs up"; Twilio caps it at 1,000 repetitions.
 const LOOP_FOREVER: u32 = 1000;

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
-use crate::channel::{params, Finished, Medium, NewExecution, Runner};
 use crate::flow::{Effect, ExecutionInit, Message, Outcome, Trigger};
 use crate::routing::LoadedFlow;
+use crate::runner::{params, Finished, Medium, NewExecution, Runner};
 use crate::store::{new_sid, now_rfc3339, StoreError};
 
 /// The result of sending: Studio's published fields, or why it failed.

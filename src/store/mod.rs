@@ -5,10 +5,10 @@
 //! already decided. `active_key` is unique while an execution is active: it is what stops two
 //! nodes from starting a second execution for the same session.
 
-mod api;
+mod catalog;
 pub mod retention;
 
-pub use api::{ExecutionFilter, FlowRecord, RevisionRecord};
+pub use catalog::{ExecutionFilter, FlowRecord, RevisionRecord};
 pub use retention::Swept;
 
 use std::sync::Arc;

@@ -197,7 +197,7 @@ fn smpp_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::params;
+    use crate::runner::params;
 
     struct Named(&'static str);
 

@@ -15,10 +15,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::ProviderError;
-use crate::channel::params;
 use crate::config::ProviderConfig;
 use crate::flow::Message;
 use crate::messaging::{InboundMessage, MessageSink, SendFuture};
+use crate::runner::params;
 use crate::store::new_sid;
 
 /// How long a submit may wait for the SMSC's answer.

@@ -110,8 +110,8 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caller::load::CallResult;
-    use crate::caller::uac::End;
+    use crate::dialer::load::CallResult;
+    use crate::dialer::uac::End;
 
     #[test]
     fn json_line_has_the_counts() {
