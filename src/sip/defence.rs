@@ -8,74 +8,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use super::acl::{Acl, AclError};
 
 pub const MAX_SOURCES: usize = 65_536;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// `[sip.defence]`: on by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DefenceConfig {
-    pub enabled: bool,
-    /// Requests per second per source IP, by method; bursts of twice as many pass. ACK is never
-    /// limited (dropping it only causes retransmissions).
-    pub rate_invite: u32,
-    pub rate_register: u32,
-    pub rate_options: u32,
-    pub rate_other: u32,
-    /// Over the rate: `reject` answers 503 with Retry-After, `drop` sends nothing.
-    pub over_rate: OverRate,
-    /// A source refused this many times (by the ACL, or for a scanner User-Agent) within
-    /// `ban_window_secs` is banned: everything it sends is dropped for `ban_secs`.
-    pub ban_after_failures: u32,
-    pub ban_window_secs: u64,
-    pub ban_secs: u64,
-    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped.
-    pub scanner_user_agents: Vec<String>,
-    /// Sources (CIDR) exempt from rate limits and bans; the User-Agent check still applies.
-    /// Default: this machine, so that local load tools are not throttled.
-    pub exempt: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OverRate {
-    Reject,
-    Drop,
-}
-
-impl Default for DefenceConfig {
-    fn default() -> Self {
-        DefenceConfig {
-            enabled: true,
-            rate_invite: 50,
-            rate_register: 10,
-            rate_options: 20,
-            rate_other: 200,
-            over_rate: OverRate::Reject,
-            ban_after_failures: 10,
-            ban_window_secs: 60,
-            ban_secs: 600,
-            scanner_user_agents: [
-                "friendly-scanner",
-                "sipvicious",
-                "sipcli",
-                "vaxsipuseragent",
-                "sip-scan",
-                "sundayddr",
-                "iWar",
-                "smap",
-                "pplsip",
-            ]
-            .map(String::from)
-            .to_vec(),
-            exempt: vec!["127.0.0.0/8".into(), "::1".into()],
-        }
-    }
-}
+pub use crate::config::{DefenceConfig, OverRate};
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
