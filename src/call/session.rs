@@ -270,23 +270,29 @@ async fn run_call(
     metrics.calls_active.dec();
     metrics.rtp_packets_sent.inc_by(sent);
     metrics.rtp_packets_received.inc_by(received);
-    if let Some(((expected, got, jitter_ms), _)) = media.quality() {
-        metrics
-            .rtp_packets_lost
-            .inc_by(expected.saturating_sub(got));
-        if got > 0 {
-            metrics.rtp_jitter_ms.observe(jitter_ms);
-        }
-    }
     match media.quality() {
-        Some(((expected, got, jitter_ms), peer)) => {
-            let lost_by_peer = peer
-                .map(|(f, l, _)| format!("{l} ({:.1}%)", f as f64 * 100.0 / 256.0))
+        Some(q) => {
+            metrics
+                .rtp_packets_lost
+                .inc_by(q.expected.saturating_sub(q.received));
+            if q.received > 0 {
+                metrics.rtp_jitter_ms.observe(q.jitter_ms);
+            }
+            let lost_by_peer = q
+                .peer
+                .map(|p| {
+                    format!(
+                        "{} ({:.1}%)",
+                        p.cumulative_lost,
+                        p.fraction_lost as f64 * 100.0 / 256.0
+                    )
+                })
                 .unwrap_or_else(|| "no RTCP report".into());
-            let peer_jitter = peer
-                .map(|(_, _, j)| format!("{j:.1} ms"))
+            let peer_jitter = q
+                .peer
+                .map(|p| format!("{:.1} ms", p.jitter_ms))
                 .unwrap_or_default();
-            tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, inbound_expected = expected, inbound_received = got, inbound_jitter_ms = format!("{jitter_ms:.1}"), lost_by_peer, peer_jitter, "call finished");
+            tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, inbound_expected = q.expected, inbound_received = q.received, inbound_jitter_ms = format!("{:.1}", q.jitter_ms), lost_by_peer, peer_jitter, "call finished");
         }
         None => tracing::info!(%call_id, rtp_sent = sent, rtp_received = received, "call finished"),
     }

@@ -84,7 +84,8 @@ impl VoiceChannel<'_> {
         }
     }
 
-    fn hangup(&mut self) -> Outcome {
+    /// The caller hung up: stop what plays and report the hangup to the flow.
+    fn caller_left(&mut self) -> Outcome {
         self.hung_up = true;
         self.media.stop_playout();
         Outcome::Hangup
@@ -152,7 +153,7 @@ impl VoiceChannel<'_> {
         loop {
             match self.next(None, None).await {
                 Happening::Played(id) if id == last => return Outcome::AudioComplete,
-                Happening::HungUp => return self.hangup(),
+                Happening::HungUp => return self.caller_left(),
                 _ => {}
             }
         }
@@ -263,7 +264,7 @@ impl VoiceChannel<'_> {
                 }
                 Happening::HungUp => {
                     self.media.untap();
-                    return self.hangup();
+                    return self.caller_left();
                 }
                 _ => {}
             }
@@ -286,7 +287,7 @@ impl VoiceChannel<'_> {
             loop {
                 match self.next(None, None).await {
                     Happening::Played(done) if done == id => break,
-                    Happening::HungUp => return self.hangup(),
+                    Happening::HungUp => return self.caller_left(),
                     _ => {}
                 }
             }
@@ -428,7 +429,7 @@ impl crate::twiml::VoiceOps for VoiceChannel<'_> {
         loop {
             match self.next(Some(until), None).await {
                 Happening::Deadline => return Outcome::AudioComplete,
-                Happening::HungUp => return self.hangup(),
+                Happening::HungUp => return self.caller_left(),
                 _ => {}
             }
         }

@@ -28,7 +28,7 @@ use self::media::{MediaPool, MediaReport, StreamSpec};
 use self::report::Summary;
 use self::uac::{Action, End, Params, ResponseView, State, Uac};
 use crate::media::{player, Clip, Codec};
-use crate::sip::message::{self, Message};
+use crate::sip::message::{self, SipMessage};
 use crate::sip::sdp;
 
 pub use cli::CallArgs;
@@ -368,7 +368,7 @@ impl Run {
             Err(_) => return,
         };
         match msg {
-            Message::Response(r) => {
+            SipMessage::Response(r) => {
                 let Some(n) = self.lookup(&r.call_id) else {
                     return;
                 };
@@ -380,7 +380,7 @@ impl Run {
                 };
                 self.apply(n, actions, now).await;
             }
-            Message::Request(req) => {
+            SipMessage::Request(req) => {
                 if let Some(n) = self.lookup(&req.call_id) {
                     let actions = match self.calls.get_mut(&n) {
                         Some(c) => c.uac.on_request(now, &req, from),

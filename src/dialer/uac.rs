@@ -409,7 +409,7 @@ pub fn response(req: &Request, status: u16, reason: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sip::message::{parse, Message};
+    use crate::sip::message::{parse, SipMessage};
 
     fn uac(now: Instant) -> Uac {
         Uac::new(
@@ -436,7 +436,7 @@ mod tests {
     }
 
     fn view<'a>(raw: &'a str) -> ResponseView<'a> {
-        let Ok(Message::Response(r)) = parse(raw.as_bytes(), 65535) else {
+        let Ok(SipMessage::Response(r)) = parse(raw.as_bytes(), 65535) else {
             panic!("not a response: {raw}")
         };
         let status = r.status;
@@ -462,7 +462,7 @@ mod tests {
         let t0 = Instant::now();
         let mut u = uac(t0);
         let inv = sent(&u.start(t0));
-        let Ok(Message::Request(r)) = parse(inv[0].as_bytes(), 65535) else {
+        let Ok(SipMessage::Request(r)) = parse(inv[0].as_bytes(), 65535) else {
             panic!("{}", inv[0])
         };
         assert_eq!(r.method, "INVITE");
@@ -505,7 +505,7 @@ mod tests {
         let bye = "BYE sip:+15550100000@127.0.0.1:40000 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKb\r\n\
                    From: <sip:ivr@127.0.0.1:5060>;tag=gw1\r\nTo: <sip:+15550100000@127.0.0.1:40000>;tag=a\r\n\
                    Call-ID: c1@test\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n";
-        let Ok(Message::Request(req)) = parse(bye.as_bytes(), 65535) else {
+        let Ok(SipMessage::Request(req)) = parse(bye.as_bytes(), 65535) else {
             panic!()
         };
         let gw: SocketAddr = "127.0.0.1:5060".parse().unwrap();

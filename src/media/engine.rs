@@ -317,9 +317,26 @@ impl Stream {
     }
 }
 
-/// Inbound (expected, received, jitter ms) and the peer's report about us (fraction lost /256,
-/// cumulative lost, jitter ms).
-pub type Quality = ((u64, u64, f64), Option<(u8, u32, f64)>);
+/// How one call's media went, for its last log line and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    /// Inbound packets expected by sequence number, and received.
+    pub expected: u64,
+    pub received: u64,
+    /// Inbound interarrival jitter (ms).
+    pub jitter_ms: f64,
+    /// The peer's latest RTCP report about our stream, if it sent one.
+    pub peer: Option<PeerQuality>,
+}
+
+/// What the peer reported about our stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerQuality {
+    /// Fraction lost since its previous report, in 1/256.
+    pub fraction_lost: u8,
+    pub cumulative_lost: u32,
+    pub jitter_ms: f64,
+}
 
 /// A call's handle on its RTP stream.
 pub struct MediaSession {
@@ -425,15 +442,16 @@ impl MediaSession {
     pub fn quality(&self) -> Option<Quality> {
         let st = self.stream.state.lock().ok()?;
         let rate = st.codec.rtp_clock_rate() as f64 / 1000.0;
-        let inbound = (
-            st.recv_stats.expected(),
-            st.recv_stats.received,
-            st.recv_stats.jitter() as f64 / rate,
-        );
-        Some((
-            inbound,
-            st.peer_report.map(|(f, l, j)| (f, l, j as f64 / rate)),
-        ))
+        Some(Quality {
+            expected: st.recv_stats.expected(),
+            received: st.recv_stats.received,
+            jitter_ms: st.recv_stats.jitter() as f64 / rate,
+            peer: st.peer_report.map(|(f, l, j)| PeerQuality {
+                fraction_lost: f,
+                cumulative_lost: l,
+                jitter_ms: j as f64 / rate,
+            }),
+        })
     }
 }
 

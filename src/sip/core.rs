@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::acl::{Acl, AclError};
 use super::defence::{Ban, Defence, DefenceConfig, Verdict};
 use super::message::{
-    self, has_param, param, uri_of, user_of, Message, MessageError, Request, Response, Salvage,
+    self, has_param, param, uri_of, user_of, MessageError, Request, Response, Salvage, SipMessage,
 };
 
 /// RFC 3261 timer base values.
@@ -118,7 +118,7 @@ pub struct IncomingInvite {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
+pub enum DialogEnd {
     /// We sent BYE and it was answered (or timed out).
     HungUp,
     /// The 2xx we sent was never acknowledged.
@@ -158,7 +158,7 @@ pub enum Event {
     },
     Ended {
         call_id: String,
-        reason: EndReason,
+        reason: DialogEnd,
     },
     /// A request we refused at the door (bad syntax, ACL): logged by the driver.
     Refused {
@@ -404,7 +404,7 @@ impl SipCore {
             self.cfg.max_message_bytes,
             peer.transport == Transport::Tcp,
         ) {
-            Ok(Message::Request(req)) => {
+            Ok(SipMessage::Request(req)) => {
                 let ua = req.user_agent.as_deref();
                 match self.defence.check_request(now, ip, &req.method, ua) {
                     Verdict::Pass => self.on_request(now, peer, local, req),
@@ -433,7 +433,7 @@ impl SipCore {
                     }
                 }
             }
-            Ok(Message::Response(resp)) => self.on_response(resp),
+            Ok(SipMessage::Response(resp)) => self.on_response(resp),
             Err(failure) => {
                 let (err, salvage) = *failure;
                 self.on_garbage(peer, local, &err, salvage)
@@ -854,7 +854,7 @@ impl SipCore {
             self.dialogs.remove(&resp.call_id);
             self.out.push_back(Output::Event(Event::Ended {
                 call_id: resp.call_id,
-                reason: EndReason::HungUp,
+                reason: DialogEnd::HungUp,
             }));
         }
     }
@@ -1052,7 +1052,7 @@ impl SipCore {
                 self.hangup(now, call_id);
                 self.out.push_back(Output::Event(Event::Ended {
                     call_id: call_id.to_string(),
-                    reason: EndReason::AckTimeout,
+                    reason: DialogEnd::AckTimeout,
                 }));
             }
             TimerKind::AckTimeout if d.state == State::Rejected => {
@@ -1071,7 +1071,7 @@ impl SipCore {
                 self.dialogs.remove(call_id);
                 self.out.push_back(Output::Event(Event::Ended {
                     call_id: call_id.to_string(),
-                    reason: EndReason::HungUp,
+                    reason: DialogEnd::HungUp,
                 }));
             }
             _ => {}
@@ -1503,7 +1503,7 @@ mod tests {
             ev,
             vec![Event::Ended {
                 call_id: "c2".into(),
-                reason: EndReason::HungUp
+                reason: DialogEnd::HungUp
             }]
         );
         assert_eq!(c.dialog_count(), 0);
@@ -1600,7 +1600,7 @@ mod tests {
             retransmits += tx.iter().filter(|t| t.starts_with("SIP/2.0 200")).count();
             if ev.contains(&Event::Ended {
                 call_id: "c6".into(),
-                reason: EndReason::AckTimeout,
+                reason: DialogEnd::AckTimeout,
             }) {
                 assert!(tx.iter().any(|t| t.starts_with("BYE ")));
                 assert!((7..=12).contains(&retransmits), "{retransmits}");

@@ -79,7 +79,7 @@ pub struct Response {
 // One message is parsed and handled at a time, never stored: boxing buys nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Message {
+pub enum SipMessage {
     Request(Request),
     Response(Response),
 }
@@ -287,13 +287,13 @@ fn check(sc: &Scanned, data: &[u8], stream: bool, max: usize) -> Result<Vec<u8>,
 pub type ParseFailure = Box<(MessageError, Salvage)>;
 
 /// Parse one whole datagram.
-pub fn parse(data: &[u8], max_len: usize) -> Result<Message, ParseFailure> {
+pub fn parse(data: &[u8], max_len: usize) -> Result<SipMessage, ParseFailure> {
     parse_from(data, max_len, false)
 }
 
 /// Parse one message. `stream` says it came framed from TCP (the body length was then already
 /// taken from Content-Length) rather than as a whole datagram.
-pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<Message, ParseFailure> {
+pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<SipMessage, ParseFailure> {
     if data.len() > max_len {
         return Err(Box::new((
             MessageError::TooLarge(data.len(), max_len),
@@ -313,8 +313,8 @@ pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<Message, 
         }
     };
     let out = match msg {
-        rsip::SipMessage::Request(r) => request_from(&r, &scanned, body).map(Message::Request),
-        rsip::SipMessage::Response(r) => response_from(&r).map(Message::Response),
+        rsip::SipMessage::Request(r) => request_from(&r, &scanned, body).map(SipMessage::Request),
+        rsip::SipMessage::Response(r) => response_from(&r).map(SipMessage::Response),
     };
     out.map_err(|e| Box::new((e, salvage(data))))
 }
@@ -517,7 +517,7 @@ mod tests {
 
     #[test]
     fn parses_compact_headers() {
-        let Message::Request(r) = parse(INVITE.as_bytes(), 65535).unwrap() else {
+        let SipMessage::Request(r) = parse(INVITE.as_bytes(), 65535).unwrap() else {
             panic!()
         };
         assert_eq!(r.method, "INVITE");

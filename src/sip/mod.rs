@@ -9,6 +9,6 @@ pub mod message;
 pub mod sdp;
 
 pub use self::core::{
-    Command, CoreConfig, EndReason, Event, IncomingInvite, Peer, TcpLimits, Transport,
+    Command, CoreConfig, DialogEnd, Event, IncomingInvite, Peer, TcpLimits, Transport,
 };
 pub use endpoint::{Endpoint, SipHandle};
