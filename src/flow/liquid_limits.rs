@@ -81,8 +81,15 @@ pub(crate) fn prescan(src: &str) -> std::result::Result<(), TemplateError> {
         let Some(end) = find_closer(b, start, closer) else {
             return Ok(());
         };
+        let inner = src.get(start..end).unwrap_or("");
+        if !in_raw {
+            if let Some(digits) = overflowing_integer(inner) {
+                return Err(TemplateError::Parse(format!(
+                    "integer literal {digits} at byte {i} does not fit in 64 bits"
+                )));
+            }
+        }
         if is_tag {
-            let inner = src.get(start..end).unwrap_or("");
             let name = tag_name(inner);
             if in_raw {
                 in_raw = name != "endraw";
@@ -128,6 +135,52 @@ fn find_closer(b: &[u8], from: usize, closer: &[u8]) -> Option<usize> {
                 i += close + 2;
             }
             _ if b[i..].starts_with(closer) => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// An integer literal outside quoted strings that does not fit in an `i64`: `liquid` 0.26
+/// panics on one while parsing ("Grammar ensures matches are parseable as integers."), so it
+/// must be refused before the parser sees it. A digit run that belongs to a name (`a9`,
+/// `a-9`, `x.9`) or is a float's part is not an integer literal; `(1..9)` and `-9` are.
+fn overflowing_integer(inner: &str) -> Option<&str> {
+    let b = inner.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'"' | b'\'') => match b[i + 1..].iter().position(|&c| c == q) {
+                Some(close) => i += close + 2,
+                None => return None,
+            },
+            c if c.is_ascii_digit() => {
+                let start = i;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                let before = |n: usize| start.checked_sub(n).map(|p| b[p]);
+                let literal = match before(1) {
+                    None => true,
+                    // `a-9` is a name, ` -9` a negative literal.
+                    Some(b'-') => !before(2).is_some_and(word),
+                    // `(1..9)` ends a range; `x.9` and `1.9` are not integers.
+                    Some(b'.') => before(2) == Some(b'.'),
+                    Some(c) => !(c.is_ascii_alphanumeric() || c == b'_'),
+                };
+                let float = b.get(i) == Some(&b'.') && b.get(i + 1).is_some_and(u8::is_ascii_digit);
+                let digits = &inner[start..i];
+                let negative = before(1) == Some(b'-');
+                let fits = if negative {
+                    format!("-{digits}").parse::<i64>().is_ok()
+                } else {
+                    digits.parse::<i64>().is_ok()
+                };
+                if literal && !float && !fits {
+                    return Some(digits);
+                }
+            }
             _ => i += 1,
         }
     }
@@ -714,6 +767,46 @@ impl Renderable for Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing (`fuzz/`, target `liquid`): `liquid` 0.26 panicked parsing an
+    /// integer literal beyond `i64`, which aborted a flow import or a render.
+    #[test]
+    fn integer_literals_beyond_64_bits_are_a_parse_error_not_a_panic() {
+        use crate::flow::template::{Scope, Templates};
+        let huge = [
+            "{{ 99999999999999999999 }}",
+            "{{ x | plus: 9223372036854775808 }}",
+            "{{ -9223372036854775809 }}",
+            "{% assign a = 99999999999999999999 %}",
+            "{% if x > 99999999999999999999 %}y{% endif %}",
+            "{% for i in (1..99999999999999999999) %}{{ i }}{% endfor %}",
+            "{{ x[99999999999999999999] }}",
+            // The fuzzer's input, minimised.
+            "{{ 999999999999999999999910 | divided_by: 0 }}",
+        ];
+        let scope = Scope::new(&serde_json::json!({"x": [1]}));
+        for t in huge {
+            let err = prescan(t).expect_err(t);
+            assert!(matches!(err, TemplateError::Parse(_)), "{t}: {err}");
+            assert!(Templates::default().render(t, &scope).is_err(), "{t}");
+        }
+        // What still fits, and digits that are not integer literals.
+        for t in [
+            "{{ 9223372036854775807 }}",
+            "{{ -9223372036854775808 }}",
+            "{{ 1.99999999999999999999 }}",
+            "{{ \"99999999999999999999\" }}",
+            "{{ a99999999999999999999 }}",
+            "{{ a-99999999999999999999 }}",
+            "{% raw %}{{ 99999999999999999999 }}{% endraw %}",
+            "99999999999999999999",
+        ] {
+            assert!(prescan(t).is_ok(), "{t}");
+            let mut ts = Templates::default();
+            let _ = ts.add(t);
+            let _ = ts.render(t, &scope);
+        }
+    }
 
     #[test]
     fn prescan_counts_real_nesting_only() {

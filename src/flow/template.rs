@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use liquid_core::model::{ArrayView, DisplayCow, KStringCow, ObjectView, State, ValueView};
@@ -121,7 +122,13 @@ impl Templates {
         };
         // The writer stops at the limit, so a huge output is never held in memory.
         let mut out = CappedWriter::new(MAX_RENDERED_BYTES);
-        match t.render_to(&mut out, &Root(&scope.root)) {
+        let rendered = catch_unwind(AssertUnwindSafe(|| {
+            t.render_to(&mut out, &Root(&scope.root))
+        }));
+        let Ok(rendered) = rendered else {
+            return Err(TemplateError::Render(LIQUID_PANICKED.into()));
+        };
+        match rendered {
             Ok(()) => cap(String::from_utf8_lossy(&out.buf).into_owned()),
             Err(_) if out.overflow.is_some() => Err(TemplateError::TooLarge {
                 size: out.overflow.unwrap_or_default(),
@@ -224,7 +231,7 @@ fn compile(src: &str) -> Result<liquid::Template, TemplateError> {
     // Before the parser: it recurses per nested block and would overflow the stack.
     limits::prescan(src)?;
     let parser = parser()?;
-    match parser.parse(src) {
+    match parse(parser, src)? {
         Ok(t) => Ok(t),
         Err(first) => {
             // Published flows write `widgets. name .parsed`; Studio accepts it.
@@ -233,11 +240,23 @@ fn compile(src: &str) -> Result<liquid::Template, TemplateError> {
                 return Err(TemplateError::Parse(first.to_string()));
             }
             limits::prescan(&repaired)?;
-            parser
-                .parse(&repaired)
-                .map_err(|_| TemplateError::Parse(first.to_string()))
+            parse(parser, &repaired)?.map_err(|_| TemplateError::Parse(first.to_string()))
         }
     }
+}
+
+/// `liquid` 0.26 panics on some hostile templates instead of returning an error (found by
+/// fuzzing, `fuzz/`: blocks cut short in some places, a `date` format with a non-ASCII
+/// character after `%`, among others). Such a panic is caught and made an error of this
+/// template, so it fails one widget and never the thread that imports or runs the flow.
+const LIQUID_PANICKED: &str = "the Liquid library failed on this template";
+
+fn parse(
+    parser: &liquid::Parser,
+    src: &str,
+) -> Result<Result<liquid::Template, liquid::Error>, TemplateError> {
+    catch_unwind(AssertUnwindSafe(|| parser.parse(src)))
+        .map_err(|_| TemplateError::Parse(LIQUID_PANICKED.into()))
 }
 
 /// Inside `{{ }}` and `{% %}`, remove whitespace around the dots of a
@@ -648,6 +667,30 @@ mod tests {
 
     fn r(src: &str) -> Result<String, TemplateError> {
         Templates::default().render(src, &Scope::new(&ctx()))
+    }
+
+    /// Found by fuzzing (`fuzz/`, target `liquid`, minimised by afl-tmin): templates on which
+    /// `liquid` 0.26 panics. Each is an error of its own template, at import and at run time.
+    #[test]
+    fn templates_that_make_the_liquid_library_panic_are_errors() {
+        for (src, parse_error) in [
+            // "File shouldn't end before EOI." (parser)
+            ("{%comment%}{%raw%}", true),
+            // "`LiquidParser::parse` should fail in InvalidLiquidTokens." (parser)
+            ("\u{1b}\u{fffd}{{0|where:\"\" }}{%\"}}", true),
+            // A byte slice inside a multi-byte character (`date`'s strftime, at render time).
+            ("{{\"now\"|date:\"%\u{fffd}\"}}{%case 0%}{%endcase%}", false),
+            ("{{ \"now\" | date: \"%é\" }}", false),
+        ] {
+            let mut ts = Templates::default();
+            let added = ts.add(src);
+            assert_eq!(added.is_err(), parse_error, "{src:?}: {added:?}");
+            let err = r(src).expect_err(src);
+            assert!(
+                matches!(err, TemplateError::Parse(_) | TemplateError::Render(_)),
+                "{src:?}: {err}"
+            );
+        }
     }
 
     fn ok(src: &str) -> String {

@@ -1,0 +1,7 @@
+//! AFL++ target `rtcp`: see `switchboard_fuzz::rtcp`.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        switchboard_fuzz::rtcp(data);
+    });
+}
