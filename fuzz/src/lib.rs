@@ -70,9 +70,9 @@ fn first_line(s: &str) -> (&str, &str) {
 
 /// `sip::message::parse` and `salvage`, and the header helpers on what they return.
 pub fn sip_parse(data: &[u8]) {
-    use switchboard::sip::message::{self, Message};
+    use switchboard::sip::message::{self, SipMessage};
     match message::parse(data, 65535) {
-        Ok(Message::Request(r)) => {
+        Ok(SipMessage::Request(r)) => {
             for v in &r.vias {
                 let _ = message::param(v, "branch");
                 let _ = message::has_param(v, "rport");
@@ -84,7 +84,7 @@ pub fn sip_parse(data: &[u8]) {
                 let _ = message::uri_of(c);
             }
         }
-        Ok(Message::Response(r)) => {
+        Ok(SipMessage::Response(r)) => {
             let _ = r.branch;
         }
         Err(f) => {
@@ -123,6 +123,13 @@ pub fn sip_core(data: &[u8]) {
         server_name: "switchboard-fuzz".into(),
         acl: Acl::parse(&["127.0.0.0/8".to_string()]).unwrap_or_else(|_| unreachable!()),
         message_sources: Acl::parse(&["127.0.0.1".to_string()]).unwrap_or_else(|_| unreachable!()),
+        // Rate limits and bans would make most of a fuzz input a no-op: off, the TCP limits as
+        // configured by default.
+        defence: switchboard::config::DefenceConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        tcp: Default::default(),
     };
     let mut core = SipCore::new(cfg);
     let local: SocketAddr = SIP_LOCAL.parse().unwrap_or_else(|_| unreachable!());
@@ -191,6 +198,8 @@ fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, bra
                 }
                 continue;
             }
+            // The driver closes a banned source's TCP connections; nothing to do here.
+            Output::Banned(_) => continue,
         };
         let cmd = match ev {
             Event::Invite(inv) => {
@@ -436,8 +445,8 @@ pub fn smpp(data: &[u8]) {
 /// The webhook's body decoding, message extraction and `X-Twilio-Signature` check. First line:
 /// the signature header as given; the rest: the form body.
 pub fn webhook(data: &[u8]) {
-    use switchboard::api::params::{decode_form, encode};
-    use switchboard::messaging::signature;
+    use switchboard::web::params::{decode_form, encode};
+    use switchboard::web::signature;
     let (given, body) = match data.iter().position(|&b| b == b'\n') {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (&b""[..], data),

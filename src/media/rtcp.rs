@@ -18,7 +18,7 @@ pub struct ReceiverStats {
     received_prior: u64,
     /// Interarrival jitter in timestamp units, scaled by 16 (RFC 3550 §A.8).
     jitter_q4: u32,
-    transit: Option<i64>,
+    transit: Option<u32>,
     /// Middle 32 bits of the NTP time of the last SR received, and when it arrived.
     last_sr: Option<(u32, std::time::Instant)>,
 }
@@ -35,19 +35,20 @@ impl ReceiverStats {
             };
         } else if seq.wrapping_sub(self.max_seq) < 0x8000 {
             if seq < self.max_seq {
-                self.cycles += 1;
+                // 16 bits of cycles make the 32-bit extended sequence of RFC 3550 §A.1.
+                self.cycles = self.cycles.wrapping_add(1) & 0xFFFF;
             }
             self.max_seq = seq;
         }
         self.received += 1;
-        let transit = arrival as i64 - timestamp as i64;
+        // Transit times and their differences are modulo 2^32 like the timestamps they come
+        // from (RFC 3550 §A.8): a peer's timestamps are arbitrary, so nothing here may overflow.
+        let transit = arrival.wrapping_sub(timestamp);
         if let Some(prev) = self.transit {
-            let d = (transit - prev).unsigned_abs() as u32;
+            let d = (transit.wrapping_sub(prev) as i32).unsigned_abs() as u64;
             // J += (|D| - J) / 16, kept scaled by 16.
-            self.jitter_q4 = self
-                .jitter_q4
-                .wrapping_add(d)
-                .wrapping_sub((self.jitter_q4 + 8) >> 4);
+            let j = self.jitter_q4 as u64;
+            self.jitter_q4 = (j + d).saturating_sub((j + 8) >> 4).min(u32::MAX as u64) as u32;
         }
         self.transit = Some(transit);
     }
@@ -243,6 +244,19 @@ mod tests {
         // Garbage is refused, not a panic.
         assert!(parse(&[0x80, 200, 0xFF, 0xFF, 0, 0, 0, 0], 1).is_none());
         assert!(parse(&[1, 2, 3], 1).is_none());
+    }
+
+    #[test]
+    fn hostile_timestamps_and_sequences_do_not_overflow() {
+        // Found by fuzzing (target rtp): a jitter near u32::MAX overflowed `jitter + 8`.
+        let mut stats = ReceiverStats::default();
+        for i in 0..200_000u32 {
+            let ts = if i % 2 == 0 { 0 } else { 0x7FFF_FFFF };
+            stats.on_rtp(1, (i as u16).wrapping_mul(40_000), ts, i.wrapping_mul(7));
+        }
+        let _ = (stats.expected(), stats.jitter(), stats.extended_max());
+        let mut buf = [0u8; 128];
+        let _ = sender_report(&mut buf, 2, 0, 0, 0, &mut stats, "x");
     }
 
     #[test]

@@ -44,18 +44,6 @@ pub struct ExecutionFilter {
     pub created_to: Option<String>,
 }
 
-// Column lists as macros, so every statement stays a static string (no SQL built at run time).
-macro_rules! execution_columns {
-    () => {
-        "sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated"
-    };
-}
-macro_rules! revision_columns {
-    () => {
-        "flow_sid, revision, friendly_name, definition, status, commit_message, valid, errors, warnings, date_created, date_updated"
-    };
-}
-
 fn flow_from(r: &AnyRow) -> Result<FlowRecord, StoreError> {
     Ok(FlowRecord {
         sid: r.try_get(0)?,

@@ -5,6 +5,19 @@
 //! already decided. `active_key` is unique while an execution is active: it is what stops two
 //! nodes from starting a second execution for the same session.
 
+// Column lists as macros, so every statement stays a static string (no SQL built at run time);
+// defined before the submodules so they can use them too.
+macro_rules! execution_columns {
+    () => {
+        "sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated"
+    };
+}
+macro_rules! revision_columns {
+    () => {
+        "flow_sid, revision, friendly_name, definition, status, commit_message, valid, errors, warnings, date_created, date_updated"
+    };
+}
+
 mod catalog;
 pub mod retention;
 
@@ -353,10 +366,14 @@ impl Store {
         let Some(node) = self.node.as_deref() else {
             return Ok(Vec::new());
         };
-        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE status = 'active' AND wait_until IS NULL AND node = $1")
-            .bind(node)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE status = 'active' AND wait_until IS NULL AND node = $1"
+        ))
+        .bind(node)
+        .fetch_all(&self.pool)
+        .await?;
         let mut ended = Vec::new();
         for r in &rows {
             let e = execution_from(r)?;
@@ -492,19 +509,27 @@ impl Store {
     }
 
     pub async fn execution(&self, sid: &str) -> Result<Option<ExecutionRecord>, StoreError> {
-        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE sid = $1")
-            .bind(sid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE sid = $1"
+        ))
+        .bind(sid)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| execution_from(&r)).transpose()
     }
 
     /// The active execution holding a session key, if any.
     pub async fn active_for_key(&self, key: &str) -> Result<Option<ExecutionRecord>, StoreError> {
-        let row = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE active_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE active_key = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| execution_from(&r)).transpose()
     }
 
@@ -521,7 +546,7 @@ impl Store {
 
     /// Executions whose wait for a reply has run out by `now` (RFC 3339, UTC: compares as text).
     pub async fn due_waits(&self, now: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' ORDER BY wait_until")
+        let rows = sqlx::query(concat!("SELECT ", execution_columns!(), " FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' ORDER BY wait_until"))
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
@@ -540,10 +565,14 @@ impl Store {
         &self,
         flow_sid: &str,
     ) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE flow_sid = $1 ORDER BY date_created")
-            .bind(flow_sid)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE flow_sid = $1 ORDER BY date_created"
+        ))
+        .bind(flow_sid)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(execution_from).collect()
     }
 

@@ -25,7 +25,11 @@ impl Store {
         now: &str,
     ) -> Result<Swept, StoreError> {
         let mut out = Swept::default();
-        let rows = sqlx::query("SELECT sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated FROM executions WHERE status = 'active' AND date_created < $1 ORDER BY date_created")
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            execution_columns!(),
+            " FROM executions WHERE status = 'active' AND date_created < $1 ORDER BY date_created"
+        ))
         .bind(end_before)
         .fetch_all(&self.pool)
         .await?;
