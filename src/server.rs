@@ -87,11 +87,100 @@ impl Shutdown {
 
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     private_data_dir(&cfg.data_dir)?;
+    let router = load_flows(&cfg)?;
+    let store = open_store(&cfg, &router).await?;
+    let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
+    let http_client = crate::runner::HttpClient::new(Some((
+        credentials.account_sid.clone(),
+        credentials.auth_token().to_string(),
+    )));
+    let events = start_events(&cfg, &credentials, &http_client)?;
+    recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
+    store.watch_health(std::time::Duration::from_secs(1));
+    tokio::spawn(crate::retention::run(
+        store.clone(),
+        cfg.retention.clone(),
+        events.clone(),
+    ));
+    let runner = crate::runner::Runner {
+        store,
+        http: http_client,
+        router: router.clone(),
+        events: events.clone(),
+    };
+    let ep = start_sip(&cfg).await?;
+    let messaging = start_messaging(&cfg, &runner, &ep.handle)?;
+    // HTTP is bound before calls start so recording URLs can name its real address.
+    let listener = tokio::net::TcpListener::bind(cfg.http.bind)
+        .await
+        .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
+    let http = listener.local_addr()?;
+    let public_url = match &cfg.api.public_url {
+        Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
+        _ => format!("http://{http}"),
+    };
+    // The API's credentials may be sent (add_twilio_auth) only to the API itself.
+    runner.http.set_own_api(&public_url, http);
+    let recordings = crate::call::recordings::Recordings {
+        dir: cfg.data_dir.join("recordings"),
+        public_url: public_url.clone(),
+        account_sid: credentials.account_sid.clone(),
+    };
+    let calls = start_calls(
+        &cfg,
+        &runner,
+        router,
+        &ep,
+        &messaging,
+        &recordings,
+        &credentials,
+    );
+    tokio::spawn(dispatch(calls.clone(), ep.events));
+    let api = build_api(
+        &cfg,
+        credentials,
+        &public_url,
+        runner,
+        messaging,
+        recordings,
+    );
+    let metrics = start_metrics_listener(&cfg).await?;
+    let (http_stop, stop) = tokio::sync::watch::channel(false);
+    let drain = std::time::Duration::from_secs(cfg.shutdown.drain_secs);
+    let http_done = tokio::spawn(crate::api::listener::serve(
+        listener,
+        crate::api::router(api),
+        http_limits(&cfg),
+        stop,
+        drain,
+    ));
+    Ok(Running {
+        sip_udp: ep.udp_addr,
+        sip_tcp: ep.tcp_addr,
+        http,
+        metrics,
+        shutdown: Shutdown {
+            calls,
+            http_stop,
+            http_done,
+            events,
+            drain,
+        },
+    })
+}
+
+/// Flows from files and `[[routes]]`, and Function SIDs mapped to URLs.
+fn load_flows(cfg: &Config) -> anyhow::Result<Arc<Router>> {
     crate::routing::set_function_urls(cfg.functions.clone());
-    let router = Arc::new(Router::from_config(&cfg)?);
+    let router = Arc::new(Router::from_config(cfg)?);
     for f in router.flows() {
         tracing::info!(flow = %f.name, sid = %f.sid, "flow loaded");
     }
+    Ok(router)
+}
+
+/// The database, written as this node, and the flows created through the REST API.
+async fn open_store(cfg: &Config, router: &Router) -> anyhow::Result<Store> {
     let db_url = cfg.database_url();
     let node = node_id(&cfg.data_dir)?;
     let store = Store::open(&db_url).await?.on_node(&node);
@@ -100,43 +189,47 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     if stored > 0 {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
     }
-    let credentials = Credentials::resolve(&cfg.api, &cfg.data_dir)?;
-    let http_client = crate::runner::HttpClient::new(Some((
-        credentials.account_sid.clone(),
-        credentials.auth_token().to_string(),
-    )));
-    let events = Events::start(
-        &cfg.events,
-        &credentials.account_sid,
-        http_client.client().clone(),
-    )?;
+    Ok(store)
+}
+
+fn start_events(
+    cfg: &Config,
+    credentials: &Credentials,
+    http: &crate::runner::HttpClient,
+) -> anyhow::Result<Option<Events>> {
+    let events = Events::start(&cfg.events, &credentials.account_sid, http.client().clone())?;
     if events.is_some() {
         tracing::info!(sinks = cfg.events.sinks.len(), "event streams on");
     }
-    recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
-    store.watch_health(std::time::Duration::from_secs(1));
-    tokio::spawn(crate::retention::run(
-        store.clone(),
-        cfg.retention.clone(),
-        events.clone(),
-    ));
-    let events_for_shutdown = events.clone();
-    let runner = crate::runner::Runner {
-        store,
-        http: http_client,
-        router: router.clone(),
-        events,
-    };
+    Ok(events)
+}
 
+async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
     let core_cfg = CoreConfig::from_sip(
         &cfg.sip,
         format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
-        sms_trunk_sources(&cfg).await?,
+        sms_trunk_sources(cfg).await?,
     )?;
-    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
-    // Outbound providers by number; messages they receive themselves (SMPP) come back here.
+    Ok(endpoint::start(cfg.sip.bind, core_cfg).await?)
+}
+
+/// What messaging hands the layers above it.
+struct Messaging {
+    providers: Arc<Providers>,
+    conversations: Arc<Conversations>,
+    /// Inbound messages that arrive outside the webhook (SIP MESSAGE, SMPP).
+    inbound: tokio::sync::mpsc::Sender<crate::messaging::InboundMessage>,
+}
+
+/// Outbound providers by number, and the conversations they feed; messages providers receive
+/// themselves (SMPP, SIP MESSAGE) come back through `inbound`.
+fn start_messaging(
+    cfg: &Config,
+    runner: &crate::runner::Runner,
+    sip: &crate::sip::SipHandle,
+) -> anyhow::Result<Messaging> {
     let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);
-    let sip_handle = ep.handle.clone();
+    let sip_handle = sip.clone();
     let sip_factory = move |p: &crate::config::ProviderConfig| -> Result<
         Arc<dyn crate::messaging::MessageSink>,
         crate::messaging::providers::ProviderError,
@@ -171,43 +264,46 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     // Reply timeouts are in the store: they fire after a restart too.
     tokio::spawn(conversations.clone().run_timeouts());
     tokio::spawn(conversations.clone().run_inbound(inbound_rx));
+    Ok(Messaging {
+        providers,
+        conversations,
+        inbound: inbound_tx,
+    })
+}
 
-    let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
-    if !tts.engine_available() {
-        tracing::warn!(command = %cfg.tts.command, "text-to-speech engine not found: only pre-rendered prompts can be spoken (install espeak-ng)");
-    }
+fn start_media(cfg: &Config) -> Arc<MediaEngine> {
     let workers = match cfg.media.workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
         n => n,
     };
-    let media = MediaEngine::new(MediaConfig {
+    MediaEngine::new(MediaConfig {
         bind_ip: cfg.media.rtp_bind,
         port_min: cfg.media.rtp_port_min,
         port_max: cfg.media.rtp_port_max,
         workers,
-    });
-    // HTTP is bound before calls start so recording URLs can name its real address.
-    let listener = tokio::net::TcpListener::bind(cfg.http.bind)
-        .await
-        .with_context(|| format!("binding HTTP on {}", cfg.http.bind))?;
-    let http = listener.local_addr()?;
-    let public_url = match &cfg.api.public_url {
-        Some(u) if !u.is_empty() => u.trim_end_matches('/').to_string(),
-        _ => format!("http://{http}"),
-    };
-    // The API's credentials may be sent (add_twilio_auth) only to the API itself.
-    runner.http.set_own_api(&public_url, http);
-    let recordings = crate::call::recordings::Recordings {
-        dir: cfg.data_dir.join("recordings"),
-        public_url: public_url.clone(),
-        account_sid: credentials.account_sid.clone(),
-    };
-    let svc = Arc::new(CallServices {
-        messages: Some(inbound_tx.clone()),
+    })
+}
+
+/// Everything a call needs: media, prompts, recordings, the runner and the SIP handle.
+fn start_calls(
+    cfg: &Config,
+    runner: &crate::runner::Runner,
+    router: Arc<Router>,
+    ep: &endpoint::Endpoint,
+    messaging: &Messaging,
+    recordings: &crate::call::recordings::Recordings,
+    credentials: &Credentials,
+) -> Arc<CallServices> {
+    let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
+    if !tts.engine_available() {
+        tracing::warn!(command = %cfg.tts.command, "text-to-speech engine not found: only pre-rendered prompts can be spoken (install espeak-ng)");
+    }
+    Arc::new(CallServices {
+        messages: Some(messaging.inbound.clone()),
         sip: ep.handle.clone(),
-        media,
+        media: start_media(cfg),
         prompts: Arc::new(crate::call::prompts::Prompts::new(
             tts,
             runner.http.client().clone(),
@@ -223,69 +319,62 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         speech: crate::speech::from_config(&cfg.speech),
         account_sid: credentials.account_sid.clone(),
         auth_token: credentials.auth_token().to_string(),
-    });
-    tokio::spawn(dispatch(svc.clone(), ep.events));
+    })
+}
 
+/// The REST API with the messaging webhook, recordings and (unless on a bind of their own)
+/// the metrics.
+fn build_api(
+    cfg: &Config,
+    credentials: Credentials,
+    public_url: &str,
+    runner: crate::runner::Runner,
+    messaging: Messaging,
+    recordings: crate::call::recordings::Recordings,
+) -> Arc<Api> {
     let webhook = Arc::new(Webhook::new(
-        conversations,
+        messaging.conversations,
         &credentials.account_sid,
         credentials.auth_token(),
-        &public_url,
+        public_url,
         cfg.messaging.validate_signatures,
     ));
     if !cfg.messaging.validate_signatures {
         tracing::warn!("[messaging] validate_signatures = false: anyone can post inbound messages");
     }
-    let api = Arc::new(
-        Api::new(credentials, &public_url, runner, providers)
+    Arc::new(
+        Api::new(credentials, public_url, runner, messaging.providers)
             .with_webhook(webhook)
             .with_recordings(recordings)
             .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none()),
-    );
-    let metrics_addr = match (cfg.metrics.enabled, cfg.metrics.bind) {
-        (true, Some(bind)) => {
-            let l = tokio::net::TcpListener::bind(bind)
-                .await
-                .with_context(|| format!("binding [metrics] on {bind}"))?;
-            let addr = l.local_addr()?;
-            tracing::info!(%addr, "metrics listener (no authentication)");
-            tokio::spawn(async move {
-                let app: axum::Router = crate::api::metrics_routes();
-                if let Err(e) = axum::serve(l, app).await {
-                    tracing::error!(error = %e, "metrics listener stopped");
-                }
-            });
-            Some(addr)
-        }
-        _ => None,
+    )
+}
+
+/// `[metrics] bind`: `/metrics` on a listener of its own, without authentication.
+async fn start_metrics_listener(cfg: &Config) -> anyhow::Result<Option<SocketAddr>> {
+    let (true, Some(bind)) = (cfg.metrics.enabled, cfg.metrics.bind) else {
+        return Ok(None);
     };
-    let limits = crate::api::listener::HttpLimits {
+    let l = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("binding [metrics] on {bind}"))?;
+    let addr = l.local_addr()?;
+    tracing::info!(%addr, "metrics listener (no authentication)");
+    tokio::spawn(async move {
+        let app: axum::Router = crate::api::metrics_routes();
+        if let Err(e) = axum::serve(l, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(Some(addr))
+}
+
+fn http_limits(cfg: &Config) -> crate::api::listener::HttpLimits {
+    crate::api::listener::HttpLimits {
         header_timeout: std::time::Duration::from_secs(cfg.http.header_timeout_secs.max(1)),
         request_timeout: std::time::Duration::from_secs(cfg.http.request_timeout_secs.max(1)),
         max_connections_per_source: cfg.http.max_connections_per_source.max(1),
-    };
-    let (http_stop, stop) = tokio::sync::watch::channel(false);
-    let drain = std::time::Duration::from_secs(cfg.shutdown.drain_secs);
-    let http_done = tokio::spawn(crate::api::listener::serve(
-        listener,
-        crate::api::router(api),
-        limits,
-        stop,
-        drain,
-    ));
-    Ok(Running {
-        sip_udp: ep.udp_addr,
-        sip_tcp: ep.tcp_addr,
-        http,
-        metrics: metrics_addr,
-        shutdown: Shutdown {
-            calls: svc,
-            http_stop,
-            http_done,
-            events: events_for_shutdown,
-            drain,
-        },
-    })
+    }
 }
 
 /// Who may send us SIP MESSAGE: `[sip] message_from`, and the hosts of the SIP messaging

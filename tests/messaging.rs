@@ -438,39 +438,64 @@ fn steps_of(
         .unwrap_or(0)
 }
 
+/// A conversation whose first question went out, on a gateway then killed with SIGKILL.
+struct KilledWhileWaiting {
+    recorder: Recorder,
+    tmp: tempfile::TempDir,
+    flow: PathBuf,
+    flow_sid: String,
+    cfg: PathBuf,
+}
+
+impl KilledWhileWaiting {
+    async fn new(flow_name: &str) -> KilledWhileWaiting {
+        let recorder = Recorder::start().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = recorder.config(tmp.path(), "");
+        let flow = flow_path(flow_name);
+        let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+        let k = KilledWhileWaiting {
+            recorder,
+            tmp,
+            flow,
+            flow_sid,
+            cfg,
+        };
+        let mut gw = k.start();
+        let (status, _, _) = Inbound::new(&gw, &k.flow_sid).send(CONTACT, "hello").await;
+        assert_eq!(status, StatusCode::OK);
+        let asked = k.recorder.wait_messages(1, Duration::from_secs(10)).await;
+        assert_eq!(asked.len(), 1);
+        gw.kill();
+        k
+    }
+
+    fn start(&self) -> Gateway {
+        Gateway::start_in(
+            self.tmp.path(),
+            Some(&self.flow),
+            &["--config", self.cfg.to_str().unwrap()],
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_timeout_fires_after_a_restart() {
-    let recorder = Recorder::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = recorder.config(tmp.path(), "");
-    let flow = flow_path("sms-survey-short.json");
-    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
-    let args = ["--config", cfg.to_str().unwrap()];
-
-    let mut gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
-    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "hello").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        recorder
-            .wait_messages(1, Duration::from_secs(10))
-            .await
-            .len(),
-        1
-    );
     // Down before the 3 s deadline, up again after it.
-    gw.kill();
+    let k = KilledWhileWaiting::new("sms-survey-short.json").await;
+    let (recorder, flow) = (&k.recorder, &k.flow);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         recorder.messages().len(),
         1,
         "nothing fires while the gateway is down"
     );
-    let gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
+    let gw = k.start();
     let sent = recorder.wait_messages(2, Duration::from_secs(10)).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1].get("Body"), "Too slow");
     assert_eq!(sent[1].get("To"), CONTACT);
-    let ex = wait_until(&gw, &flow, Duration::from_secs(10), |ex| {
+    let ex = wait_until(&gw, flow, Duration::from_secs(10), |ex| {
         ex.iter().all(|(e, _)| e.status == "ended")
     })
     .await;
@@ -923,38 +948,23 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_waiting_through_a_kill_9_resumes_on_the_reply() {
-    let recorder = Recorder::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = recorder.config(tmp.path(), "");
-    let flow = flow_path("sms-survey.json");
-    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
-    let args = ["--config", cfg.to_str().unwrap()];
-    let mut gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
-    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "hello").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        recorder
-            .wait_messages(1, Duration::from_secs(10))
-            .await
-            .len(),
-        1
-    );
-    gw.kill();
+    let k = KilledWhileWaiting::new("sms-survey.json").await;
+    let (recorder, flow, flow_sid) = (&k.recorder, &k.flow, &k.flow_sid);
 
     // After the restart the waiting execution is still active (not ended as an orphan), and
     // the reply carries it on.
-    let gw = Gateway::start_in(tmp.path(), Some(&flow), &args);
-    let ex = executions(&gw, &flow).await;
+    let gw = k.start();
+    let ex = executions(&gw, flow).await;
     assert_eq!(ex.len(), 1);
     assert_eq!(
         ex[0].0.status, "active",
         "a waiting conversation survives the restart"
     );
-    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "Ada").await;
+    let (status, _, _) = Inbound::new(&gw, flow_sid).send(CONTACT, "Ada").await;
     assert_eq!(status, StatusCode::OK);
     let sent = recorder.wait_messages(2, Duration::from_secs(10)).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
-    let ex = executions(&gw, &flow).await;
+    let ex = executions(&gw, flow).await;
     assert_eq!(
         ex.len(),
         1,
