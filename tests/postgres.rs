@@ -1081,6 +1081,25 @@ async fn a_database_outage_refuses_new_calls_keeps_the_call_in_progress_and_reco
     };
     let mut phone = Phone::dial(gw.sip, "+15550007777", Offer::Rfc4733).await;
     assert_eq!(healthz().await, 200);
+    // The call's execution and its first step are stored before the database goes away (a call
+    // whose execution cannot be stored at all is hung up, which is not what this test is about).
+    let store = Store::open(&db_url).await.unwrap();
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let start = Instant::now();
+    loop {
+        let ex = store.executions_for_flow(&flow_sid).await.unwrap();
+        if let Some(e) = ex.first() {
+            if !store.steps(&e.sid).await.unwrap().is_empty() {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the call's execution is stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(store);
 
     own.stop();
     let down = Instant::now();
@@ -1121,7 +1140,6 @@ async fn a_database_outage_refuses_new_calls_keeps_the_call_in_progress_and_reco
     // The call that lived through the outage ends and is stored whole.
     phone.hangup().await;
     let store = Store::open(&db_url).await.unwrap();
-    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
     let start = Instant::now();
     loop {
         let ex = store.executions_for_flow(&flow_sid).await.unwrap();
