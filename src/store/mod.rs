@@ -374,14 +374,27 @@ impl Store {
         .bind(node)
         .fetch_all(&self.pool)
         .await?;
+        self.end_rows(&rows, now, Some(reason)).await
+    }
+
+    /// End each active execution of `rows` from outside (its state marked ended, with
+    /// `end_reason` when given); returns those that were still active, as they were.
+    pub(crate) async fn end_rows(
+        &self,
+        rows: &[AnyRow],
+        now: &str,
+        reason: Option<&str>,
+    ) -> Result<Vec<ExecutionRecord>, StoreError> {
         let mut ended = Vec::new();
-        for r in &rows {
+        for r in rows {
             let e = execution_from(r)?;
             let mut state = e.state.clone();
             if let Some(o) = state.as_object_mut() {
                 o.insert("status".into(), Value::String("ended".into()));
                 o.insert("current".into(), Value::Null);
-                o.insert("end_reason".into(), Value::String(reason.into()));
+                if let Some(reason) = reason {
+                    o.insert("end_reason".into(), Value::String(reason.into()));
+                }
             }
             if self.end_execution(&e.sid, &state, now).await? {
                 ended.push(e);

@@ -2,9 +2,7 @@
 //! 30 days); active executions older than their limit are ended first. Portable SQL over text
 //! RFC 3339 UTC timestamps (they compare as text).
 
-use serde_json::{json, Value};
-
-use super::{execution_from, ExecutionRecord, Store, StoreError};
+use super::{ExecutionRecord, Store, StoreError};
 
 /// What one clean-up did.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -33,17 +31,7 @@ impl Store {
         .bind(end_before)
         .fetch_all(&self.pool)
         .await?;
-        for r in &rows {
-            let e = execution_from(r)?;
-            let mut state = e.state.clone();
-            if let Some(o) = state.as_object_mut() {
-                o.insert("status".into(), json!("ended"));
-                o.insert("current".into(), Value::Null);
-            }
-            if self.end_execution(&e.sid, &state, now).await? {
-                out.ended.push(e);
-            }
-        }
+        out.ended = self.end_rows(&rows, now, None).await?;
         let mut tx = self.pool.begin().await?;
         out.deleted_steps = sqlx::query(
             "DELETE FROM steps WHERE execution_sid IN (SELECT sid FROM executions WHERE status = 'ended' AND date_created < $1)",
@@ -67,6 +55,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::{new_sid, now_rfc3339, StepRecord};
+    use serde_json::json;
 
     fn exec(sid: &str, status: &str, created: &str, key: Option<&str>) -> ExecutionRecord {
         ExecutionRecord {
