@@ -306,11 +306,23 @@ pub struct TtsConfig {
     pub speed_wpm: u32,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://...` or `postgres://...`; empty: SQLite at `<data_dir>/switchboard.db`.
     pub url: Option<String>,
+    /// Free space (MB) the data directory's file system must keep: below it new calls get 503
+    /// and `/healthz` says so, before the database or a recording fails half-way. 0: no floor.
+    pub min_free_mb: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            min_free_mb: 64,
+        }
+    }
 }
 
 impl Default for Config {

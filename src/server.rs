@@ -96,7 +96,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     )));
     let events = start_events(&cfg, &credentials, &http_client)?;
     recover_after_crash(&store, &cfg, &credentials.account_sid, events.as_ref()).await?;
-    store.watch_health(std::time::Duration::from_secs(1));
+    store.watch_health(
+        std::time::Duration::from_secs(1),
+        (cfg.database.min_free_mb > 0).then(|| crate::store::DiskFloor {
+            dir: cfg.data_dir.clone(),
+            min_free_bytes: cfg.database.min_free_mb.saturating_mul(1 << 20),
+        }),
+    );
     tokio::spawn(crate::retention::run(
         store.clone(),
         cfg.retention.clone(),

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -296,4 +296,178 @@ async fn metrics_count_calls_behind_the_api_auth_or_on_their_own_bind() {
         .0,
         404
     );
+}
+
+/// Places a call that hangs up after 300 ms; its final status.
+async fn short_call(target: SocketAddr) -> u16 {
+    Ua::new()
+        .await
+        .call(
+            target,
+            CallOptions {
+                max_duration: Duration::from_secs(10),
+                hangup_after: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .final_status
+}
+
+/// Packets the phone heard in the last 0.9 s.
+fn recent_packets(phone: &Phone) -> usize {
+    phone
+        .heard
+        .lock()
+        .unwrap()
+        .packets
+        .iter()
+        .filter(|(t, ..)| t.elapsed() < Duration::from_millis(900))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_calls_keeps_the_call_in_progress_and_recovers() {
+    // The free-space floor notices first.
+    full_disk(8, "data directory low on disk space").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_floor_the_failing_database_write_refuses_new_calls_and_recovers() {
+    // No floor: SQLite's own write fails (SQLITE_FULL) and the probe notices that.
+    full_disk(0, "database unavailable").await;
+}
+
+async fn full_disk(min_free_mb: u64, noticed: &str) {
+    // The data directory is a 24 MB tmpfs of the gateway's own (a user and mount namespace:
+    // no root needed, and the mount goes away with the process); the test fills it through
+    // /proc/PID/root, which shows the gateway's view of the file system.
+    if !peer_available("unshare") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(&cfg, format!("[database]\nmin_free_mb = {min_free_mb}\n")).unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let data_str = data.to_str().unwrap();
+    let gw = Gateway::start_wrapped(
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=24m tmpfs \"$0\" && exec \"$@\"",
+            data_str,
+        ],
+        &data,
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let seen = PathBuf::from(format!("/proc/{}/root{data_str}", gw.pid()));
+    assert!(
+        seen.join("switchboard.db").exists(),
+        "the database is on the gateway's tmpfs"
+    );
+    assert!(
+        !data.join("switchboard.db").exists(),
+        "and not on the test's file system"
+    );
+    let healthz = || async { get(&format!("{}/healthz", gw.base_url()), None).await };
+    assert_eq!(healthz().await.0, 200);
+
+    let mut phone = Phone::dial(gw.sip, "+15550008888", Offer::Rfc4733).await;
+    let flow_sid = switchboard::routing::LoadedFlow::from_file(&flow)
+        .unwrap()
+        .sid;
+    // Through the REST API: SQLite resolves /proc/PID/root as a symbolic link to the test's
+    // own root, so the file cannot be opened from here.
+    let base = gw.base_url();
+    let stored = |want_ended: bool| {
+        let url = format!("{base}/v2/Flows/{flow_sid}/Executions");
+        async move {
+            let auth = Some((ACCOUNT_SID, AUTH_TOKEN));
+            let (status, body) = get(&url, auth).await;
+            assert_eq!(status, 200, "{body}");
+            let page: Value = serde_json::from_str(&body).unwrap();
+            let ex = page["executions"].as_array().cloned().unwrap_or_default();
+            let mut whole = 0;
+            for e in &ex {
+                let steps = format!("{url}/{}/Steps", e["sid"].as_str().unwrap_or(""));
+                let (_, body) = get(&steps, auth).await;
+                let steps: Value = serde_json::from_str(&body).unwrap();
+                let has_steps = steps["steps"].as_array().is_some_and(|s| !s.is_empty());
+                if has_steps && (!want_ended || e["status"] == "ended") {
+                    whole += 1;
+                }
+            }
+            (ex.len(), whole)
+        }
+    };
+    let start = Instant::now();
+    while stored(false).await != (1, 1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the call is stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Fill the disk to the last byte.
+    let filler = seen.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let full = Instant::now();
+    loop {
+        let (status, body) = healthz().await;
+        if status == 503 {
+            assert_eq!(body.trim(), noticed);
+            break;
+        }
+        assert!(
+            full.elapsed() < Duration::from_secs(5),
+            "the full disk is noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        short_call(gw.sip).await,
+        503,
+        "a new call is refused, not answered and dropped"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let recent = recent_packets(&phone);
+    assert!(
+        recent >= 30,
+        "{recent} packets in the last 0.9 s on a full disk"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    while healthz().await.0 != 200 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "recovers by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(short_call(gw.sip).await, 200, "calls are answered again");
+    phone.hangup().await;
+    // The call that lived through it and the one after are stored whole and ended.
+    let start = Instant::now();
+    while stored(true).await != (2, 2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            stored(true).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

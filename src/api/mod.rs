@@ -152,18 +152,18 @@ pub fn router(api: Arc<Api>) -> Router {
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))
         .with_state(api);
-    // 503 while the database is away: a load balancer's health check moves traffic elsewhere.
+    // 503 while the store cannot keep a call (database away, disk low): a load balancer's
+    // health check moves traffic elsewhere.
     let open = Router::new().route(
         "/healthz",
         get(move || async move {
-            if store.is_available() {
-                (axum::http::StatusCode::OK, "ok\n")
+            let health = store.health();
+            let status = if store.is_available() {
+                axum::http::StatusCode::OK
             } else {
-                (
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "database unavailable\n",
-                )
-            }
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, format!("{}\n", health.describe()))
         }),
     );
     let open = match webhook {

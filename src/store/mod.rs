@@ -19,6 +19,7 @@ macro_rules! revision_columns {
 }
 
 mod catalog;
+mod disk;
 pub mod retention;
 
 pub use catalog::{ExecutionFilter, FlowRecord, RevisionRecord};
@@ -85,9 +86,46 @@ pub struct Store {
     /// This gateway process's node id: written with every execution it creates or advances,
     /// so after a crash it can end exactly the executions that were running in it.
     node: Option<Arc<str>>,
-    /// Whether the database takes writes: false after a failed write or probe, true again after
-    /// the next successful probe (see [`Store::watch_health`]).
-    available: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the store takes writes: [`Health`] as a number, set by failed writes and by the
+    /// probe (see [`Store::watch_health`]).
+    health: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// Whether the store can keep what a new call or execution decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Available,
+    /// The database refused the latest write or probe (stopped, unreachable, unwritable, full).
+    DatabaseUnavailable,
+    /// The data directory's file system has less free space than `[database] min_free_mb`:
+    /// new calls are refused before a write or a recording fails half-way.
+    DiskLow,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            0 => Health::Available,
+            1 => Health::DatabaseUnavailable,
+            _ => Health::DiskLow,
+        }
+    }
+
+    /// A short phrase for `/healthz` and the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Health::Available => "ok",
+            Health::DatabaseUnavailable => "database unavailable",
+            Health::DiskLow => "data directory low on disk space",
+        }
+    }
+}
+
+/// The free-space floor the health probe keeps for the data directory.
+#[derive(Debug, Clone)]
+pub struct DiskFloor {
+    pub dir: std::path::PathBuf,
+    pub min_free_bytes: u64,
 }
 
 /// One execution's progress, serialised and ready to bind.
@@ -302,46 +340,83 @@ impl Store {
             pool,
             writer,
             node: None,
-            available: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            health: Arc::new(std::sync::atomic::AtomicU8::new(Health::Available as u8)),
         })
     }
 
-    /// Whether the database took the latest write or probe: new calls are refused while it
-    /// does not, rather than answered and then dropped.
+    /// Whether the store took the latest write or probe: new calls are refused while it does
+    /// not, rather than answered and then dropped.
     pub fn is_available(&self) -> bool {
-        self.available.load(std::sync::atomic::Ordering::Relaxed)
+        self.health() == Health::Available
     }
 
-    fn set_available(&self, up: bool) {
-        let was = self
-            .available
-            .swap(up, std::sync::atomic::Ordering::Relaxed);
-        if was != up {
-            if up {
-                tracing::info!("database available again");
-            } else {
-                tracing::error!("database unavailable: new calls get 503 until it is back");
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set_health(&self, now: Health) {
+        let was = Health::from_u8(
+            self.health
+                .swap(now as u8, std::sync::atomic::Ordering::Relaxed),
+        );
+        if was != now {
+            match now {
+                Health::Available => tracing::info!(was = was.describe(), "store available again"),
+                _ => tracing::error!(
+                    reason = now.describe(),
+                    "store unavailable: new calls get 503 until it is back"
+                ),
             }
         }
     }
 
+    fn set_available(&self, up: bool) {
+        self.set_health(if up {
+            Health::Available
+        } else {
+            Health::DatabaseUnavailable
+        });
+    }
+
     /// Probe the database with a small write every `period` (this node's row in `nodes`), so an
-    /// outage is noticed before a call needs it and the recovery as soon as it happens.
-    pub fn watch_health(&self, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
+    /// outage is noticed before a call needs it and the recovery as soon as it happens; and,
+    /// with a `floor`, the free space of the data directory's file system (SQLite can go on
+    /// overwriting pages it already has on a full disk, so a full disk is checked, not waited
+    /// for as a failed write).
+    pub fn watch_health(
+        &self,
+        period: std::time::Duration,
+        floor: Option<DiskFloor>,
+    ) -> tokio::task::JoinHandle<()> {
         let store = self.clone();
         tokio::spawn(async move {
             let node = store.node.as_deref().unwrap_or("standalone").to_string();
             loop {
-                let probe = sqlx::query("INSERT INTO nodes (node, seen) VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET seen = $2")
-                    .bind(&node)
-                    .bind(now_rfc3339())
-                    .execute(&store.pool);
-                let ok = matches!(
-                    tokio::time::timeout(period.max(std::time::Duration::from_secs(1)), probe)
-                        .await,
-                    Ok(Ok(_))
-                );
-                store.set_available(ok);
+                let low = floor.as_ref().and_then(|f| {
+                    let free = disk::free_bytes(&f.dir).ok()?;
+                    (free < f.min_free_bytes).then_some(free)
+                });
+                let health = if low.is_some() {
+                    Health::DiskLow
+                } else {
+                    let probe = sqlx::query("INSERT INTO nodes (node, seen) VALUES ($1, $2) ON CONFLICT (node) DO UPDATE SET seen = $2")
+                        .bind(&node)
+                        .bind(now_rfc3339())
+                        .execute(&store.pool);
+                    match tokio::time::timeout(period.max(std::time::Duration::from_secs(1)), probe)
+                        .await
+                    {
+                        Ok(Ok(_)) => Health::Available,
+                        _ => Health::DatabaseUnavailable,
+                    }
+                };
+                if let (Some(free), true) = (low, store.health() != Health::DiskLow) {
+                    tracing::warn!(
+                        free_bytes = free,
+                        "data directory below its free-space floor"
+                    );
+                }
+                store.set_health(health);
                 tokio::time::sleep(period).await;
             }
         })

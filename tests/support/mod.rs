@@ -57,7 +57,44 @@ impl Gateway {
         api: Option<(&str, &str)>,
         log: Option<&Path>,
     ) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        Self::spawn(&[], data_dir, flow, extra, api, log)
+    }
+
+    /// Start the gateway as the last argument of `wrapper` (a program and its arguments that
+    /// ends by running its arguments, e.g. `unshare ... sh -c '... exec "$@"' sh`).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        flow: Option<&Path>,
+        extra: &[&str],
+    ) -> Gateway {
+        Self::spawn(
+            wrapper,
+            data_dir,
+            flow,
+            extra,
+            Some((ACCOUNT_SID, AUTH_TOKEN)),
+            None,
+        )
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        data_dir: &Path,
+        flow: Option<&Path>,
+        extra: &[&str],
+        api: Option<(&str, &str)>,
+        log: Option<&Path>,
+    ) -> Gateway {
+        let bin = env!("CARGO_BIN_EXE_switchboard");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args([
             "serve",
             "--sip-bind",
