@@ -32,6 +32,184 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub shutdown: ShutdownConfig,
     pub metrics: MetricsConfig,
+    /// `[[trunks]]`: carriers and PBXs (inbound by address, outbound, registration).
+    pub trunks: Vec<TrunkConfig>,
+    /// `[[users]]`: phones that register to the gateway and call in with digest auth.
+    pub users: Vec<UserConfig>,
+}
+
+/// `srtp` policy of a trunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// Plain RTP only.
+    #[default]
+    Off,
+    /// SRTP when the peer offers it, plain RTP otherwise. Until SRTP is implemented this is
+    /// plain RTP (an SRTP-only offer is answered 488).
+    Optional,
+    /// SRTP or no call. Refused at start until SRTP is implemented.
+    Required,
+}
+
+/// `[[trunks]]`: one carrier or PBX.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Where outbound requests (INVITE, REGISTER) go: `sip:host[:port][;transport=udp|tcp]`.
+    pub uri: String,
+    /// Sources (CIDR) that are this trunk: their requests are trusted without digest.
+    #[serde(default)]
+    pub inbound_from: Vec<String>,
+    /// Digest credentials answering the trunk's 401/407 and for REGISTER.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Keep a registration (RFC 3261 §10) with this trunk.
+    #[serde(default)]
+    pub register: bool,
+    #[serde(default = "default_register_expires")]
+    pub register_expires: u32,
+    /// Default From user for calls out.
+    #[serde(default)]
+    pub caller_id: Option<String>,
+    /// E.164 patterns (`+1*`, exact numbers) this trunk may dial; empty: none.
+    #[serde(default)]
+    pub dial_allow: Vec<String>,
+    /// Concurrent calls out through this trunk.
+    #[serde(default = "default_max_outbound")]
+    pub max_outbound: usize,
+    #[serde(default)]
+    pub srtp: SrtpPolicy,
+}
+
+fn default_register_expires() -> u32 {
+    600
+}
+
+fn default_max_outbound() -> usize {
+    100
+}
+
+impl std::fmt::Debug for TrunkConfig {
+    // The digest password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("inbound_from", &self.inbound_from)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("register", &self.register)
+            .field("register_expires", &self.register_expires)
+            .field("caller_id", &self.caller_id)
+            .field("dial_allow", &self.dial_allow)
+            .field("max_outbound", &self.max_outbound)
+            .field("srtp", &self.srtp)
+            .finish()
+    }
+}
+
+/// `[[users]]`: a phone that authenticates with digest (and may register).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// A `[[trunks]]`/`[[users]]` entry that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum TrunkError {
+    #[error("trunk {0:?}: the name is used twice")]
+    Duplicate(String),
+    #[error("trunk {name:?}: uri {uri:?} is not sip:host[:port][;transport=udp|tcp]")]
+    Uri { name: String, uri: String },
+    #[error("trunk {name:?}: transport {transport:?} is not supported yet (udp, tcp)")]
+    Transport { name: String, transport: String },
+    #[error("trunk {0:?}: register = true needs username and password")]
+    RegisterWithoutCredentials(String),
+    #[error("trunk {0:?}: register_expires must be at least 60 (RFC 3261 §10.2.8)")]
+    ShortExpiry(String),
+    #[error("trunk {0:?}: srtp = \"required\" cannot be met: SRTP is not implemented yet")]
+    SrtpRequired(String),
+    #[error("user {0:?}: the username is used twice or is empty")]
+    User(String),
+}
+
+impl TrunkConfig {
+    /// The transport of `uri` (`;transport=`), UDP by default.
+    pub fn transport(&self) -> String {
+        self.uri
+            .split(';')
+            .skip(1)
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("transport")
+                    .then(|| v.trim().to_ascii_lowercase())
+            })
+            .unwrap_or_else(|| "udp".into())
+    }
+}
+
+impl Config {
+    /// Checks of `[[trunks]]` and `[[users]]` that serde cannot make.
+    pub fn check_trunks(&self) -> Result<(), TrunkError> {
+        let mut names = std::collections::HashSet::new();
+        for t in &self.trunks {
+            if !names.insert(t.name.as_str()) {
+                return Err(TrunkError::Duplicate(t.name.clone()));
+            }
+            let host = t
+                .uri
+                .trim()
+                .strip_prefix("sip:")
+                .map(|r| r.split([';', '?']).next().unwrap_or(""))
+                .map(|r| r.rsplit('@').next().unwrap_or(""))
+                .unwrap_or("");
+            if host.is_empty() {
+                return Err(TrunkError::Uri {
+                    name: t.name.clone(),
+                    uri: t.uri.clone(),
+                });
+            }
+            let transport = t.transport();
+            if transport != "udp" && transport != "tcp" {
+                return Err(TrunkError::Transport {
+                    name: t.name.clone(),
+                    transport,
+                });
+            }
+            if t.register && (t.username.is_none() || t.password.is_none()) {
+                return Err(TrunkError::RegisterWithoutCredentials(t.name.clone()));
+            }
+            if t.register && t.register_expires < 60 {
+                return Err(TrunkError::ShortExpiry(t.name.clone()));
+            }
+            if t.srtp == SrtpPolicy::Required {
+                return Err(TrunkError::SrtpRequired(t.name.clone()));
+            }
+        }
+        let mut users = std::collections::HashSet::new();
+        for u in &self.users {
+            if u.username.is_empty() || !users.insert(u.username.as_str()) {
+                return Err(TrunkError::User(u.username.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint `/metrics`.
@@ -340,6 +518,8 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             api: ApiConfig::default(),
             messaging: MessagingConfig::default(),
+            trunks: Vec::new(),
+            users: Vec::new(),
             events: EventsConfig::default(),
             retention: RetentionConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -423,6 +603,8 @@ impl Config {
             "functions",
             "shutdown",
             "metrics",
+            "trunks",
+            "users",
         ];
         // Keys keep the variable's case here (figment lowercases them later).
         let env = Env::prefixed("SWITCHBOARD_").split("__").filter(move |k| {

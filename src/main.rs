@@ -144,6 +144,10 @@ fn main() -> ExitCode {
             if flow.is_some() {
                 cfg.flow = flow;
             }
+            if let Err(e) = cfg.check_trunks() {
+                eprintln!("switchboard: configuration: {e}");
+                return ExitCode::from(2);
+            }
             serve(cfg)
         }
     }

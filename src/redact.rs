@@ -1,6 +1,7 @@
 //! Secrets out of text that reaches a log line or an error message: URLs lose the password of
 //! their userinfo and the values of secret-looking query parameters, and error text from a
-//! library that quotes a URL can be scrubbed of that URL's secrets.
+//! library that quotes a URL can be scrubbed of that URL's secrets. Secrets are compared with
+//! [`constant_time_eq`].
 
 /// Query parameters whose values are credentials (compared case-insensitively).
 const SECRET_PARAMS: &[&str] = &[
@@ -75,6 +76,17 @@ fn secrets_of(url: &str) -> Vec<String> {
     }
     found.retain(|s| !s.is_empty() && s != "***");
     found
+}
+
+/// Compare without an early exit on the first differing byte (lengths are not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
 }
 
 #[cfg(test)]

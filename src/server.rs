@@ -215,7 +215,8 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
         &cfg.sip,
         format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
         sms_trunk_sources(cfg).await?,
-    )?;
+    )?
+    .with_trunks(&cfg.trunks, &cfg.users)?;
     Ok(endpoint::start(cfg.sip.bind, core_cfg).await?)
 }
 

@@ -37,6 +37,13 @@ impl Acl {
         Ok(Acl { blocks })
     }
 
+    /// Every block of `self` and of `other`.
+    pub fn union(&self, other: &Acl) -> Acl {
+        let mut blocks = self.blocks.clone();
+        blocks.extend(other.blocks.iter().copied());
+        Acl { blocks }
+    }
+
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

@@ -14,6 +14,8 @@ use super::defence::{Ban, Defence, DefenceConfig, Verdict};
 use super::message::{
     self, has_param, param, uri_of, user_of, MessageError, Request, Response, Salvage, SipMessage,
 };
+use super::registrar::{Binding, Outcome, Registrar, MIN_EXPIRES};
+use super::trust::{Admit, Trust, TrustConfig};
 
 /// RFC 3261 timer base values.
 pub const T1: Duration = Duration::from_millis(500);
@@ -54,6 +56,9 @@ pub struct CoreConfig {
     pub defence: DefenceConfig,
     /// Connection limits the driver applies to SIP over TCP.
     pub tcp: TcpLimits,
+    /// Trunks and users: with them, a new dialog or registration needs a trunk's source
+    /// address or digest credentials (see `sip::trust`); without, the ACL admits.
+    pub trust: Option<TrustConfig>,
 }
 
 /// `[sip]` settings for TCP connections (applied by the endpoint, which owns the sockets).
@@ -98,7 +103,30 @@ impl CoreConfig {
                 idle_timeout: Duration::from_secs(sip.tcp_idle_timeout_secs.max(1)),
                 max_per_ip: sip.tcp_max_connections_per_ip,
             },
+            trust: None,
         })
+    }
+
+    /// Take `[[trunks]]` and `[[users]]`: trust by trunk address or digest, and the trunks'
+    /// sources pass the network ACL too (a trunk is configured to be let in).
+    pub fn with_trunks(
+        mut self,
+        trunks: &[crate::config::TrunkConfig],
+        users: &[crate::config::UserConfig],
+    ) -> Result<Self, AclError> {
+        let realm = self.server_name.split('/').next().unwrap_or("switchboard");
+        let realm = if realm.is_empty() {
+            "switchboard"
+        } else {
+            realm
+        };
+        self.trust = TrustConfig::from_config(trunks, users, &realm.to_ascii_lowercase())?;
+        if let Some(t) = &self.trust {
+            for (_, acl) in &t.trunks {
+                self.acl = self.acl.union(acl);
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -115,6 +143,17 @@ pub struct IncomingInvite {
     pub peer: Peer,
     pub local: SocketAddr,
     pub sdp: Vec<u8>,
+    /// Who was trusted to place it, when trunks or users are configured.
+    pub admitted: Option<Admitted>,
+}
+
+/// Why a request that opens a dialog was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// It came from this trunk's `inbound_from`.
+    Trunk(String),
+    /// It carried this user's digest credentials.
+    User(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,6 +198,11 @@ pub enum Event {
     Ended {
         call_id: String,
         reason: DialogEnd,
+    },
+    /// A user's registration changed (logged by the driver): its bindings now.
+    Registered {
+        user: String,
+        contacts: Vec<(String, u32)>,
     },
     /// A request we refused at the door (bad syntax, ACL): logged by the driver.
     Refused {
@@ -294,6 +338,9 @@ pub struct SipCore {
     next_purge: Option<Instant>,
     /// MESSAGE client transactions by branch.
     messages: HashMap<String, MessageTx>,
+    /// Trunk addresses and digest users, when configured.
+    trust: Option<Trust>,
+    registrar: Registrar,
     out: VecDeque<Output>,
 }
 
@@ -306,6 +353,8 @@ struct MessageTx {
 }
 
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE";
+/// With users configured we are their registrar too.
+const ALLOW_REGISTRAR: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, REGISTER";
 /// Methods we recognise: those in ALLOW, and those we answer 405 (RFC 3261 §8.2.1).
 const KNOWN_METHODS: &[&str] = &[
     "INVITE",
@@ -326,6 +375,7 @@ const KNOWN_METHODS: &[&str] = &[
 
 impl SipCore {
     pub fn new(cfg: CoreConfig) -> Self {
+        let trust = cfg.trust.clone().map(Trust::new);
         SipCore {
             defence: Defence::lenient(cfg.defence.clone()),
             cfg,
@@ -335,8 +385,24 @@ impl SipCore {
             timer_seq: 0,
             next_purge: None,
             messages: HashMap::new(),
+            trust,
+            registrar: Registrar::default(),
             out: VecDeque::new(),
         }
+    }
+
+    /// The methods we serve (REGISTER when we are a registrar).
+    fn allow(&self) -> &'static str {
+        if self.trust.is_some() {
+            ALLOW_REGISTRAR
+        } else {
+            ALLOW
+        }
+    }
+
+    /// Where a registered user can be reached now, the latest registration first.
+    pub fn bindings(&self, now: Instant, user: &str) -> Vec<&Binding> {
+        self.registrar.lookup(now, user)
     }
 
     pub fn dialog_count(&self) -> usize {
@@ -525,13 +591,44 @@ impl SipCore {
             let extra = format!("Unsupported: {}\r\n", req.require.join(", "));
             return self.refuse(now, peer, &req, &branch, 420, "Bad Extension", &extra);
         }
+        let opens = match req.method.as_str() {
+            "INVITE" => param(&req.to, "tag").is_none() && !self.dialogs.contains_key(&req.call_id),
+            "REGISTER" => true,
+            _ => false,
+        };
+        let mut admitted = None;
+        if let (true, Some(trust)) = (opens, self.trust.as_mut()) {
+            match trust.admit(now, peer.addr.ip(), &req) {
+                Admit::Trunk(name) => admitted = Some(Admitted::Trunk(name)),
+                Admit::User(user) => admitted = Some(Admitted::User(user)),
+                Admit::Challenge(values) => {
+                    let extra: String = values
+                        .iter()
+                        .map(|v| format!("WWW-Authenticate: {v}\r\n"))
+                        .collect();
+                    return self.refuse(now, peer, &req, &branch, 401, "Unauthorized", &extra);
+                }
+                Admit::Refuse(why) => {
+                    self.refused(
+                        peer,
+                        403,
+                        format!("{} from {}: {why}", req.method, peer.addr),
+                    );
+                    self.failed(now, peer.addr.ip());
+                    return self.refuse(now, peer, &req, &branch, 403, "Forbidden", "");
+                }
+            }
+        }
         // Max-Forwards 0 matters to proxies only: an endpoint processes the request (RFC 4475 §3.3.11).
         match req.method.as_str() {
-            "INVITE" => self.on_invite(now, peer, local, req, branch),
+            "INVITE" => self.on_invite(now, peer, local, req, branch, admitted),
+            "REGISTER" if self.trust.is_some() => {
+                self.on_register(now, peer, &req, &branch, admitted)
+            }
             "CANCEL" => self.on_cancel(now, peer, &req, &branch),
             "BYE" => self.on_bye(now, peer, &req, &branch),
             "OPTIONS" => {
-                let extra = format!("Allow: {ALLOW}\r\nAccept: application/sdp\r\n");
+                let extra = format!("Allow: {}\r\nAccept: application/sdp\r\n", self.allow());
                 self.reply_cached(now, peer, &head, &branch, 200, "OK", &extra);
             }
             "INFO" => {
@@ -570,6 +667,7 @@ impl SipCore {
         local: SocketAddr,
         req: Request,
         branch: String,
+        admitted: Option<Admitted>,
     ) {
         let head = Head::of(&req);
         if let Some(d) = self.dialogs.get_mut(&req.call_id) {
@@ -660,6 +758,7 @@ impl SipCore {
             peer,
             local,
             sdp: req.body,
+            admitted,
         };
         self.dialogs.insert(
             req.call_id.clone(),
@@ -683,6 +782,47 @@ impl SipCore {
         let _ = now;
         self.out
             .push_back(Output::Event(Event::Invite(Box::new(invite))));
+    }
+
+    /// A user's REGISTER, already authenticated (RFC 3261 §10.3).
+    fn on_register(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        req: &Request,
+        branch: &str,
+        admitted: Option<Admitted>,
+    ) {
+        let head = Head::of(req);
+        let Some(Admitted::User(user)) = admitted else {
+            return self.reply_cached(now, peer, &head, branch, 403, "Forbidden", "");
+        };
+        match self.registrar.register(now, &user, peer, req) {
+            Outcome::Bound(contacts) => {
+                let extra: String = contacts
+                    .iter()
+                    .map(|(c, secs)| format!("Contact: <{c}>;expires={secs}\r\n"))
+                    .collect();
+                self.reply_cached(now, peer, &head, branch, 200, "OK", &extra);
+                self.out
+                    .push_back(Output::Event(Event::Registered { user, contacts }));
+            }
+            Outcome::TooBrief => {
+                let extra = format!("Min-Expires: {MIN_EXPIRES}\r\n");
+                self.reply_cached(now, peer, &head, branch, 423, "Interval Too Brief", &extra);
+            }
+            Outcome::NotYours => {
+                self.refused(
+                    peer,
+                    403,
+                    format!("REGISTER by {user} for another address of record"),
+                );
+                self.reply_cached(now, peer, &head, branch, 403, "Forbidden", "");
+            }
+            Outcome::BadContact => {
+                self.reply_cached(now, peer, &head, branch, 400, "Bad Request", "");
+            }
+        }
     }
 
     fn on_ack(&mut self, req: &Request, branch: &str) {
@@ -1356,6 +1496,7 @@ mod tests {
             message_sources: Acl::parse(&["127.0.0.1".to_string()]).unwrap(),
             defence: DefenceConfig::default(),
             tcp: TcpLimits::default(),
+            trust: None,
         })
     }
 
@@ -1930,5 +2071,252 @@ mod tests {
         // A real retransmission from the first sender still gets the cached 200.
         c.handle_message(t0, peer(), local(), opts("").as_bytes());
         assert_eq!(first_final(&drain(&mut c).0), Some(200));
+    }
+
+    /// A core with one trunk (192.0.2.0/24) and one user, alice/wonderland.
+    fn trusting_core(ban_after_failures: u32) -> SipCore {
+        let trunk = crate::config::TrunkConfig {
+            name: "carrier".into(),
+            uri: "sip:192.0.2.1".into(),
+            inbound_from: vec!["192.0.2.0/24".into()],
+            username: None,
+            password: None,
+            register: false,
+            register_expires: 600,
+            caller_id: None,
+            dial_allow: vec![],
+            max_outbound: 10,
+            srtp: crate::config::SrtpPolicy::Off,
+        };
+        let user = crate::config::UserConfig {
+            username: "alice".into(),
+            password: "wonderland".into(),
+        };
+        let cfg = CoreConfig {
+            defence: DefenceConfig {
+                exempt: vec![],
+                ban_after_failures,
+                ..DefenceConfig::default()
+            },
+            ..core().cfg
+        }
+        .with_trunks(&[trunk], &[user])
+        .unwrap();
+        SipCore::new(cfg)
+    }
+
+    /// `req` with an Authorization header answering the first challenge of `resp`.
+    fn authorize(req: &str, resp: &str, password: &str, nc: u32) -> String {
+        let challenges: Vec<String> = resp
+            .lines()
+            .filter_map(|l| l.strip_prefix("WWW-Authenticate: "))
+            .map(str::to_string)
+            .collect();
+        let ch = super::super::digest::Challenge::parse(&challenges[0]).unwrap();
+        let method = req.split_whitespace().next().unwrap();
+        let uri = req.split_whitespace().nth(1).unwrap();
+        let auth = ch.answer("alice", password, method, uri, "c0ffee", nc);
+        req.replacen("\r\n", &format!("\r\nAuthorization: {auth}\r\n"), 1)
+    }
+
+    fn final_status(tx: &[String]) -> Option<u16> {
+        tx.iter()
+            .filter_map(|t| t.split_whitespace().nth(1)?.parse().ok())
+            .find(|s| *s >= 200)
+    }
+
+    #[test]
+    fn with_trunks_and_users_a_stranger_is_challenged_and_a_user_admitted() {
+        let mut c = trusting_core(5);
+        let t0 = Instant::now();
+        // Loopback is in the network ACL but is no trunk: challenged, SHA-256 first then MD5.
+        c.handle_message(t0, peer(), local(), invite("a1", "z9hG4bKa1").as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert!(tx[0].starts_with("SIP/2.0 401 Unauthorized"), "{}", tx[0]);
+        let www: Vec<&str> = tx[0]
+            .lines()
+            .filter(|l| l.starts_with("WWW-Authenticate:"))
+            .collect();
+        assert_eq!(www.len(), 2, "{}", tx[0]);
+        assert!(www[0].contains("algorithm=SHA-256") && www[1].contains("algorithm=MD5"));
+        assert!(www[0].contains("realm=\"switchboard-test\"") && www[0].contains("qop=\"auth\""));
+        // The ACK of the 401 is absorbed (no dialog was made).
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            b"ACK sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKa1\r\nFrom: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag=x\r\nCall-ID: a1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(drain(&mut c).0.is_empty());
+
+        // The same INVITE with the right credentials (a new branch, CSeq 2) is a call by alice.
+        let again = invite("a1", "z9hG4bKa2").replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            authorize(&again, &tx[0], "wonderland", 1).as_bytes(),
+        );
+        let (tx2, ev) = drain(&mut c);
+        assert!(tx2[0].starts_with("SIP/2.0 100"), "{}", tx2[0]);
+        let Event::Invite(inv) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(inv.admitted, Some(Admitted::User("alice".into())));
+
+        // Replaying the same credentials on another call is refused.
+        let replay = invite("a2", "z9hG4bKa3").replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            authorize(&replay, &tx[0], "wonderland", 1).as_bytes(),
+        );
+        let (tx3, ev) = drain(&mut c);
+        assert_eq!(final_status(&tx3), Some(403), "{tx3:?}");
+        assert!(
+            matches!(&ev[0], Event::Refused { status: 403, reason, .. } if reason.contains("replayed")),
+            "{ev:?}"
+        );
+
+        // A trunk's source needs no credentials, and the ACL lets it in although it is not loopback.
+        let carrier = Peer {
+            addr: "192.0.2.7:5060".parse().unwrap(),
+            transport: Transport::Udp,
+        };
+        c.handle_message(t0, carrier, local(), invite("t1", "z9hG4bKt1").as_bytes());
+        let (_, ev) = drain(&mut c);
+        let Event::Invite(inv) = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(inv.admitted, Some(Admitted::Trunk("carrier".into())));
+    }
+
+    #[test]
+    fn wrong_passwords_are_refused_and_enough_of_them_ban_the_source() {
+        let mut c = trusting_core(3);
+        let t0 = Instant::now();
+        let mut banned = 0;
+        for i in 0..3 {
+            let inv = invite(&format!("w{i}"), &format!("z9hG4bKw{i}"));
+            c.handle_message(t0, peer(), local(), inv.as_bytes());
+            let (tx, _) = drain(&mut c);
+            assert_eq!(final_status(&tx), Some(401));
+            let inv =
+                invite(&format!("w{i}"), &format!("z9hG4bKx{i}")).replace("CSeq: 1", "CSeq: 2");
+            c.handle_message(
+                t0,
+                peer(),
+                local(),
+                authorize(&inv, &tx[0], "guess", 1).as_bytes(),
+            );
+            while let Some(o) = c.poll_output() {
+                match o {
+                    Output::Transmit(t) => {
+                        assert!(String::from_utf8_lossy(&t.data).starts_with("SIP/2.0 403"))
+                    }
+                    Output::Banned(_) => banned += 1,
+                    Output::Event(Event::Refused { status, reason, .. }) => {
+                        assert_eq!(status, 403);
+                        assert!(reason.contains("wrong password"), "{reason}");
+                    }
+                    Output::Event(e) => panic!("{e:?}"),
+                }
+            }
+        }
+        assert_eq!(banned, 1, "the third wrong password bans the source");
+        c.handle_message(t0, peer(), local(), invite("w9", "z9hG4bKw9").as_bytes());
+        assert!(c.poll_output().is_none(), "banned: dropped in silence");
+    }
+
+    fn register(call_id: &str, cseq: u32, branch: &str, contact: &str, user: &str) -> String {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport\r\n\
+             From: <sip:{user}@127.0.0.1>;tag=r1\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: {call_id}\r\n\
+             CSeq: {cseq} REGISTER\r\nContact: {contact}\r\nContent-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn users_register_with_digest_and_their_bindings_expire() {
+        let mut c = trusting_core(5);
+        let t0 = Instant::now();
+        let contact = "<sip:alice@127.0.0.1:5070>;expires=120";
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            register("r", 1, "z9hG4bKr1", contact, "alice").as_bytes(),
+        );
+        let (tx, _) = drain(&mut c);
+        assert_eq!(final_status(&tx), Some(401), "{tx:?}");
+        let req = authorize(
+            &register("r", 2, "z9hG4bKr2", contact, "alice"),
+            &tx[0],
+            "wonderland",
+            1,
+        );
+        c.handle_message(t0, peer(), local(), req.as_bytes());
+        let (tx2, ev) = drain(&mut c);
+        assert_eq!(final_status(&tx2), Some(200), "{tx2:?}");
+        assert!(
+            tx2[0].contains("Contact: <sip:alice@127.0.0.1:5070>;expires=120"),
+            "{}",
+            tx2[0]
+        );
+        assert!(
+            matches!(&ev[0], Event::Registered { user, contacts } if user == "alice" && contacts.len() == 1)
+        );
+        let b = c.bindings(t0, "alice");
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].contact, "sip:alice@127.0.0.1:5070");
+        assert_eq!(b[0].peer, peer());
+        assert!(
+            c.bindings(t0 + Duration::from_secs(121), "alice")
+                .is_empty(),
+            "expiry honoured"
+        );
+
+        // Too brief: 423 with Min-Expires; alice registering bob: 403; expires=0 removes.
+        let brief = "<sip:alice@127.0.0.1:5070>;expires=5";
+        let req = authorize(
+            &register("r", 3, "z9hG4bKr3", brief, "alice"),
+            &tx[0],
+            "wonderland",
+            2,
+        );
+        c.handle_message(t0, peer(), local(), req.as_bytes());
+        let (tx3, _) = drain(&mut c);
+        assert_eq!(final_status(&tx3), Some(423));
+        assert!(tx3[0].contains("Min-Expires: 60"));
+        let req = authorize(
+            &register("r", 4, "z9hG4bKr4", contact, "bob"),
+            &tx[0],
+            "wonderland",
+            3,
+        );
+        c.handle_message(t0, peer(), local(), req.as_bytes());
+        assert_eq!(final_status(&drain(&mut c).0), Some(403));
+        let gone = "<sip:alice@127.0.0.1:5070>;expires=0";
+        let req = authorize(
+            &register("r", 5, "z9hG4bKr5", gone, "alice"),
+            &tx[0],
+            "wonderland",
+            4,
+        );
+        c.handle_message(t0, peer(), local(), req.as_bytes());
+        assert_eq!(final_status(&drain(&mut c).0), Some(200));
+        assert!(c.bindings(t0, "alice").is_empty());
+
+        // Without trunks or users there is no registrar: 405 as before.
+        let mut open = core();
+        open.handle_message(
+            t0,
+            peer(),
+            local(),
+            register("o", 1, "z9hG4bKo1", contact, "alice").as_bytes(),
+        );
+        assert_eq!(final_status(&drain(&mut open).0), Some(405));
     }
 }

@@ -391,6 +391,12 @@ impl Driver {
                 }) => {
                     limited!(self.log, peer.addr.ip(), info, from = %peer.addr, status, %reason, "SIP request refused");
                 }
+                Output::Event(Event::Registered { user, contacts }) => match contacts.first() {
+                    Some((contact, secs)) => {
+                        tracing::info!(%user, %contact, expires = secs, bindings = contacts.len(), "user registered")
+                    }
+                    None => tracing::info!(%user, "user unregistered"),
+                },
                 Output::Banned(ban) => {
                     // One line per ban: bans are long, so these cannot flood.
                     tracing::warn!(source = %ban.ip, failures = ban.failures, secs = ban.secs, "SIP source banned: its traffic is dropped");

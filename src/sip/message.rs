@@ -64,6 +64,10 @@ pub struct Request {
     /// The Accept header values, when present.
     pub accept: Option<String>,
     pub user_agent: Option<String>,
+    /// The `Authorization` header (a UAS challenge answered), else `Proxy-Authorization`.
+    pub authorization: Option<String>,
+    /// The `Expires` header (REGISTER).
+    pub expires: Option<u32>,
     pub body: Vec<u8>,
 }
 
@@ -74,6 +78,18 @@ pub struct Response {
     pub cseq: u32,
     pub cseq_method: String,
     pub branch: Option<String>,
+    /// The reason phrase.
+    pub reason: String,
+    /// `WWW-Authenticate` (401) challenges, in order.
+    pub www_authenticate: Vec<String>,
+    /// `Proxy-Authenticate` (407) challenges, in order.
+    pub proxy_authenticate: Vec<String>,
+    /// Every `Contact` header value (a registrar lists the bindings it holds).
+    pub contacts: Vec<String>,
+    /// The `Expires` header.
+    pub expires: Option<u32>,
+    /// The `Min-Expires` header (423 Interval Too Brief).
+    pub min_expires: Option<u32>,
 }
 
 // One message is parsed and handled at a time, never stored: boxing buys nothing.
@@ -314,7 +330,7 @@ pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<SipMessag
     };
     let out = match msg {
         rsip::SipMessage::Request(r) => request_from(&r, &scanned, body).map(SipMessage::Request),
-        rsip::SipMessage::Response(r) => response_from(&r).map(SipMessage::Response),
+        rsip::SipMessage::Response(r) => response_from(&r, &scanned).map(SipMessage::Response),
     };
     out.map_err(|e| Box::new((e, salvage(data))))
 }
@@ -381,11 +397,17 @@ fn request_from(r: &rsip::Request, sc: &Scanned, body: Vec<u8>) -> Result<Reques
             (!all.is_empty()).then(|| all.join(", "))
         },
         user_agent: sc.all("user-agent").next().map(str::to_string),
+        authorization: sc
+            .all("authorization")
+            .chain(sc.all("proxy-authorization"))
+            .next()
+            .map(str::to_string),
+        expires: sc.all("expires").next().and_then(|v| v.trim().parse().ok()),
         body,
     })
 }
 
-fn response_from(r: &rsip::Response) -> Result<Response, MessageError> {
+fn response_from(r: &rsip::Response, sc: &Scanned) -> Result<Response, MessageError> {
     let call_id = r
         .call_id_header()
         .map_err(|_| MessageError::BadHeader("Call-ID"))?
@@ -403,7 +425,50 @@ fn response_from(r: &rsip::Response) -> Result<Response, MessageError> {
         cseq,
         cseq_method,
         branch,
+        reason: sc
+            .start
+            .splitn(3, ' ')
+            .nth(2)
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        www_authenticate: sc.all("www-authenticate").map(str::to_string).collect(),
+        proxy_authenticate: sc.all("proxy-authenticate").map(str::to_string).collect(),
+        contacts: sc
+            .all("contact")
+            .flat_map(split_list)
+            .map(str::to_string)
+            .collect(),
+        expires: sc.all("expires").next().and_then(|v| v.trim().parse().ok()),
+        min_expires: sc
+            .all("min-expires")
+            .next()
+            .and_then(|v| v.trim().parse().ok()),
     })
+}
+
+/// The entries of a comma-separated header value, commas inside `<...>` or quotes kept.
+pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    let bytes = v.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => depth += 1,
+            b'>' if !quoted => depth -= 1,
+            b',' if !quoted && depth <= 0 => {
+                parts.push(&v[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&v[start..]);
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty())
 }
 
 /// Best-effort header scan for messages the parser refused.

@@ -4,9 +4,12 @@
 pub mod acl;
 pub mod core;
 pub mod defence;
+pub mod digest;
 pub mod endpoint;
 pub mod message;
+pub mod registrar;
 pub mod sdp;
+pub mod trust;
 
 pub use self::core::{
     Command, CoreConfig, DialogEnd, Event, IncomingInvite, Peer, TcpLimits, Transport,

@@ -8,16 +8,9 @@ pub mod signature;
 
 pub use errors::ApiError;
 
-/// Compare without an early exit on the first differing byte (lengths are not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
-}
+/// Secrets are compared in constant time (the function lives with the other secret handling,
+/// where SIP digest can use it too).
+pub use crate::redact::constant_time_eq;
 
 /// A plain client with the crypto provider installed (tests and tools that need no settings).
 pub fn plain_client() -> reqwest::Client {
