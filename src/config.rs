@@ -448,6 +448,10 @@ pub struct SipConfig {
     pub tcp_max_connections_per_ip: usize,
     /// Per-source rate limits, bans and scanner filtering.
     pub defence: DefenceConfig,
+    /// Digest algorithms our challenges offer to `[[users]]`, in order of preference (one
+    /// `WWW-Authenticate` each): `MD5`, `SHA-256`. MD5 first by default, because many phones
+    /// (and SIPp) answer only the first challenge and know only MD5.
+    pub digest_algorithms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -540,6 +544,7 @@ impl Default for SipConfig {
             tcp_idle_timeout_secs: 300,
             tcp_max_connections_per_ip: 32,
             defence: DefenceConfig::default(),
+            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct CoreConfig {
     /// Trunks and users: with them, a new dialog or registration needs a trunk's source
     /// address or digest credentials (see `sip::trust`); without, the ACL admits.
     pub trust: Option<TrustConfig>,
+    /// `[sip] digest_algorithms`, parsed.
+    pub digest_algorithms: Vec<super::digest::Algorithm>,
 }
 
 /// `[sip]` settings for TCP connections (applied by the endpoint, which owns the sockets).
@@ -82,6 +84,15 @@ impl Default for TcpLimits {
     }
 }
 
+/// `[sip]`, `[[trunks]]` or `[[users]]` settings the SIP stack cannot take.
+#[derive(Debug, thiserror::Error)]
+pub enum SipConfigError {
+    #[error(transparent)]
+    Acl(#[from] AclError),
+    #[error("[sip] digest_algorithms: {0:?} is not MD5 or SHA-256")]
+    Algorithm(String),
+}
+
 impl CoreConfig {
     /// The SIP stack's settings from `[sip]`; fails on an ACL entry that is not an address.
     /// `message_sources` are the SMS trunks' addresses (resolved by the caller).
@@ -89,9 +100,16 @@ impl CoreConfig {
         sip: &crate::config::SipConfig,
         server_name: String,
         message_sources: Acl,
-    ) -> Result<Self, AclError> {
+    ) -> Result<Self, SipConfigError> {
         // The exempt list is checked here so that the core can take it as valid.
         Defence::new(sip.defence.clone())?;
+        let mut digest_algorithms = Vec::new();
+        for a in &sip.digest_algorithms {
+            digest_algorithms.push(
+                super::digest::Algorithm::parse(a)
+                    .map_err(|_| SipConfigError::Algorithm(a.clone()))?,
+            );
+        }
         Ok(CoreConfig {
             max_message_bytes: sip.max_message_bytes,
             server_name,
@@ -104,6 +122,7 @@ impl CoreConfig {
                 max_per_ip: sip.tcp_max_connections_per_ip,
             },
             trust: None,
+            digest_algorithms,
         })
     }
 
@@ -113,14 +132,19 @@ impl CoreConfig {
         mut self,
         trunks: &[crate::config::TrunkConfig],
         users: &[crate::config::UserConfig],
-    ) -> Result<Self, AclError> {
+    ) -> Result<Self, SipConfigError> {
         let realm = self.server_name.split('/').next().unwrap_or("switchboard");
         let realm = if realm.is_empty() {
             "switchboard"
         } else {
             realm
         };
-        self.trust = TrustConfig::from_config(trunks, users, &realm.to_ascii_lowercase())?;
+        self.trust = TrustConfig::from_config(
+            trunks,
+            users,
+            &realm.to_ascii_lowercase(),
+            &self.digest_algorithms,
+        )?;
         if let Some(t) = &self.trust {
             for (_, acl) in &t.trunks {
                 self.acl = self.acl.union(acl);
@@ -1497,6 +1521,10 @@ mod tests {
             defence: DefenceConfig::default(),
             tcp: TcpLimits::default(),
             trust: None,
+            digest_algorithms: vec![
+                super::super::digest::Algorithm::Sha256,
+                super::super::digest::Algorithm::Md5,
+            ],
         })
     }
 

@@ -14,7 +14,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn parse(s: &str) -> Result<Algorithm, DigestError> {
+    pub fn parse(s: &str) -> Result<Algorithm, DigestError> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Ok(Algorithm::Md5),
             "SHA-256" => Ok(Algorithm::Sha256),
@@ -383,9 +383,19 @@ impl NonceBook {
     }
 }
 
-/// Request-URIs compared as a client may have re-rendered them: scheme and host case aside.
-fn same_uri(a: &str, b: &str) -> bool {
-    a.trim().eq_ignore_ascii_case(b.trim())
+/// Whether the credentials' `uri` names this request's target. Some user agents (SIPp among
+/// them) put our `sip:host:port` there rather than the whole Request-URI, so the host and port
+/// must agree and the user part may be left out; the nonce (ours, with its count) is what
+/// binds the credentials to this server and this request.
+fn same_uri(creds: &str, request: &str) -> bool {
+    fn host_port(uri: &str) -> String {
+        let rest = uri.trim();
+        let rest = rest.split_once(':').map(|(_, r)| r).unwrap_or(rest);
+        let rest = rest.split([';', '?', '>']).next().unwrap_or("");
+        rest.rsplit('@').next().unwrap_or("").to_ascii_lowercase()
+    }
+    creds.trim().eq_ignore_ascii_case(request.trim())
+        || (!host_port(creds).is_empty() && host_port(creds) == host_port(request))
 }
 
 #[cfg(test)]
@@ -533,16 +543,22 @@ mod tests {
             Check::Accepted(_)
         ));
         // Wrong password, another URI, another method's credentials.
-        let wrong = answer_from(&ch, "looking-glass", 3, uri);
+        let wrong = answer_from(&ch, "looking-glass", 4, uri);
         assert_eq!(
             book.check(t0, &wrong, "INVITE", uri, users),
             Check::Refused("wrong password")
         );
-        let other = answer_from(&ch, "wonderland", 3, "sip:999@127.0.0.1");
+        let other = answer_from(&ch, "wonderland", 3, "sip:+15550100@192.0.2.1:5060");
         assert_eq!(
             book.check(t0, &other, "INVITE", uri, users),
             Check::Refused("credentials for another URI")
         );
+        // Our host and port without the user part (as SIPp sends it) is this request's.
+        let hostonly = answer_from(&ch, "wonderland", 3, "sip:127.0.0.1:5060");
+        assert!(matches!(
+            book.check(t0, &hostonly, "INVITE", uri, users),
+            Check::Accepted(_)
+        ));
         assert_eq!(
             book.check(t0, &next, "BYE", uri, users),
             Check::Refused("wrong password")

@@ -26,6 +26,8 @@ pub struct TrustConfig {
     pub users: HashMap<String, String>,
     /// The realm of our challenges.
     pub realm: String,
+    /// One challenge per algorithm, in this order.
+    pub algorithms: Vec<Algorithm>,
 }
 
 impl TrustConfig {
@@ -34,6 +36,7 @@ impl TrustConfig {
         trunks: &[crate::config::TrunkConfig],
         users: &[crate::config::UserConfig],
         realm: &str,
+        algorithms: &[Algorithm],
     ) -> Result<Option<TrustConfig>, AclError> {
         if trunks.is_empty() && users.is_empty() {
             return Ok(None);
@@ -49,6 +52,11 @@ impl TrustConfig {
                 .map(|u| (u.username.clone(), u.password.clone()))
                 .collect(),
             realm: realm.to_string(),
+            algorithms: if algorithms.is_empty() {
+                vec![Algorithm::Md5]
+            } else {
+                algorithms.to_vec()
+            },
         }))
     }
 }
@@ -60,7 +68,7 @@ pub enum Admit {
     Trunk(String),
     /// Authenticated as this user.
     User(String),
-    /// Answer 401 with these `WWW-Authenticate` values (SHA-256 first, then MD5).
+    /// Answer 401 with these `WWW-Authenticate` values (one per configured algorithm).
     Challenge(Vec<String>),
     /// Answer 403: credentials were given and are wrong (counts towards a ban).
     Refuse(&'static str),
@@ -116,9 +124,10 @@ impl Trust {
     }
 
     fn challenges(&mut self, now: Instant, stale: bool) -> Vec<String> {
-        vec![
-            self.book.challenge(now, Algorithm::Sha256, stale),
-            self.book.challenge(now, Algorithm::Md5, stale),
-        ]
+        let algorithms = self.cfg.algorithms.clone();
+        algorithms
+            .into_iter()
+            .map(|a| self.book.challenge(now, a, stale))
+            .collect()
     }
 }

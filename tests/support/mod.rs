@@ -258,9 +258,16 @@ pub struct Ua {
 
 impl Ua {
     pub async fn new() -> Ua {
+        Self::bound("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A user agent on another loopback address (127.0.0.2, say: a trunk's source).
+    pub async fn bound(addr: SocketAddr) -> Ua {
         Ua {
-            sip: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-            rtp: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            sip: UdpSocket::bind(addr).await.unwrap(),
+            rtp: UdpSocket::bind(SocketAddr::new(addr.ip(), 0))
+                .await
+                .unwrap(),
         }
     }
 

@@ -1,0 +1,229 @@
+//! Trunks and phones as a carrier or a desk phone sees them: digest authentication of
+//! `[[users]]` (SIPp as the phone), trust by a trunk's address, and registration.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const USERS: &str = "[[users]]\nusername = \"alice\"\npassword = \"wonderland\"\n";
+
+fn scenario(name: &str) -> String {
+    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run SIPp once against `target` with digest credentials.
+fn sipp(scenario_file: &str, target: std::net::SocketAddr, user: &str, password: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new("sipp")
+        .current_dir(dir.path())
+        .args(["-sf", scenario_file, "-s", "+15550100", &target.to_string()])
+        .args(["-i", "127.0.0.1", "-p", "0", "-mp", "0"])
+        .args(["-au", user, "-ap", password])
+        .args([
+            "-m",
+            "1",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_msg",
+        ])
+        .output()
+        .map(|o| {
+            for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                if e.path().to_string_lossy().ends_with("_messages.log") {
+                    eprintln!("{}", std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+            o
+        })
+        .expect("run sipp")
+}
+
+fn gateway_with(tmp: &Path, config: &str) -> (Gateway, PathBuf, PathBuf) {
+    let cfg = tmp.join("switchboard.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let log = tmp.join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    (gw, flow, log)
+}
+
+async fn plain_call(target: std::net::SocketAddr) -> u16 {
+    Ua::new()
+        .await
+        .call(
+            target,
+            CallOptions {
+                max_duration: Duration::from_secs(5),
+                hangup_after: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .final_status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_registers_and_calls_with_digest_and_wrong_credentials_are_refused() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, flow, log) = gateway_with(tmp.path(), USERS);
+
+    // Users are configured: a loopback caller without credentials is challenged, not routed.
+    assert_eq!(plain_call(gw.sip).await, 401);
+
+    let ok = tokio::task::spawn_blocking({
+        let target = gw.sip;
+        move || {
+            sipp(
+                &scenario("register-and-call-with-digest.xml"),
+                target,
+                "alice",
+                "wonderland",
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "the registered phone's call: {}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr),
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("SIP request refused") || l.contains("registered"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for (user, password) in [("alice", "looking-glass"), ("bob", "wonderland")] {
+        let refused = tokio::task::spawn_blocking({
+            let target = gw.sip;
+            move || {
+                sipp(
+                    &scenario("call-with-digest-refused.xml"),
+                    target,
+                    user,
+                    password,
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            refused.status.code(),
+            Some(0),
+            "{user}/{password} gets 403: {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+    }
+
+    // Only alice's authenticated call reached the flow.
+    let start = Instant::now();
+    let execs = loop {
+        let execs = executions(&gw, &flow).await;
+        if execs.len() == 1 && execs[0].0.status == "ended" {
+            break execs;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{execs:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!execs[0].1.is_empty(), "its steps are stored");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("user registered") && l.contains("alice")),
+        "the registration is logged"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("SIP request refused") && l.contains("wrong password")),
+        "the refusal is logged with its reason"
+    );
+    assert!(!text.contains("wonderland"), "no password in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_is_trusted_by_address_and_others_must_authenticate() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 127.0.0.2 is the trunk; the test's phone calls from 127.0.0.1.
+    let config = "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.2:5060\"\ninbound_from = [\"127.0.0.2/32\"]\n";
+    let (gw, flow, _) = gateway_with(tmp.path(), config);
+    assert_eq!(
+        plain_call(gw.sip).await,
+        401,
+        "not the trunk, no credentials"
+    );
+    let from_trunk = Ua::bound("127.0.0.2:0".parse().unwrap())
+        .await
+        .call(
+            gw.sip,
+            CallOptions {
+                max_duration: Duration::from_secs(5),
+                hangup_after: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .final_status;
+    assert_eq!(from_trunk, 200, "the trunk's source is trusted");
+    let start = Instant::now();
+    while executions(&gw, &flow).await.len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn trunk_settings_that_cannot_work_are_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (config, says) in [
+        (
+            "[[trunks]]\nname = \"a\"\nuri = \"sip:x\"\nregister = true\n",
+            "register = true needs username and password",
+        ),
+        (
+            "[[trunks]]\nname = \"a\"\nuri = \"sip:x\"\nsrtp = \"required\"\n",
+            "SRTP is not implemented yet",
+        ),
+        (
+            "[[trunks]]\nname = \"a\"\nuri = \"sip:x\"\nbogus = 1\n",
+            "unknown field",
+        ),
+        (
+            "[[users]]\nusername = \"a\"\npassword = \"p\"\n[[users]]\nusername = \"a\"\npassword = \"q\"\n",
+            "used twice",
+        ),
+        ("[sip]\ndigest_algorithms = [\"SHA-512\"]\n", "digest_algorithms"),
+    ] {
+        let cfg = tmp.path().join("bad.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--sip-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{config}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{config}: {err}");
+        assert!(!err.contains("\"p\"") && !err.contains("\"q\""), "{err}");
+    }
+}
