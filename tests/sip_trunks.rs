@@ -33,13 +33,13 @@ fn sipp(scenario_file: &str, target: std::net::SocketAddr, user: &str, password:
             "-trace_msg",
         ])
         .output()
-        .map(|o| {
+        .inspect(|_| {
+            // SIPp's message trace, shown when the test fails.
             for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
                 if e.path().to_string_lossy().ends_with("_messages.log") {
                     eprintln!("{}", std::fs::read_to_string(e.path()).unwrap_or_default());
                 }
             }
-            o
         })
         .expect("run sipp")
 }
