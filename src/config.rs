@@ -195,6 +195,12 @@ impl Config {
             if t.register && (t.username.is_none() || t.password.is_none()) {
                 return Err(TrunkError::RegisterWithoutCredentials(t.name.clone()));
             }
+            if t.register && transport != "udp" {
+                return Err(TrunkError::Transport {
+                    name: t.name.clone(),
+                    transport: format!("{transport} for register"),
+                });
+            }
             if t.register && t.register_expires < 60 {
                 return Err(TrunkError::ShortExpiry(t.name.clone()));
             }

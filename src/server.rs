@@ -52,6 +52,14 @@ impl Shutdown {
             "shutting down: new calls get 503, calls in progress may finish"
         );
         let deadline = tokio::time::Instant::now() + self.drain;
+        // Trunks stop sending new calls while those in progress finish.
+        self.calls
+            .sip
+            .unregister_all(
+                std::time::Duration::from_secs(3)
+                    .min(self.drain.max(std::time::Duration::from_secs(1))),
+            )
+            .await;
         while !registry.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
@@ -149,6 +157,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         runner,
         messaging,
         recordings,
+        &calls.sip,
     );
     let metrics = start_metrics_listener(&cfg).await?;
     let (http_stop, stop) = tokio::sync::watch::channel(false);
@@ -217,7 +226,42 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
         sms_trunk_sources(cfg).await?,
     )?
     .with_trunks(&cfg.trunks, &cfg.users)?;
-    Ok(endpoint::start(cfg.sip.bind, core_cfg).await?)
+    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
+    register_with_trunks(cfg, &ep.handle).await?;
+    Ok(ep)
+}
+
+/// Start a registration with each `register = true` trunk (kept and refreshed by the SIP core).
+async fn register_with_trunks(cfg: &Config, sip: &crate::sip::SipHandle) -> anyhow::Result<()> {
+    for t in cfg.trunks.iter().filter(|t| t.register) {
+        let target = endpoint::hostport_of(&t.uri)
+            .ok_or_else(|| anyhow::anyhow!("trunk {:?}: bad uri {:?}", t.name, t.uri))?;
+        let addr = tokio::net::lookup_host(&target)
+            .await
+            .map_err(|e| anyhow::anyhow!("trunk {:?}: cannot resolve {target}: {e}", t.name))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("trunk {:?}: {target} has no address", t.name))?;
+        let host = t
+            .uri
+            .trim()
+            .strip_prefix("sip:")
+            .and_then(|r| r.split([';', '?']).next())
+            .map(|r| r.rsplit('@').next().unwrap_or(r))
+            .unwrap_or(&target);
+        sip.register(crate::sip::register::RegistrationSpec {
+            trunk: t.name.clone(),
+            peer: crate::sip::Peer {
+                addr,
+                transport: crate::sip::Transport::Udp,
+            },
+            registrar: format!("sip:{host}"),
+            username: t.username.clone().unwrap_or_default(),
+            password: t.password.clone().unwrap_or_default(),
+            expires: t.register_expires,
+        });
+        tracing::info!(trunk = %t.name, registrar = %addr, "registering with trunk");
+    }
+    Ok(())
 }
 
 /// What messaging hands the layers above it.
@@ -338,6 +382,7 @@ fn build_api(
     runner: crate::runner::Runner,
     messaging: Messaging,
     recordings: crate::call::recordings::Recordings,
+    sip: &crate::sip::SipHandle,
 ) -> Arc<Api> {
     let webhook = Arc::new(Webhook::new(
         messaging.conversations,
@@ -353,7 +398,8 @@ fn build_api(
         Api::new(credentials, public_url, runner, messaging.providers)
             .with_webhook(webhook)
             .with_recordings(recordings)
-            .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none()),
+            .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none())
+            .with_trunks(&cfg.trunks, sip.clone()),
     )
 }
 

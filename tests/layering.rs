@@ -77,6 +77,7 @@ const RULES: &[(&str, &[&str])] = &[
             "flow",
             "routing",
             "messaging",
+            "sip",
             "web",
             "config",
             "metrics",

@@ -227,3 +227,90 @@ fn trunk_settings_that_cannot_work_are_refused_at_start() {
         assert!(!err.contains("\"p\"") && !err.contains("\"q\""), "{err}");
     }
 }
+
+async fn trunks_json(gw: &Gateway) -> serde_json::Value {
+    let resp = switchboard::web::plain_client()
+        .get(format!("{}/v2/Trunks", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_with_a_challenging_registrar_refreshes_and_unregisters_on_shutdown() {
+    if !peer_available("sipp") {
+        return;
+    }
+    // SIPp is the carrier's registrar on a port of its own.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let registrar = Command::new("sipp")
+        .current_dir(dir.path())
+        .args(["-sf", &scenario("registrar-challenges.xml")])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", "0"])
+        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sipp");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let config = format!(
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\nusername = \"acct\"\npassword = \"secret\"\nregister = true\nregister_expires = 600\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut gw, _, log) = gateway_with(tmp.path(), &config);
+    let start = Instant::now();
+    loop {
+        let t = trunks_json(&gw).await;
+        let reg = &t["trunks"][0]["registration"];
+        if reg["state"] == "registered" {
+            assert_eq!(reg["expires"], 10, "the registrar's grant is honoured: {t}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t = trunks_json(&gw).await;
+    assert_eq!(t["trunks"][0]["name"], "carrier");
+    assert!(
+        !t.to_string().contains("secret"),
+        "no password in the API: {t}"
+    );
+    // The refresh is due 5 s into the 10 s grant; shut down after it, before the next one.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert_eq!(unsafe { libc::kill(gw.pid() as i32, libc::SIGTERM) }, 0);
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)).is_some(),
+        "the gateway exits"
+    );
+    let out = tokio::task::spawn_blocking(move || registrar.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let trace: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().to_string_lossy().ends_with("_messages.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the registrar saw REGISTER, authenticated REGISTER, refresh, un-REGISTER: {}\n{}\n{trace}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("registered with trunk"), "logged");
+    assert!(text.contains("unregistered from trunk"), "logged");
+    assert!(!text.contains("secret"), "no password in the log");
+}

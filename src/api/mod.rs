@@ -14,6 +14,7 @@ mod flows;
 pub mod listener;
 pub mod paging;
 mod recordings;
+mod trunks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,9 @@ pub struct Api {
     webhook: Option<Arc<crate::messaging::webhook::Webhook>>,
     /// Serve `/metrics` here, behind Basic auth (else it has a listener of its own, or none).
     metrics: bool,
+    /// `[[trunks]]` as `/v2/Trunks` shows them, with their registrations from `sip`.
+    trunks: Vec<trunks::TrunkSummary>,
+    sip: Option<crate::sip::SipHandle>,
 }
 
 impl Api {
@@ -72,7 +76,20 @@ impl Api {
             recordings: None,
             webhook: None,
             metrics: false,
+            trunks: Vec::new(),
+            sip: None,
         }
+    }
+
+    /// Serve `/v2/Trunks`: these trunks, their registrations as `sip` keeps them.
+    pub fn with_trunks(
+        mut self,
+        trunks: &[crate::config::TrunkConfig],
+        sip: crate::sip::SipHandle,
+    ) -> Api {
+        self.trunks = trunks.iter().map(trunks::TrunkSummary::from).collect();
+        self.sip = Some(sip);
+        self
     }
 
     pub fn with_recordings(mut self, recordings: crate::call::recordings::Recordings) -> Api {
@@ -108,6 +125,7 @@ pub fn router(api: Arc<Api>) -> Router {
     };
     let v2 = v2
         .route("/v2/Flows", get(flows::list).post(flows::create))
+        .route("/v2/Trunks", get(trunks::list))
         .route("/v2/Flows/Validate", post(flows::validate))
         .route(
             "/v2/Flows/{sid}",

@@ -90,7 +90,7 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 }
             }
             Event::MessageResult { .. } => {}
-            Event::Refused { .. } | Event::Registered { .. } => {}
+            Event::Refused { .. } | Event::Registered { .. } | Event::TrunkRegistration { .. } => {}
         }
     }
 }

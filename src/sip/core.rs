@@ -14,6 +14,7 @@ use super::defence::{Ban, Defence, DefenceConfig, Verdict};
 use super::message::{
     self, has_param, param, uri_of, user_of, MessageError, Request, Response, Salvage, SipMessage,
 };
+use super::register::{Registration, RegistrationSpec, RegistrationState};
 use super::registrar::{Binding, Outcome, Registrar, MIN_EXPIRES};
 use super::trust::{Admit, Trust, TrustConfig};
 
@@ -223,6 +224,11 @@ pub enum Event {
         call_id: String,
         reason: DialogEnd,
     },
+    /// Our registration with a trunk changed state (logged and kept by the driver).
+    TrunkRegistration {
+        trunk: String,
+        state: RegistrationState,
+    },
     /// A user's registration changed (logged by the driver): its bindings now.
     Registered {
         user: String,
@@ -260,6 +266,13 @@ pub enum Command {
     Hangup {
         call_id: String,
     },
+    /// Keep a registration with a trunk, from our `local` address (filled in by the driver).
+    Register {
+        spec: Box<RegistrationSpec>,
+        local: SocketAddr,
+    },
+    /// Shutdown: remove every registration we hold (Expires: 0).
+    UnregisterAll,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +360,8 @@ enum TimerKind {
     MessageRetransmit,
     /// Give up on a MESSAGE (timer F).
     MessageTimeout,
+    /// A registration's own timers (retransmit, give up, refresh, retry; keyed by Call-ID).
+    Registration,
 }
 
 pub struct SipCore {
@@ -365,6 +380,8 @@ pub struct SipCore {
     /// Trunk addresses and digest users, when configured.
     trust: Option<Trust>,
     registrar: Registrar,
+    /// Our registrations with trunks, by Call-ID.
+    registrations: HashMap<String, Registration>,
     out: VecDeque<Output>,
 }
 
@@ -411,6 +428,7 @@ impl SipCore {
             messages: HashMap::new(),
             trust,
             registrar: Registrar::default(),
+            registrations: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -421,6 +439,34 @@ impl SipCore {
             ALLOW_REGISTRAR
         } else {
             ALLOW
+        }
+    }
+
+    /// Whether an un-REGISTER is still waiting for its answer (shutdown waits for it).
+    pub fn unregistering(&self) -> bool {
+        self.registrations.values().any(|r| {
+            r.next_timer().is_some() && !matches!(r.state(), RegistrationState::Unregistered)
+        })
+    }
+
+    /// A registration's output: what to send, the state change, and its next timer.
+    fn registration_step(&mut self, call_id: &str, data: Option<Vec<u8>>, changed: bool) {
+        let Some(reg) = self.registrations.get(call_id) else {
+            return;
+        };
+        let (peer, next) = (reg.peer(), reg.next_timer());
+        let event = changed.then(|| Event::TrunkRegistration {
+            trunk: reg.trunk().to_string(),
+            state: reg.state().clone(),
+        });
+        if let Some(d) = data {
+            self.send(peer, d);
+        }
+        if let Some(e) = event {
+            self.out.push_back(Output::Event(e));
+        }
+        if let Some(at) = next {
+            self.schedule(at, call_id, TimerKind::Registration);
         }
     }
 
@@ -523,7 +569,7 @@ impl SipCore {
                     }
                 }
             }
-            Ok(SipMessage::Response(resp)) => self.on_response(resp),
+            Ok(SipMessage::Response(resp)) => self.on_response(now, resp),
             Err(failure) => {
                 let (err, salvage) = *failure;
                 self.on_garbage(peer, local, &err, salvage)
@@ -995,7 +1041,14 @@ impl SipCore {
         }));
     }
 
-    fn on_response(&mut self, resp: Response) {
+    fn on_response(&mut self, now: Instant, resp: Response) {
+        if resp.cseq_method == "REGISTER" {
+            if let Some(reg) = self.registrations.get_mut(&resp.call_id) {
+                let (data, changed) = reg.on_response(now, &resp);
+                self.registration_step(&resp.call_id, data, changed);
+            }
+            return;
+        }
         if resp.cseq_method == "MESSAGE" && resp.status >= 200 {
             let branch = resp.branch.clone().unwrap_or_default();
             if let Some(tx) = self.messages.remove(&branch) {
@@ -1094,6 +1147,23 @@ impl SipCore {
                 }
             }
             Command::Hangup { call_id } => self.hangup(now, &call_id),
+            Command::Register { spec, local } => {
+                let mut reg = Registration::new(*spec, local);
+                let first = reg.start(now);
+                let call_id = reg.call_id().to_string();
+                self.registrations.insert(call_id.clone(), reg);
+                self.registration_step(&call_id, Some(first), true);
+            }
+            Command::UnregisterAll => {
+                let ids: Vec<String> = self.registrations.keys().cloned().collect();
+                for id in ids {
+                    if let Some(reg) = self.registrations.get_mut(&id) {
+                        let data = reg.unregister(now);
+                        let changed = data.is_none();
+                        self.registration_step(&id, data, changed);
+                    }
+                }
+            }
         }
     }
 
@@ -1184,6 +1254,15 @@ impl SipCore {
                     let (peer, data, next) = (tx.peer, tx.data.clone(), now + tx.interval);
                     self.send(peer, data);
                     self.schedule(next, call_id, TimerKind::MessageRetransmit);
+                }
+                return;
+            }
+            TimerKind::Registration => {
+                if let Some(reg) = self.registrations.get_mut(call_id) {
+                    if reg.next_timer().is_some_and(|t| t <= now) {
+                        let (data, changed) = reg.on_timer(now);
+                        self.registration_step(call_id, data, changed);
+                    }
                 }
                 return;
             }

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::acl::Acl;
 use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, TcpLimits, Transport};
 use super::defence::LogLimiter;
+use super::register::{RegistrationSpec, RegistrationState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
@@ -25,12 +26,15 @@ pub enum EndpointError {
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(u16, String)>>>>;
+/// The latest state of each trunk registration, by trunk name.
+type TrunkStates = Arc<Mutex<std::collections::BTreeMap<String, RegistrationState>>>;
 
 /// Handle the call layer uses to drive signalling.
 #[derive(Clone)]
 pub struct SipHandle {
     cmd: mpsc::UnboundedSender<Command>,
     pending: Pending,
+    trunks: TrunkStates,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -68,6 +72,44 @@ pub fn hostport_of(trunk: &str) -> Option<String> {
 }
 
 impl SipHandle {
+    /// Keep a registration with a trunk (see `sip::register`).
+    pub fn register(&self, spec: RegistrationSpec) {
+        if let Ok(mut t) = self.trunks.lock() {
+            t.insert(spec.trunk.clone(), RegistrationState::Registering);
+        }
+        self.send(Command::Register {
+            local: spec.peer.addr, // replaced by the driver with our address as seen from it
+            spec: Box::new(spec),
+        });
+    }
+
+    /// Each registered trunk's latest state, by name.
+    pub fn trunk_registrations(&self) -> Vec<(String, RegistrationState)> {
+        self.trunks
+            .lock()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Shutdown: un-REGISTER from every trunk, waiting up to `limit` for the answers.
+    pub async fn unregister_all(&self, limit: std::time::Duration) {
+        if self.trunk_registrations().is_empty() {
+            return;
+        }
+        self.send(Command::UnregisterAll);
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let done = self
+                .trunk_registrations()
+                .iter()
+                .all(|(_, s)| matches!(s, RegistrationState::Unregistered));
+            if done {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn send(&self, cmd: Command) {
         // The endpoint only stops when the process does; a closed channel is not an error then.
         let _ = self.cmd.send(cmd);
@@ -238,7 +280,9 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
         },
     ));
     let pending: Pending = Arc::default();
+    let trunks: TrunkStates = Arc::default();
     let driver = Driver {
+        trunks: trunks.clone(),
         log,
         in_dialog,
         banned: banned.clone(),
@@ -255,6 +299,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
         handle: SipHandle {
             cmd: cmd_tx,
             pending,
+            trunks,
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         },
         events: ev_rx,
@@ -264,6 +309,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 }
 
 struct Driver {
+    trunks: TrunkStates,
     log: SharedLog,
     in_dialog: InDialog,
     banned: Banned,
@@ -314,8 +360,14 @@ impl Driver {
                     }
                 }
                 Some(mut cmd) = cmds.recv() => {
-                    if let Command::SendMessage { peer, local, .. } = &mut cmd {
-                        *local = self.local_for(peer.addr.ip());
+                    match &mut cmd {
+                        Command::SendMessage { peer, local, .. } => {
+                            *local = self.local_for(peer.addr.ip());
+                        }
+                        Command::Register { spec, local } => {
+                            *local = self.local_for(spec.peer.addr.ip());
+                        }
+                        _ => {}
                     }
                     self.core.handle_command(Instant::now(), cmd)
                 }
@@ -390,6 +442,25 @@ impl Driver {
                     reason,
                 }) => {
                     limited!(self.log, peer.addr.ip(), info, from = %peer.addr, status, %reason, "SIP request refused");
+                }
+                Output::Event(Event::TrunkRegistration { trunk, state }) => {
+                    match &state {
+                        RegistrationState::Registered { expires } => {
+                            tracing::info!(%trunk, expires, "registered with trunk")
+                        }
+                        RegistrationState::Failed { status, reason } => {
+                            tracing::warn!(%trunk, status, %reason, "registration with trunk failed; retrying with back-off")
+                        }
+                        RegistrationState::Unregistered => {
+                            tracing::info!(%trunk, "unregistered from trunk")
+                        }
+                        RegistrationState::Registering => {
+                            tracing::debug!(%trunk, "registering with trunk")
+                        }
+                    }
+                    if let Ok(mut t) = self.trunks.lock() {
+                        t.insert(trunk, state);
+                    }
                 }
                 Output::Event(Event::Registered { user, contacts }) => match contacts.first() {
                     Some((contact, secs)) => {

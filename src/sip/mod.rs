@@ -7,6 +7,7 @@ pub mod defence;
 pub mod digest;
 pub mod endpoint;
 pub mod message;
+pub mod register;
 pub mod registrar;
 pub mod sdp;
 pub mod trust;
