@@ -116,8 +116,15 @@ fn sip_peer(choice: u8) -> Peer {
 /// transport, how far the fake clock moves, what the application answers to an INVITE). The
 /// outputs are drained after each step, then every timer is run out on an advancing clock.
 /// `$BRANCH$` in a datagram becomes the branch of the last request the core sent (random, so
-/// a response to our MESSAGE or BYE could not be written otherwise).
+/// a response to our MESSAGE or BYE could not be written otherwise), `$CALLID$` its Call-ID.
+/// An input that starts with `trust:` configures a trunk (127.0.0.2) and a user (alice/
+/// wonderland), so INVITEs and REGISTERs are challenged and credentials checked, and starts a
+/// registration with a registrar at 127.0.0.1:5070 (answer it with `$CALLID$`/`$BRANCH$`).
 pub fn sip_core(data: &[u8]) {
+    let (trusting, data) = match data.strip_prefix(b"trust:") {
+        Some(rest) => (true, rest),
+        None => (false, data),
+    };
     let cfg = CoreConfig {
         max_message_bytes: 65535,
         server_name: "switchboard-fuzz".into(),
@@ -130,23 +137,74 @@ pub fn sip_core(data: &[u8]) {
             ..Default::default()
         },
         tcp: Default::default(),
+        trust: None,
+        digest_algorithms: vec![
+            switchboard::sip::digest::Algorithm::Md5,
+            switchboard::sip::digest::Algorithm::Sha256,
+        ],
+    };
+    let cfg = if trusting {
+        let trunk = switchboard::config::TrunkConfig {
+            name: "carrier".into(),
+            uri: "sip:127.0.0.2".into(),
+            inbound_from: vec!["127.0.0.2/32".into()],
+            username: Some("acct".into()),
+            password: Some("secret".into()),
+            register: true,
+            register_expires: 600,
+            caller_id: None,
+            dial_allow: vec![],
+            max_outbound: 10,
+            srtp: switchboard::config::SrtpPolicy::Off,
+        };
+        let user = switchboard::config::UserConfig {
+            username: "alice".into(),
+            password: "wonderland".into(),
+        };
+        cfg.with_trunks(&[trunk], &[user])
+            .unwrap_or_else(|_| unreachable!())
+    } else {
+        cfg
     };
     let mut core = SipCore::new(cfg);
     let local: SocketAddr = SIP_LOCAL.parse().unwrap_or_else(|_| unreachable!());
     let start = Instant::now();
     let mut now = start;
     let mut calls: Vec<String> = Vec::new();
-    let mut branch: Vec<u8> = Vec::new();
+    let mut sent = Sent::default();
+    let local_addr: SocketAddr = SIP_LOCAL.parse().unwrap_or_else(|_| unreachable!());
+    if trusting {
+        core.handle_command(
+            now,
+            Command::Register {
+                spec: Box::new(switchboard::sip::register::RegistrationSpec {
+                    trunk: "carrier".into(),
+                    peer: sip_peer(0),
+                    registrar: "sip:127.0.0.1:5070".into(),
+                    username: "acct".into(),
+                    password: "secret".into(),
+                    expires: 600,
+                }),
+                local: local_addr,
+            },
+        );
+        drain(&mut core, now, 0, &mut calls, &mut sent);
+    }
     for seg in segments(data, 0xFF).take(64) {
         let mut input = Input::new(seg);
         let ctl = input.u8();
         now += Duration::from_millis(u64::from(ctl >> 4) * 250);
-        let datagram = replace(input.rest(), b"$BRANCH$", &branch);
+        let datagram = replace(input.rest(), b"$BRANCH$", &sent.branch);
+        let datagram = replace(&datagram, b"$CALLID$", &sent.call_id);
         core.handle_message(now, sip_peer(ctl), local, &datagram);
-        drain(&mut core, now, ctl, &mut calls, &mut branch);
+        drain(&mut core, now, ctl, &mut calls, &mut sent);
         if ctl & 0x08 != 0 {
             core.handle_timeout(now);
-            drain(&mut core, now, ctl, &mut calls, &mut branch);
+            drain(&mut core, now, ctl, &mut calls, &mut sent);
+        }
+        if ctl & 0x80 != 0 && trusting {
+            core.handle_command(now, Command::UnregisterAll);
+            drain(&mut core, now, ctl, &mut calls, &mut sent);
         }
     }
     // Run every timer out (retransmissions, timer H, purges), bounded.
@@ -154,9 +212,10 @@ pub fn sip_core(data: &[u8]) {
         let Some(at) = core.poll_timeout() else { break };
         now = now.max(at);
         core.handle_timeout(now);
-        drain(&mut core, now, 0, &mut calls, &mut branch);
+        drain(&mut core, now, 0, &mut calls, &mut sent);
     }
     let _ = core.dialog_count();
+    let _ = core.bindings(now, "alice");
 }
 
 fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
@@ -171,12 +230,19 @@ fn replace(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The branch parameter of a request the core sent.
-fn sent_branch(data: &[u8]) -> Option<Vec<u8>> {
+/// The branch and Call-ID of the last request the core sent.
+#[derive(Default)]
+struct Sent {
+    branch: Vec<u8>,
+    call_id: Vec<u8>,
+}
+
+/// The value after `key` in a request the core sent (up to `;` or the line's end).
+fn sent_value(data: &[u8], key: &[u8]) -> Option<Vec<u8>> {
     if data.starts_with(b"SIP/2.0") {
         return None;
     }
-    let at = data.windows(7).position(|w| w == b"branch=")? + 7;
+    let at = data.windows(key.len()).position(|w| w == key)? + key.len();
     let len = data[at..]
         .iter()
         .position(|&b| b == b';' || b == b'\r')
@@ -184,7 +250,7 @@ fn sent_branch(data: &[u8]) -> Option<Vec<u8>> {
     Some(data[at..at + len].to_vec())
 }
 
-fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, branch: &mut Vec<u8>) {
+fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, sent: &mut Sent) {
     // Commands issued while draining produce more output: bounded so a loop cannot form.
     for _ in 0..1024 {
         let Some(out) = core.poll_output() else {
@@ -193,8 +259,11 @@ fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, bra
         let ev = match out {
             Output::Event(ev) => ev,
             Output::Transmit(t) => {
-                if let Some(b) = sent_branch(&t.data) {
-                    *branch = b;
+                if let Some(b) = sent_value(&t.data, b"branch=") {
+                    sent.branch = b;
+                }
+                if let Some(c) = sent_value(&t.data, b"Call-ID: ") {
+                    sent.call_id = c;
                 }
                 continue;
             }
