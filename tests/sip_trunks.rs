@@ -314,3 +314,65 @@ async fn registers_with_a_challenging_registrar_refreshes_and_unregisters_on_shu
     assert!(text.contains("unregistered from trunk"), "logged");
     assert!(!text.contains("secret"), "no password in the log");
 }
+
+/// RTP packets the phone received in the last `window`.
+fn heard_within(phone: &Phone, window: Duration) -> usize {
+    phone
+        .heard
+        .lock()
+        .unwrap()
+        .packets
+        .iter()
+        .filter(|(t, ..)| t.elapsed() < window)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinvite_or_update_holds_resumes_and_moves_the_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
+    let mut phone = Phone::dial(gw.sip, "+15550004444", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        heard_within(&phone, Duration::from_millis(900)) >= 30,
+        "the prompt plays"
+    );
+
+    // Hold: sendonly from the phone, answered recvonly; the gateway stops sending.
+    let ok = phone.reoffer("INVITE", "sendonly", None).await;
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    assert!(ok.contains("a=recvonly"), "{ok}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let held = heard_within(&phone, Duration::from_millis(900));
+    assert!(held <= 2, "{held} packets in 0.9 s on hold");
+
+    // Resume: packets flow again, within a frame or two.
+    let ok = phone.reoffer("INVITE", "sendrecv", None).await;
+    assert!(ok.contains("a=sendrecv"), "{ok}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let resumed = heard_within(&phone, Duration::from_millis(900));
+    assert!(resumed >= 30, "{resumed} packets in 0.9 s after resuming");
+
+    // UPDATE with inactive holds too.
+    let ok = phone.reoffer("UPDATE", "inactive", None).await;
+    assert_eq!(status_of(&ok), Some(200), "{ok}");
+    assert!(ok.contains("a=inactive"), "{ok}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(heard_within(&phone, Duration::from_millis(900)) <= 2);
+    let ok = phone.reoffer("UPDATE", "sendrecv", None).await;
+    assert_eq!(status_of(&ok), Some(200));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(heard_within(&phone, Duration::from_millis(900)) >= 30);
+
+    // A new address: the media moves to it.
+    let other = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ok = phone
+        .reoffer("INVITE", "sendrecv", Some(other.local_addr().unwrap()))
+        .await;
+    assert_eq!(status_of(&ok), Some(200));
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_secs(2), other.recv_from(&mut buf)).await;
+    assert!(got.is_ok(), "RTP arrives at the new address");
+    phone.hangup().await;
+}

@@ -36,6 +36,8 @@ pub enum CallSignal {
 #[derive(Default)]
 pub struct Registry {
     calls: Mutex<HashMap<String, (CallKey, mpsc::UnboundedSender<CallSignal>)>>,
+    /// Each answered call's media, for changes signalling makes (re-INVITE, UPDATE).
+    media: Mutex<HashMap<String, crate::media::engine::MediaControl>>,
 }
 
 impl Registry {
@@ -79,6 +81,25 @@ impl Registry {
         if let Ok(mut c) = self.calls.lock() {
             c.remove(call_id);
         }
+        if let Ok(mut m) = self.media.lock() {
+            m.remove(call_id);
+        }
+    }
+
+    /// The call's media is up: signalling may now move or hold it.
+    pub fn attach_media(&self, call_id: &str, media: crate::media::engine::MediaControl) {
+        let live = self
+            .calls
+            .lock()
+            .map(|c| c.contains_key(call_id))
+            .unwrap_or(false);
+        if let (true, Ok(mut m)) = (live, self.media.lock()) {
+            m.insert(call_id.to_string(), media);
+        }
+    }
+
+    pub fn media(&self, call_id: &str) -> Option<crate::media::engine::MediaControl> {
+        self.media.lock().ok()?.get(call_id).cloned()
     }
 }
 

@@ -89,6 +89,18 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                     }
                 }
             }
+            Event::MediaUpdate {
+                call_id,
+                remote,
+                sending,
+            } => match svc.registry.media(&call_id) {
+                Some(m) => {
+                    m.set_remote(remote);
+                    m.set_sending(sending);
+                    tracing::info!(%call_id, %remote, sending, "media updated by the caller (re-INVITE/UPDATE)");
+                }
+                None => tracing::debug!(%call_id, "media update for a call without media"),
+            },
             Event::MessageResult { .. } => {}
             Event::Refused { .. } | Event::Registered { .. } | Event::TrunkRegistration { .. } => {}
         }
@@ -205,6 +217,7 @@ async fn run_call(
         SocketAddr::new(advertised, media.local.port()),
         rand::random::<u32>() as u64,
     );
+    svc.registry.attach_media(&call_id, media.control());
     svc.sip.send(Command::Answer {
         call_id: call_id.clone(),
         sdp: answer,

@@ -133,6 +133,11 @@ struct StreamState {
     inbound: Inbound,
     packets_sent: u64,
     packets_received: u64,
+    /// False while the peer holds the call (`sendonly`/`inactive`): frames are timed and
+    /// consumed as usual, but not sent.
+    sending: bool,
+    /// Frames timed so far, sent or held: the inbound side is read on each one.
+    frames: u64,
 }
 
 struct Stream {
@@ -164,7 +169,7 @@ enum Frame {
 
 impl Stream {
     /// Send what is due at `now`. Called by the worker on each tick.
-    /// Returns the packet count when a packet went out on this tick (the caller then reads the
+    /// Returns the frame count when a frame was due on this tick (the caller then reads the
     /// inbound side), None otherwise.
     fn tick(&self, now: Instant, buf: &mut [u8; HEADER_LEN + MAX_FRAME]) -> Option<u64> {
         let Ok(mut st) = self.state.lock() else {
@@ -198,6 +203,12 @@ impl Stream {
         };
         st.rtp.advance(frame as u32);
         st.next_due = Some(due + frame_dur * (behind + 1));
+        st.frames += 1;
+        if !st.sending {
+            // On hold: the prompt plays on to nobody, as it would on a muted line; what the
+            // peer sends (music on hold, digits) is still read.
+            return Some(st.frames);
+        }
         st.packets_sent += 1;
         st.octets_sent += (n - HEADER_LEN) as u64;
         let remote = st.remote;
@@ -224,7 +235,7 @@ impl Stream {
                 let _ = sock.send_to(&report[..len], st.rtcp_remote);
             }
         }
-        Some(st.packets_sent)
+        Some(st.frames)
     }
 
     /// Take the next frame from the play queue (audio, silence or a DTMF event packet);
@@ -455,6 +466,42 @@ impl MediaSession {
     }
 }
 
+/// What signalling may change on a running stream (a re-INVITE's new address, hold), from
+/// outside the call's task.
+#[derive(Clone)]
+pub struct MediaControl {
+    stream: Arc<Stream>,
+}
+
+impl MediaControl {
+    /// Send to `remote` from now on (and its RTCP to the next port), latching afresh.
+    pub fn set_remote(&self, remote: SocketAddr) {
+        if let Ok(mut st) = self.stream.state.lock() {
+            if st.remote != remote {
+                st.remote = remote;
+                st.latched = false;
+                st.rtcp_remote = SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
+                st.rtcp_latched = false;
+            }
+        }
+    }
+
+    /// Stop (hold) or resume sending.
+    pub fn set_sending(&self, sending: bool) {
+        if let Ok(mut st) = self.stream.state.lock() {
+            st.sending = sending;
+        }
+    }
+}
+
+impl MediaSession {
+    pub fn control(&self) -> MediaControl {
+        MediaControl {
+            stream: self.stream.clone(),
+        }
+    }
+}
+
 impl Drop for MediaSession {
     fn drop(&mut self) {
         self.stream.closed.store(true, Ordering::Relaxed);
@@ -540,6 +587,8 @@ impl MediaEngine {
             faults: AtomicU32::new(0),
             state: Mutex::new(StreamState {
                 remote: p.remote,
+                sending: true,
+                frames: 0,
                 latched: false,
                 rtcp_remote,
                 rtcp_latched: false,
@@ -597,13 +646,13 @@ impl Stream {
     /// Called on the ticks where a packet went out (once per ptime): media arrives at that pace,
     /// so reading more often would mostly find nothing. RTCP (every few seconds) is read about
     /// once a second.
-    fn drain(&self, buf: &mut [u8; 1500], packets_sent: u64) {
+    fn drain(&self, buf: &mut [u8; 1500], frames: u64) {
         while let Ok((n, from)) = self.socket.recv_from(buf) {
             if !receive(self, self.audio_pt, &buf[..n], from) {
                 return;
             }
         }
-        if packets_sent % 50 != 0 {
+        if frames % 50 != 0 {
             return;
         }
         if let Some(sock) = &self.rtcp {

@@ -224,6 +224,12 @@ pub enum Event {
         call_id: String,
         reason: DialogEnd,
     },
+    /// A re-INVITE or UPDATE changed the media: send RTP to `remote`, or stop sending (hold).
+    MediaUpdate {
+        call_id: String,
+        remote: SocketAddr,
+        sending: bool,
+    },
     /// Our registration with a trunk changed state (logged and kept by the driver).
     TrunkRegistration {
         trunk: String,
@@ -393,9 +399,9 @@ struct MessageTx {
     interval: Duration,
 }
 
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE";
 /// With users configured we are their registrar too.
-const ALLOW_REGISTRAR: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, REGISTER";
+const ALLOW_REGISTRAR: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, MESSAGE, UPDATE, REGISTER";
 /// Methods we recognise: those in ALLOW, and those we answer 405 (RFC 3261 §8.2.1).
 const KNOWN_METHODS: &[&str] = &[
     "INVITE",
@@ -719,7 +725,8 @@ impl SipCore {
                 }
             }
             "MESSAGE" => self.on_message(now, peer, &req, &branch),
-            "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "REFER" | "UPDATE" | "PRACK" => {
+            "UPDATE" => self.on_update(now, peer, &req, &branch),
+            "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "REFER" | "PRACK" => {
                 let extra = format!("Allow: {ALLOW}\r\n");
                 self.reply_cached(now, peer, &head, &branch, 405, "Method Not Allowed", &extra);
             }
@@ -762,21 +769,27 @@ impl SipCore {
                 && matches!(d.state, State::Confirmed)
                 && req.cseq > d.invite.cseq
             {
-                // Re-INVITE (session refresh, hold): the media session stays as it is.
+                // Re-INVITE: a new offer (hold, resume, a new address) is negotiated against
+                // the session we have; without an offer (a refresh) we offer it again.
+                let (status, reason, sdp, update) = reoffer(d, &req.body);
                 let contact = contact_header(d.local, peer.transport);
-                let extra = format!("{contact}Allow: {ALLOW}\r\nContent-Type: application/sdp\r\n");
-                let sdp = d.local_sdp.clone();
+                let extra = if status == 200 {
+                    format!("{contact}Allow: {ALLOW}\r\nContent-Type: application/sdp\r\n")
+                } else {
+                    String::new()
+                };
                 let tag = d.local_tag.clone();
                 let data = build_response(
                     &head,
                     peer,
-                    200,
-                    "OK",
+                    status,
+                    reason,
                     Some(&tag),
                     &extra,
                     sdp.as_bytes(),
                     &self.cfg.server_name,
                 );
+                self.media_update(&req.call_id, update);
                 self.send(peer, data);
             } else {
                 self.reply(peer, &head, 482, "Loop Detected", None, "", b"");
@@ -852,6 +865,50 @@ impl SipCore {
         let _ = now;
         self.out
             .push_back(Output::Event(Event::Invite(Box::new(invite))));
+    }
+
+    fn media_update(&mut self, call_id: &str, update: Option<(SocketAddr, bool)>) {
+        if let Some((remote, sending)) = update {
+            self.out.push_back(Output::Event(Event::MediaUpdate {
+                call_id: call_id.to_string(),
+                remote,
+                sending,
+            }));
+        }
+    }
+
+    /// UPDATE inside a dialog (RFC 3311): a new offer, or none (a session refresh).
+    fn on_update(&mut self, now: Instant, peer: Peer, req: &Request, branch: &str) {
+        let head = Head::of(req);
+        let to_tag = param(&req.to, "tag");
+        let Some(d) = self.dialogs.get_mut(&req.call_id).filter(|d| {
+            to_tag.as_deref() == Some(d.local_tag.as_str())
+                && matches!(d.state, State::Answered | State::Confirmed)
+        }) else {
+            return self.reply_481(now, peer, &head, branch);
+        };
+        let (status, reason, sdp, update) = if req.body.is_empty() {
+            (200, "OK", String::new(), None)
+        } else {
+            reoffer(d, &req.body)
+        };
+        let extra = if sdp.is_empty() {
+            String::new()
+        } else {
+            "Content-Type: application/sdp\r\n".to_string()
+        };
+        let data = build_response(
+            &head,
+            peer,
+            status,
+            reason,
+            None,
+            &extra,
+            sdp.as_bytes(),
+            &self.cfg.server_name,
+        );
+        self.send(peer, data);
+        self.media_update(&req.call_id, update);
     }
 
     /// A user's REGISTER, already authenticated (RFC 3261 §10.3).
@@ -1392,6 +1449,21 @@ impl SipCore {
             self.next_purge.get_or_insert(now + Duration::from_secs(5));
         }
         self.send(peer, data);
+    }
+}
+
+/// The answer to an offer inside dialog `d` (status, reason, SDP) and the media change it
+/// makes; an offer we cannot take is 488 and leaves the session as it was.
+fn reoffer(d: &mut Dialog, body: &[u8]) -> (u16, &'static str, String, Option<(SocketAddr, bool)>) {
+    if body.is_empty() {
+        return (200, "OK", d.local_sdp.clone(), None);
+    }
+    match super::sdp::reanswer(&String::from_utf8_lossy(body), &d.local_sdp) {
+        Ok(r) => {
+            d.local_sdp = r.sdp.clone();
+            (200, "OK", r.sdp, Some((r.remote_rtp, r.sending)))
+        }
+        Err(_) => (488, "Not Acceptable Here", String::new(), None),
     }
 }
 

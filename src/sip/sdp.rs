@@ -19,6 +19,8 @@ pub enum SdpError {
     NoCommonCodec(Vec<u8>),
     #[error("only secure RTP ({0}) is offered, and SRTP is not supported")]
     SrtpOnly(String),
+    #[error("our own session description has no codec we know")]
+    OwnSession,
 }
 
 /// One `m=` line of the offer, as the answer must mirror it (RFC 3264 §6: one answer line
@@ -312,6 +314,83 @@ pub fn answer(n: &Negotiated, local: SocketAddr, session_id: u64) -> String {
     )
 }
 
+/// What a new offer inside a dialog (re-INVITE, UPDATE) changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reanswer {
+    /// Our answer: the session we already have, its direction and version updated.
+    pub sdp: String,
+    /// Where the peer now wants our RTP.
+    pub remote_rtp: SocketAddr,
+    /// Whether we may send: the peer receives (`sendrecv`/`recvonly`) and names an address
+    /// (`c=0.0.0.0` is the old RFC 2543 hold).
+    pub sending: bool,
+}
+
+/// Answer a new offer in an established session whose current answer is `ours`: the same
+/// codec, local address and session id (RFC 3264 §8: the version goes up when anything
+/// changed); hold and resume through the direction, a new address or port moves our RTP. A
+/// codec switch is not followed: an offer without our codec is refused (the call keeps its
+/// session).
+pub fn reanswer(offer: &str, ours: &str) -> Result<Reanswer, SdpError> {
+    let mine = parse_streams(ours)?;
+    let audio = mine
+        .iter()
+        .skip(1)
+        .find(|s| s.is_audio())
+        .ok_or(SdpError::NoAudio)?;
+    // Our answer names one audio codec first (then telephone-event).
+    const ALL: [Codec; 3] = [Codec::Pcmu, Codec::Pcma, Codec::G722];
+    let first = *audio.formats.first().ok_or(SdpError::OwnSession)?;
+    let (name, rate) = audio
+        .rtpmap
+        .iter()
+        .find(|(pt, ..)| *pt == first)
+        .map(|(_, n, r)| (n.clone(), *r))
+        .or_else(|| static_payload(first).map(|(n, r)| (n.to_string(), r)))
+        .ok_or(SdpError::OwnSession)?;
+    let codec = ALL
+        .into_iter()
+        .find(|c| c.matches(&name, rate))
+        .ok_or(SdpError::OwnSession)?;
+    let ip = audio.ip.or(mine[0].ip).ok_or(SdpError::NoAudio)?;
+    let local = SocketAddr::new(ip, audio.port);
+    let (id, version) = ours
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("o="))
+        .and_then(|o| {
+            let mut f = o.split_whitespace().skip(1);
+            Some((
+                f.next()?.parse::<u64>().ok()?,
+                f.next()?.parse::<u64>().ok()?,
+            ))
+        })
+        .unwrap_or((1, 1));
+    let n = negotiate(offer, &[codec])?;
+    let held_by_address = n.remote_rtp.ip().is_unspecified();
+    let sending =
+        matches!(n.direction, Direction::SendRecv | Direction::RecvOnly) && !held_by_address;
+    let same = answer(&n, local, id);
+    let unchanged = strip_origin(&same) == strip_origin(ours);
+    let version = if unchanged { version } else { version + 1 };
+    let sdp = same.replacen(
+        &format!("o=switchboard {id} {id} "),
+        &format!("o=switchboard {id} {version} "),
+        1,
+    );
+    Ok(Reanswer {
+        sdp,
+        remote_rtp: n.remote_rtp,
+        sending,
+    })
+}
+
+fn strip_origin(sdp: &str) -> String {
+    sdp.lines()
+        .filter(|l| !l.starts_with("o="))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +483,50 @@ mod tests {
         assert!(offer_refusal(dtls).is_some());
         let plain = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 5000 RTP/AVP 0\r\n";
         assert_eq!(offer_refusal(plain), None);
+    }
+
+    #[test]
+    fn reoffers_hold_resume_and_move_the_media() {
+        let offer = |dir: &str, ip: &str, port: u16| {
+            format!(
+                "v=0\r\no=- 1 2 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+                 m=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na={dir}\r\n"
+            )
+        };
+        let first = negotiate(&offer("sendrecv", "127.0.0.2", 4000), ALL).unwrap();
+        let ours = answer(&first, "127.0.0.1:20000".parse().unwrap(), 77);
+        // The peer holds us (sendonly): we answer recvonly and stop sending.
+        let hold = reanswer(&offer("sendonly", "127.0.0.2", 4000), &ours).unwrap();
+        assert!(!hold.sending);
+        assert!(hold.sdp.contains("a=recvonly"), "{}", hold.sdp);
+        assert!(
+            hold.sdp.contains("o=switchboard 77 78 "),
+            "version up: {}",
+            hold.sdp
+        );
+        assert!(
+            hold.sdp.contains("m=audio 20000 RTP/AVP 0 101"),
+            "{}",
+            hold.sdp
+        );
+        // Inactive, and the old c=0.0.0.0 hold.
+        assert!(
+            !reanswer(&offer("inactive", "127.0.0.2", 4000), &hold.sdp)
+                .unwrap()
+                .sending
+        );
+        let old = reanswer(&offer("sendrecv", "0.0.0.0", 4000), &ours).unwrap();
+        assert!(!old.sending);
+        // Resume at a new port: sending again, to the new address.
+        let resume = reanswer(&offer("sendrecv", "127.0.0.3", 4100), &hold.sdp).unwrap();
+        assert!(resume.sending);
+        assert_eq!(resume.remote_rtp, "127.0.0.3:4100".parse().unwrap());
+        assert!(resume.sdp.contains("a=sendrecv") && resume.sdp.contains("o=switchboard 77 79 "));
+        // The same offer again changes nothing: same version (RFC 3264 §8).
+        let again = reanswer(&offer("sendrecv", "127.0.0.3", 4100), &resume.sdp).unwrap();
+        assert_eq!(again.sdp, resume.sdp);
+        // An offer without our codec is refused; the call keeps its session.
+        let pcma = offer("sendrecv", "127.0.0.2", 4000).replace("RTP/AVP 0 101", "RTP/AVP 8");
+        assert!(reanswer(&pcma, &ours).is_err());
     }
 }

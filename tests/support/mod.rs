@@ -507,6 +507,8 @@ pub struct Heard {
     /// RTCP datagrams received on the RTP port + 1.
     pub rtcp: Vec<Vec<u8>>,
     pub bye_at: Option<Instant>,
+    /// Responses to the requests the phone sent after the call was set up.
+    pub responses: Vec<String>,
 }
 
 impl Heard {
@@ -640,6 +642,8 @@ impl Phone {
                             .send_to(response_to(&msg, 200, "OK").as_bytes(), from)
                             .await;
                         heard.lock().unwrap().bye_at.get_or_insert(Instant::now());
+                    } else if msg.starts_with("SIP/2.0 ") {
+                        heard.lock().unwrap().responses.push(msg);
                     }
                 }
             }));
@@ -718,6 +722,63 @@ impl Phone {
             ),
         ) + &body;
         self.sip.send_to(req.as_bytes(), self.target).await.unwrap();
+    }
+
+    /// A new offer inside the call: `method` INVITE (acknowledged when answered 2xx) or
+    /// UPDATE, with our RTP at `rtp` (default: the phone's own port) and `direction`
+    /// (`sendrecv`, `sendonly`, `inactive`...). Returns the final response.
+    pub async fn reoffer(
+        &mut self,
+        method: &str,
+        direction: &str,
+        rtp: Option<SocketAddr>,
+    ) -> String {
+        self.cseq += 1;
+        let cseq = self.cseq;
+        let me = self.sip.local_addr().unwrap();
+        let rtp = rtp.unwrap_or_else(|| self.rtp.local_addr().unwrap());
+        let sdp = format!(
+            "v=0\r\no=- 1 {cseq} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n\
+             a=fmtp:101 0-16\r\na=ptime:20\r\na={direction}\r\n",
+            ip = rtp.ip(),
+            port = rtp.port()
+        );
+        let req = in_dialog(&self.ok, method, cseq, &me, self.target).replace(
+            "Content-Length: 0\r\n",
+            &format!(
+                "Contact: <sip:phone@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n",
+                sdp.len()
+            ),
+        ) + &sdp;
+        self.sip.send_to(req.as_bytes(), self.target).await.unwrap();
+        let start = Instant::now();
+        let fin = loop {
+            let got = self
+                .heard
+                .lock()
+                .unwrap()
+                .responses
+                .iter()
+                .find(|r| {
+                    header(r, "CSeq").is_some_and(|c| c.starts_with(&format!("{cseq} ")))
+                        && status_of(r).is_some_and(|s| s >= 200)
+                })
+                .cloned();
+            if let Some(r) = got {
+                break r;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no answer to the {method}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if method == "INVITE" && status_of(&fin).is_some_and(|s| s < 300) {
+            let ack = in_dialog(&self.ok, "ACK", cseq, &me, self.target);
+            self.sip.send_to(ack.as_bytes(), self.target).await.unwrap();
+        }
+        fin
     }
 
     pub async fn hangup(&mut self) {
