@@ -376,3 +376,90 @@ async fn a_reinvite_or_update_holds_resumes_and_moves_the_prompt() {
     assert!(got.is_ok(), "RTP arrives at the new address");
     phone.hangup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
+    if !peer_available("sipp") || !peer_available("tshark") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
+    // SIPp's media port, even and free; the capture takes what the gateway sends to it.
+    let media_port = loop {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p % 2 == 0 && p < 60000 {
+            break p;
+        }
+    };
+    let mut capture = Command::new("tshark")
+        .args(["-i", "lo", "-l", "-n", "-a", "duration:30"])
+        .args([
+            "-f",
+            &format!("udp and dst host 127.0.0.1 and dst port {media_port}"),
+        ])
+        .args(["-T", "fields", "-e", "frame.time_epoch"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tshark");
+    // Wait for "Capturing on ...".
+    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        if line.contains("Capturing on") {
+            break;
+        }
+        line.clear();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let target = gw.sip;
+        let dir = dir.path().to_path_buf();
+        move || {
+            Command::new("sipp")
+                .current_dir(dir)
+                .args(["-sf", &scenario("hold-and-resume.xml"), "-s", "+15550100"])
+                .arg(target.to_string())
+                .args(["-i", "127.0.0.1", "-p", "0", "-mp", &media_port.to_string()])
+                .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+                .output()
+                .expect("run sipp")
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+    let captured = capture.wait_with_output().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&captured.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(times.len() > 100, "{} RTP packets captured", times.len());
+    // The longest silence is the hold (2 s), with the prompt before and after it.
+    let (gap_at, gap) = times
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (i, w[1] - w[0]))
+        .fold((0, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+    assert!((1.5..3.0).contains(&gap), "hold gap {gap:.2} s");
+    let before = gap_at + 1;
+    let after = times.len() - before;
+    assert!(before >= 60, "{before} packets before the hold");
+    assert!(after >= 60, "{after} packets after resuming");
+    // Otherwise a steady 20 ms stream: no other gap over 100 ms.
+    let other = times
+        .windows(2)
+        .enumerate()
+        .filter(|(i, w)| *i != gap_at && w[1] - w[0] > 0.1)
+        .count();
+    assert_eq!(other, 0, "gaps outside the hold");
+}
