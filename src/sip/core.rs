@@ -16,6 +16,7 @@ use super::message::{
 };
 use super::register::{Registration, RegistrationSpec, RegistrationState};
 use super::registrar::{Binding, Outcome, Registrar, MIN_EXPIRES};
+use super::session_timer::{SessionTimer, MIN_SE};
 use super::trust::{Admit, Trust, TrustConfig};
 
 /// RFC 3261 timer base values.
@@ -187,6 +188,9 @@ pub enum DialogEnd {
     HungUp,
     /// The 2xx we sent was never acknowledged.
     AckTimeout,
+    /// The session timer ran out without a refresh (RFC 4028 §10), or our refresh failed;
+    /// we sent BYE.
+    SessionExpired,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,6 +354,18 @@ struct Dialog {
     local_cseq: u32,
     bye: Option<Vec<u8>>,
     bye_deadline: Option<Instant>,
+    /// RFC 4028 session timer, when the INVITE asked for one.
+    session: Option<SessionTimer>,
+    /// Our session refresh in flight: its method, bytes and retransmit interval.
+    refresh: Option<OutRefresh>,
+}
+
+#[derive(Debug)]
+struct OutRefresh {
+    method: &'static str,
+    data: Vec<u8>,
+    interval: Duration,
+    give_up_at: Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -368,6 +384,12 @@ enum TimerKind {
     MessageTimeout,
     /// A registration's own timers (retransmit, give up, refresh, retry; keyed by Call-ID).
     Registration,
+    /// The session timer's deadline: BYE unless refreshed since (RFC 4028 §10).
+    SessionCheck,
+    /// Our turn to refresh the session.
+    SessionRefresh,
+    /// Resend our refresh, or give up on it.
+    RefreshRetransmit,
 }
 
 pub struct SipCore {
@@ -663,8 +685,14 @@ impl SipCore {
         }
         // RFC 3261 §8.2.2.3: we implement no extension, so any Require tag is refused
         // (CANCEL carries none that apply).
-        if !req.require.is_empty() && req.method != "CANCEL" {
-            let extra = format!("Unsupported: {}\r\n", req.require.join(", "));
+        let unsupported: Vec<&str> = req
+            .require
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !t.eq_ignore_ascii_case("timer"))
+            .collect();
+        if !unsupported.is_empty() && req.method != "CANCEL" {
+            let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
             return self.refuse(now, peer, &req, &branch, 420, "Bad Extension", &extra);
         }
         let opens = match req.method.as_str() {
@@ -773,8 +801,9 @@ impl SipCore {
                 // the session we have; without an offer (a refresh) we offer it again.
                 let (status, reason, sdp, update) = reoffer(d, &req.body);
                 let contact = contact_header(d.local, peer.transport);
+                let timer = refreshed(d, &req, status);
                 let extra = if status == 200 {
-                    format!("{contact}Allow: {ALLOW}\r\nContent-Type: application/sdp\r\n")
+                    format!("{contact}Allow: {ALLOW}\r\n{timer}Content-Type: application/sdp\r\n")
                 } else {
                     String::new()
                 };
@@ -790,6 +819,9 @@ impl SipCore {
                     &self.cfg.server_name,
                 );
                 self.media_update(&req.call_id, update);
+                if status == 200 {
+                    self.restart_session(now, &req.call_id);
+                }
                 self.send(peer, data);
             } else {
                 self.reply(peer, &head, 482, "Loop Detected", None, "", b"");
@@ -812,6 +844,20 @@ impl SipCore {
             self.reply(peer, &head, status, phrase, Some(&new_tag()), &extra, b"");
             return;
         }
+        let Ok(session) = SessionTimer::negotiate(&req) else {
+            let extra = format!("Min-SE: {MIN_SE}\r\n");
+            let tag = new_tag();
+            self.reply(
+                peer,
+                &head,
+                422,
+                "Session Interval Too Small",
+                Some(&tag),
+                &extra,
+                b"",
+            );
+            return;
+        };
         let local_tag = new_tag();
         let trying = build_response(
             &head,
@@ -860,6 +906,8 @@ impl SipCore {
                 local_cseq: 0,
                 bye: None,
                 bye_deadline: None,
+                session,
+                refresh: None,
             },
         );
         let _ = now;
@@ -892,10 +940,11 @@ impl SipCore {
         } else {
             reoffer(d, &req.body)
         };
+        let timer = refreshed(d, req, status);
         let extra = if sdp.is_empty() {
-            String::new()
+            timer
         } else {
-            "Content-Type: application/sdp\r\n".to_string()
+            format!("{timer}Content-Type: application/sdp\r\n")
         };
         let data = build_response(
             &head,
@@ -909,6 +958,118 @@ impl SipCore {
         );
         self.send(peer, data);
         self.media_update(&req.call_id, update);
+        if status == 200 {
+            self.restart_session(now, &req.call_id);
+        }
+    }
+
+    /// The session was set up or refreshed now: arm its check and, when ours, its refresh.
+    fn restart_session(&mut self, now: Instant, call_id: &str) {
+        let Some(t) = self
+            .dialogs
+            .get_mut(call_id)
+            .and_then(|d| d.session.as_mut())
+        else {
+            return;
+        };
+        t.restart(now);
+        let (check, refresh) = (t.check_at, t.refresh_at);
+        if let Some(at) = check {
+            self.schedule(at, call_id, TimerKind::SessionCheck);
+        }
+        if let Some(at) = refresh {
+            self.schedule(at, call_id, TimerKind::SessionRefresh);
+        }
+    }
+
+    /// Our turn to refresh: UPDATE without a body when the peer allows it, else a re-INVITE
+    /// offering the session as it is.
+    fn send_refresh(&mut self, now: Instant, call_id: &str) {
+        let server = self.cfg.server_name.clone();
+        let Some(d) = self.dialogs.get_mut(call_id) else {
+            return;
+        };
+        let Some(t) = d.session.as_ref() else {
+            return;
+        };
+        if d.refresh.is_some() || !matches!(d.state, State::Confirmed) {
+            return;
+        }
+        let (method, body) = if t.peer_allows_update {
+            ("UPDATE", String::new())
+        } else {
+            ("INVITE", d.local_sdp.clone())
+        };
+        let mut extra = t.headers();
+        if !body.is_empty() {
+            extra.push_str("Content-Type: application/sdp\r\n");
+        }
+        extra.push_str(&contact_header(d.local, d.peer.transport));
+        d.local_cseq += 1;
+        let data = build_in_dialog(d, method, &extra, &body, &server);
+        d.refresh = Some(OutRefresh {
+            method,
+            data: data.clone(),
+            interval: T1,
+            give_up_at: now + TIMER_64T1,
+        });
+        let peer = d.peer;
+        self.send(peer, data);
+        let next = if peer.transport == Transport::Udp {
+            now + T1
+        } else {
+            now + TIMER_64T1
+        };
+        self.schedule(next, call_id, TimerKind::RefreshRetransmit);
+    }
+
+    /// The session is over: say so, and hang up.
+    fn session_expired(&mut self, now: Instant, call_id: &str) {
+        self.out.push_back(Output::Event(Event::Ended {
+            call_id: call_id.to_string(),
+            reason: DialogEnd::SessionExpired,
+        }));
+        self.hangup(now, call_id);
+    }
+
+    /// The answer to our refresh.
+    fn on_refresh_response(&mut self, now: Instant, resp: &Response) -> bool {
+        let server = self.cfg.server_name.clone();
+        let Some(d) = self.dialogs.get_mut(&resp.call_id) else {
+            return false;
+        };
+        let ours = d
+            .refresh
+            .as_ref()
+            .is_some_and(|r| r.method == resp.cseq_method && d.local_cseq == resp.cseq);
+        if !ours || resp.status < 200 {
+            return ours;
+        }
+        d.refresh = None;
+        if resp.cseq_method == "INVITE" && resp.status < 300 {
+            // A 2xx to our re-INVITE is acknowledged from the dialog (RFC 3261 §13.2.2.4).
+            let ack = build_in_dialog(d, "ACK", "", "", &server);
+            let peer = d.peer;
+            self.send(peer, ack);
+        }
+        match resp.status {
+            200..=299 => self.restart_session(now, &resp.call_id),
+            // RFC 4028 §10: a refresh answered 408 or 481 ends the session.
+            408 | 481 => self.session_expired(now, &resp.call_id),
+            // 491 (glare) and the like: try again shortly; the check still ends a dead call.
+            _ => {
+                let retry = now + Duration::from_secs(2);
+                if let Some(t) = self
+                    .dialogs
+                    .get_mut(&resp.call_id)
+                    .and_then(|d| d.session.as_mut())
+                {
+                    t.refresh_at = Some(retry);
+                }
+                self.schedule(retry, &resp.call_id, TimerKind::SessionRefresh);
+            }
+        }
+        true
     }
 
     /// A user's REGISTER, already authenticated (RFC 3261 §10.3).
@@ -1106,6 +1267,11 @@ impl SipCore {
             }
             return;
         }
+        if matches!(resp.cseq_method.as_str(), "UPDATE" | "INVITE")
+            && self.on_refresh_response(now, &resp)
+        {
+            return;
+        }
         if resp.cseq_method == "MESSAGE" && resp.status >= 200 {
             let branch = resp.branch.clone().unwrap_or_default();
             if let Some(tx) = self.messages.remove(&branch) {
@@ -1180,11 +1346,17 @@ impl SipCore {
                     return;
                 }
                 d.local_sdp = sdp.clone();
+                let timer = d
+                    .session
+                    .as_ref()
+                    .map(SessionTimer::headers)
+                    .unwrap_or_default();
                 let extra = format!(
-                    "{}Allow: {ALLOW}\r\nContent-Type: application/sdp\r\n",
+                    "{}Allow: {ALLOW}\r\n{timer}Content-Type: application/sdp\r\n",
                     contact_header(d.local, d.peer.transport)
                 );
                 self.final_response(now, &call_id, 200, "OK", &extra, &sdp);
+                self.restart_session(now, &call_id);
             }
             Command::Reject {
                 call_id,
@@ -1355,6 +1527,44 @@ impl SipCore {
                     reason: DialogEnd::AckTimeout,
                 }));
             }
+            TimerKind::SessionCheck if matches!(d.state, State::Answered | State::Confirmed) => {
+                let due = d
+                    .session
+                    .as_ref()
+                    .and_then(|t| t.check_at)
+                    .is_some_and(|at| at <= now);
+                if due {
+                    self.session_expired(now, call_id);
+                }
+            }
+            TimerKind::SessionRefresh if d.state == State::Confirmed => {
+                let due = d
+                    .session
+                    .as_ref()
+                    .and_then(|t| t.refresh_at)
+                    .is_some_and(|at| at <= now);
+                if due {
+                    self.send_refresh(now, call_id);
+                }
+            }
+            TimerKind::RefreshRetransmit => {
+                let Some(r) = d.refresh.as_mut() else {
+                    return;
+                };
+                if now >= r.give_up_at {
+                    d.refresh = None;
+                    self.session_expired(now, call_id);
+                } else if d.peer.transport == Transport::Udp {
+                    r.interval = (r.interval * 2).min(T2);
+                    let (peer, data, next) =
+                        (d.peer, r.data.clone(), (now + r.interval).min(r.give_up_at));
+                    self.send(peer, data);
+                    self.schedule(next, call_id, TimerKind::RefreshRetransmit);
+                } else {
+                    let at = r.give_up_at;
+                    self.schedule(at, call_id, TimerKind::RefreshRetransmit);
+                }
+            }
             TimerKind::AckTimeout if d.state == State::Rejected => {
                 self.dialogs.remove(call_id);
             }
@@ -1449,6 +1659,18 @@ impl SipCore {
             self.next_purge.get_or_insert(now + Duration::from_secs(5));
         }
         self.send(peer, data);
+    }
+}
+
+/// A refresh of `d`'s session by the peer's re-INVITE or UPDATE: take what it asks for and
+/// return the headers our 2xx carries.
+fn refreshed(d: &mut Dialog, req: &Request, status: u16) -> String {
+    match d.session.as_mut() {
+        Some(t) if status == 200 => {
+            t.refreshed_by(req);
+            t.headers()
+        }
+        _ => String::new(),
     }
 }
 
@@ -1636,9 +1858,14 @@ fn build_response(
 }
 
 fn build_bye(d: &Dialog, server: &str) -> Vec<u8> {
+    build_in_dialog(d, "BYE", "", "", server)
+}
+
+/// A request of ours inside dialog `d` at its current local CSeq, with `extra` header lines.
+fn build_in_dialog(d: &Dialog, method: &str, extra: &str, body: &str, server: &str) -> Vec<u8> {
     let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
     let mut s = format!(
-        "BYE {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n",
+        "{method} {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n",
         d.remote_target,
         d.peer.transport.as_str(),
         host_port(d.local)
@@ -1653,8 +1880,11 @@ fn build_bye(d: &Dialog, server: &str) -> Vec<u8> {
         format!("{};tag={}", d.invite.to, d.local_tag)
     };
     s.push_str(&format!(
-        "From: {to_with_tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nUser-Agent: {server}\r\nContent-Length: 0\r\n\r\n",
-        d.invite.from, d.invite.call_id, d.local_cseq
+        "From: {to_with_tag}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n{extra}User-Agent: {server}\r\nContent-Length: {}\r\n\r\n{body}",
+        d.invite.from,
+        d.invite.call_id,
+        d.local_cseq,
+        body.len()
     ));
     s.into_bytes()
 }
@@ -2497,5 +2727,223 @@ mod tests {
             register("o", 1, "z9hG4bKo1", contact, "alice").as_bytes(),
         );
         assert_eq!(final_status(&drain(&mut open).0), Some(405));
+    }
+
+    /// A response from the peer to a request the core sent.
+    fn respond(req: &str, status: u16) -> String {
+        let pick = |name: &str| {
+            req.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_default()
+                .to_string()
+        };
+        format!(
+            "SIP/2.0 {status} Whatever\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+            pick("Via:"),
+            pick("From:"),
+            pick("To:"),
+            pick("Call-ID:"),
+            pick("CSeq:")
+        )
+    }
+
+    /// Set up call `c1` with `extra` header lines in its INVITE; returns the 200 we sent.
+    fn timed_call(c: &mut SipCore, t0: Instant, extra: &str) -> String {
+        let inv = invite("c1", "z9hG4bKs1").replacen(
+            "CSeq: 1 INVITE\r\n",
+            &format!("CSeq: 1 INVITE\r\n{extra}"),
+            1,
+        );
+        c.handle_message(t0, peer(), local(), inv.as_bytes());
+        drain(c);
+        c.handle_command(
+            t0,
+            Command::Answer {
+                call_id: "c1".into(),
+                sdp: "v=0\r\no=switchboard 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\na=sendrecv\r\n".into(),
+            },
+        );
+        let (tx, _) = drain(c);
+        let ok = tx[0].clone();
+        let tag = to_tag(&ok);
+        let ack = format!(
+            "ACK sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKs2\r\n\
+             From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag={tag}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        c.handle_message(t0, peer(), local(), ack.as_bytes());
+        drain(c);
+        ok
+    }
+
+    fn at(c: &mut SipCore, t: Instant) -> (Vec<String>, Vec<Event>) {
+        c.handle_timeout(t);
+        drain(c)
+    }
+
+    #[test]
+    fn an_unrefreshed_session_ends_and_a_refresh_keeps_it() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let ok = timed_call(&mut c, t0, "Supported: timer\r\nSession-Expires: 120\r\n");
+        assert!(
+            ok.contains("Session-Expires: 120;refresher=uac\r\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("Require: timer\r\n"), "{ok}");
+        let tag = to_tag(&ok);
+        assert!(at(&mut c, t0 + Duration::from_secs(60)).0.is_empty());
+        // The caller refreshes with a re-INVITE without an offer at 60 s.
+        let refresh = format!(
+            "INVITE sip:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKs3\r\n\
+             From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag={tag}\r\nCall-ID: c1\r\nCSeq: 2 INVITE\r\n\
+             Supported: timer\r\nSession-Expires: 120;refresher=uac\r\nContent-Length: 0\r\n\r\n"
+        );
+        c.handle_message(
+            t0 + Duration::from_secs(60),
+            peer(),
+            local(),
+            refresh.as_bytes(),
+        );
+        let (tx, _) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 200"), "{}", tx[0]);
+        assert!(
+            tx[0].contains("Session-Expires: 120;refresher=uac"),
+            "{}",
+            tx[0]
+        );
+        // The first deadline (88 s) has passed harmlessly; the new one is 60 + 88.
+        assert!(at(&mut c, t0 + Duration::from_secs(100)).0.is_empty());
+        assert!(at(&mut c, t0 + Duration::from_secs(147)).0.is_empty());
+        let (tx, ev) = at(&mut c, t0 + Duration::from_secs(148));
+        assert!(tx[0].starts_with("BYE "), "{tx:?}");
+        assert!(ev.contains(&Event::Ended {
+            call_id: "c1".into(),
+            reason: DialogEnd::SessionExpired
+        }));
+    }
+
+    #[test]
+    fn we_refresh_with_update_and_a_481_ends_the_call() {
+        let mut c = core();
+        let t0 = Instant::now();
+        // A proxy asked for 90 s; the caller does not support timer but allows UPDATE.
+        let ok = timed_call(
+            &mut c,
+            t0,
+            "Session-Expires: 90\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n",
+        );
+        assert!(ok.contains("Session-Expires: 90;refresher=uas\r\n"), "{ok}");
+        assert!(!ok.contains("Require: timer"), "{ok}");
+        assert!(at(&mut c, t0 + Duration::from_secs(44)).0.is_empty());
+        let (tx, _) = at(&mut c, t0 + Duration::from_secs(45));
+        assert!(
+            tx[0].starts_with("UPDATE sip:+1555@127.0.0.1:5070 SIP/2.0"),
+            "{}",
+            tx[0]
+        );
+        assert!(
+            tx[0].contains("CSeq: 1 UPDATE") && tx[0].contains("Session-Expires: 90;refresher=uas")
+        );
+        // Unanswered for a moment: retransmitted; then answered 200.
+        let (again, _) = at(&mut c, t0 + Duration::from_millis(45_500));
+        assert_eq!(again, vec![tx[0].clone()]);
+        c.handle_message(
+            t0 + Duration::from_secs(46),
+            peer(),
+            local(),
+            respond(&tx[0], 200).as_bytes(),
+        );
+        assert!(drain(&mut c).0.is_empty());
+        assert!(
+            at(&mut c, t0 + Duration::from_secs(90)).0.is_empty(),
+            "refreshed at 46 s: next at 91 s"
+        );
+        let (tx, _) = at(&mut c, t0 + Duration::from_secs(91));
+        assert!(
+            tx[0].starts_with("UPDATE ") && tx[0].contains("CSeq: 2 UPDATE"),
+            "{tx:?}"
+        );
+        c.handle_message(
+            t0 + Duration::from_secs(91),
+            peer(),
+            local(),
+            respond(&tx[0], 481).as_bytes(),
+        );
+        let (tx, ev) = drain(&mut c);
+        assert!(
+            tx[0].starts_with("BYE ") && tx[0].contains("CSeq: 3 BYE"),
+            "{tx:?}"
+        );
+        assert!(ev.contains(&Event::Ended {
+            call_id: "c1".into(),
+            reason: DialogEnd::SessionExpired
+        }));
+    }
+
+    #[test]
+    fn without_update_we_refresh_by_reinvite_and_acknowledge_its_answer() {
+        let mut c = core();
+        let t0 = Instant::now();
+        timed_call(
+            &mut c,
+            t0,
+            "Session-Expires: 100;refresher=uas\r\nSupported: timer\r\n",
+        );
+        let (tx, _) = at(&mut c, t0 + Duration::from_secs(50));
+        assert!(
+            tx[0].starts_with("INVITE sip:+1555@127.0.0.1:5070"),
+            "{}",
+            tx[0]
+        );
+        assert!(
+            tx[0].contains("m=audio 20000 RTP/AVP 0"),
+            "our session offered again: {}",
+            tx[0]
+        );
+        c.handle_message(
+            t0 + Duration::from_secs(50),
+            peer(),
+            local(),
+            respond(&tx[0], 200).as_bytes(),
+        );
+        let (tx, _) = drain(&mut c);
+        assert!(
+            tx[0].starts_with("ACK ") && tx[0].contains("CSeq: 1 ACK"),
+            "{tx:?}"
+        );
+    }
+
+    #[test]
+    fn too_short_a_session_is_422_and_require_timer_is_understood() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let inv = invite("c9", "z9hG4bK9").replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nSession-Expires: 30\r\n",
+            1,
+        );
+        c.handle_message(t0, peer(), local(), inv.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(
+            tx[0].starts_with("SIP/2.0 422") && tx[0].contains("Min-SE: 90"),
+            "{tx:?}"
+        );
+        assert!(ev.is_empty());
+        let inv = invite("c8", "z9hG4bK8").replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nRequire: timer\r\nSession-Expires: 1800\r\n",
+            1,
+        );
+        c.handle_message(t0, peer(), local(), inv.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 100"), "{tx:?}");
+        assert!(matches!(ev[0], Event::Invite(_)));
+        let inv = invite("c7", "z9hG4bK7").replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nRequire: 100rel\r\n",
+            1,
+        );
+        c.handle_message(t0, peer(), local(), inv.as_bytes());
+        assert!(drain(&mut c).0[0].starts_with("SIP/2.0 420"));
     }
 }

@@ -68,6 +68,14 @@ pub struct Request {
     pub authorization: Option<String>,
     /// The `Expires` header (REGISTER).
     pub expires: Option<u32>,
+    /// Option tags of all Supported headers.
+    pub supported: Vec<String>,
+    /// The methods of the Allow headers, when present.
+    pub allow: Option<String>,
+    /// `Session-Expires` (RFC 4028): the interval and the `refresher` parameter.
+    pub session_expires: Option<(u32, Option<String>)>,
+    /// `Min-SE` (RFC 4028).
+    pub min_se: Option<u32>,
     pub body: Vec<u8>,
 }
 
@@ -157,6 +165,7 @@ fn long_name(name: &str) -> String {
         "k" => "supported",
         "t" => "to",
         "v" => "via",
+        "x" => "session-expires",
         _ => return n,
     };
     long.to_string()
@@ -403,6 +412,31 @@ fn request_from(r: &rsip::Request, sc: &Scanned, body: Vec<u8>) -> Result<Reques
             .next()
             .map(str::to_string),
         expires: sc.all("expires").next().and_then(|v| v.trim().parse().ok()),
+        supported: sc
+            .all("supported")
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        allow: {
+            let all: Vec<&str> = sc.all("allow").collect();
+            (!all.is_empty()).then(|| all.join(", "))
+        },
+        session_expires: sc.all("session-expires").next().and_then(|v| {
+            let mut parts = v.split(';');
+            let secs = parts.next()?.trim().parse().ok()?;
+            let refresher = parts.find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("refresher")
+                    .then(|| v.trim().to_ascii_lowercase())
+            });
+            Some((secs, refresher))
+        }),
+        min_se: sc
+            .all("min-se")
+            .next()
+            .and_then(|v| v.split(';').next()?.trim().parse().ok()),
         body,
     })
 }

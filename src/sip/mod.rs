@@ -10,6 +10,7 @@ pub mod message;
 pub mod register;
 pub mod registrar;
 pub mod sdp;
+pub mod session_timer;
 pub mod trust;
 
 pub use self::core::{
