@@ -454,6 +454,9 @@ pub struct SipConfig {
     pub tcp_max_connections_per_ip: usize,
     /// Per-source rate limits, bans and scanner filtering.
     pub defence: DefenceConfig,
+    /// The address (`host:port`) written in our Contact and Via headers instead of the local
+    /// one, when the gateway is behind NAT (set `[media] public_ip` too for the SDP).
+    pub public_addr: Option<SocketAddr>,
     /// Digest algorithms our challenges offer to `[[users]]`, in order of preference (one
     /// `WWW-Authenticate` each): `MD5`, `SHA-256`. MD5 first by default, because many phones
     /// (and SIPp) answer only the first challenge and know only MD5.
@@ -551,6 +554,7 @@ impl Default for SipConfig {
             tcp_max_connections_per_ip: 32,
             defence: DefenceConfig::default(),
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            public_addr: None,
         }
     }
 }

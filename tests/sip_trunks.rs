@@ -463,3 +463,16 @@ async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
         .count();
     assert_eq!(other, 0, "gaps outside the hold");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nat_the_public_address_is_what_contact_and_sdp_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 127.0.0.9 stands for the NAT's public address (loopback: nothing leaves the machine).
+    let config = "[sip]\npublic_addr = \"127.0.0.9:5099\"\n[media]\npublic_ip = \"127.0.0.9\"\n";
+    let (gw, _, _) = gateway_with(tmp.path(), config);
+    let mut phone = Phone::dial(gw.sip, "+15550003333", Offer::Rfc4733).await;
+    let contact = header(&phone.ok, "Contact").unwrap_or_default().to_string();
+    assert!(contact.contains("@127.0.0.9:5099"), "{contact}");
+    assert!(phone.ok.contains("c=IN IP4 127.0.0.9\r\n"), "{}", phone.ok);
+    phone.hangup().await;
+}

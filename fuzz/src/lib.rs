@@ -142,6 +142,7 @@ pub fn sip_core(data: &[u8]) {
             switchboard::sip::digest::Algorithm::Md5,
             switchboard::sip::digest::Algorithm::Sha256,
         ],
+        advertise: None,
     };
     let cfg = if trusting {
         let trunk = switchboard::config::TrunkConfig {

@@ -63,6 +63,9 @@ pub struct CoreConfig {
     pub trust: Option<TrustConfig>,
     /// `[sip] digest_algorithms`, parsed.
     pub digest_algorithms: Vec<super::digest::Algorithm>,
+    /// `[sip] public_addr`: the address our Contact and Via name (the driver uses it as our
+    /// local address for every message).
+    pub advertise: Option<SocketAddr>,
 }
 
 /// `[sip]` settings for TCP connections (applied by the endpoint, which owns the sockets).
@@ -125,6 +128,7 @@ impl CoreConfig {
             },
             trust: None,
             digest_algorithms,
+            advertise: sip.public_addr,
         })
     }
 
@@ -1906,6 +1910,7 @@ mod tests {
                 super::super::digest::Algorithm::Sha256,
                 super::super::digest::Algorithm::Md5,
             ],
+            advertise: None,
         })
     }
 

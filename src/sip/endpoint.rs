@@ -282,6 +282,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let pending: Pending = Arc::default();
     let trunks: TrunkStates = Arc::default();
     let driver = Driver {
+        advertise: cfg.advertise,
         trunks: trunks.clone(),
         log,
         in_dialog,
@@ -309,6 +310,8 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 }
 
 struct Driver {
+    /// `[sip] public_addr`: our address in every message, whatever the socket's.
+    advertise: Option<SocketAddr>,
     trunks: TrunkStates,
     log: SharedLog,
     in_dialog: InDialog,
@@ -349,7 +352,8 @@ impl Driver {
                     Err(e) => tracing::debug!(error = %e, "SIP UDP receive error"),
                 },
                 Some(m) = tcp_in.recv() => {
-                    self.core.handle_message(Instant::now(), m.peer, m.local, &m.data);
+                    let local = self.advertise.unwrap_or(m.local);
+                    self.core.handle_message(Instant::now(), m.peer, local, &m.data);
                     if m.close {
                         // Answer first, then drop the writer: its task ends once the
                         // answer is written, and the connection closes.
@@ -396,6 +400,9 @@ impl Driver {
     /// Our address as seen from `peer`: the bound address, or, when bound to a wildcard, the
     /// source address the kernel routes from (found by connecting a UDP socket; nothing is sent).
     fn local_for(&mut self, peer: IpAddr) -> SocketAddr {
+        if let Some(public) = self.advertise {
+            return public;
+        }
         let port = self.udp_addr.port();
         if !self.udp_addr.ip().is_unspecified() {
             return self.udp_addr;
