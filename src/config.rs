@@ -81,6 +81,10 @@ pub struct TrunkConfig {
     /// Concurrent calls out through this trunk.
     #[serde(default = "default_max_outbound")]
     pub max_outbound: usize,
+    /// Seconds between OPTIONS keep-alives to `uri` (its reachability is logged and shown in
+    /// `/v2/Trunks`); 0: none.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
     #[serde(default)]
     pub srtp: SrtpPolicy,
 }
@@ -91,6 +95,10 @@ fn default_register_expires() -> u32 {
 
 fn default_max_outbound() -> usize {
     100
+}
+
+fn default_keepalive_secs() -> u64 {
+    30
 }
 
 impl std::fmt::Debug for TrunkConfig {
@@ -107,6 +115,7 @@ impl std::fmt::Debug for TrunkConfig {
             .field("caller_id", &self.caller_id)
             .field("dial_allow", &self.dial_allow)
             .field("max_outbound", &self.max_outbound)
+            .field("keepalive_secs", &self.keepalive_secs)
             .field("srtp", &self.srtp)
             .finish()
     }

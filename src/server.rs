@@ -228,7 +228,34 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
     .with_trunks(&cfg.trunks, &cfg.users)?;
     let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
     register_with_trunks(cfg, &ep.handle).await?;
+    keep_trunks_alive(cfg, &ep.handle).await;
     Ok(ep)
+}
+
+/// OPTIONS keep-alives to each trunk with `keepalive_secs`; a trunk whose host does not
+/// resolve now is logged and left out (it may only ever send us calls).
+async fn keep_trunks_alive(cfg: &Config, sip: &crate::sip::SipHandle) {
+    for t in cfg.trunks.iter().filter(|t| t.keepalive_secs > 0) {
+        let Some(target) = endpoint::hostport_of(&t.uri) else {
+            continue;
+        };
+        let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            _ => {
+                tracing::warn!(trunk = %t.name, %target, "trunk host does not resolve: no keep-alives");
+                continue;
+            }
+        };
+        sip.keepalive(crate::sip::keepalive::KeepaliveSpec {
+            trunk: t.name.clone(),
+            peer: crate::sip::Peer {
+                addr,
+                transport: crate::sip::Transport::Udp,
+            },
+            uri: format!("sip:{target}"),
+            interval: std::time::Duration::from_secs(t.keepalive_secs),
+        });
+    }
 }
 
 /// Start a registration with each `register = true` trunk (kept and refreshed by the SIP core).

@@ -264,7 +264,7 @@ async fn registers_with_a_challenging_registrar_refreshes_and_unregisters_on_shu
     std::thread::sleep(Duration::from_millis(300));
 
     let config = format!(
-        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\nusername = \"acct\"\npassword = \"secret\"\nregister = true\nregister_expires = 600\n"
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\nusername = \"acct\"\npassword = \"secret\"\nregister = true\nregister_expires = 600\nkeepalive_secs = 0\n"
     );
     let tmp = tempfile::tempdir().unwrap();
     let (mut gw, _, log) = gateway_with(tmp.path(), &config);
@@ -475,4 +475,52 @@ async fn behind_nat_the_public_address_is_what_contact_and_sdp_name() {
     assert!(contact.contains("@127.0.0.9:5099"), "{contact}");
     assert!(phone.ok.contains("c=IN IP4 127.0.0.9\r\n"), "{}", phone.ok);
     phone.hangup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_keepalives_show_whether_a_trunk_answers() {
+    // A carrier's SIP stack on loopback that answers OPTIONS 200, and one that is silent.
+    let carrier = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (up, down) = (carrier.local_addr().unwrap(), silent.local_addr().unwrap());
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = carrier.recv_from(&mut buf).await {
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            if req.starts_with("OPTIONS ") {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = carrier
+                    .send_to(response_to(&req, 200, "OK").as_bytes(), from)
+                    .await;
+            }
+        }
+    });
+    let config = format!(
+        "[[trunks]]\nname = \"up\"\nuri = \"sip:{up}\"\nkeepalive_secs = 1\n\
+         [[trunks]]\nname = \"down\"\nuri = \"sip:{down}\"\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (gw, _, log) = gateway_with(tmp.path(), &config);
+    let start = Instant::now();
+    loop {
+        let t = trunks_json(&gw).await;
+        let up = &t["trunks"][0];
+        if up["reachable"] == true && answered.load(std::sync::atomic::Ordering::Relaxed) >= 2 {
+            assert_eq!(up["last_status"], 200, "{t}");
+            assert_eq!(up["keepalive_secs"], 1);
+            // The silent one is not known to be down before 32 s of silence.
+            assert_eq!(t["trunks"][1]["reachable"], serde_json::Value::Null, "{t}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The silent trunk was sent OPTIONS too (and retransmissions).
+    let mut buf = [0u8; 2048];
+    let got = tokio::time::timeout(Duration::from_secs(2), silent.recv_from(&mut buf)).await;
+    assert!(got.is_ok_and(|r| r.is_ok_and(|(n, _)| buf[..n].starts_with(b"OPTIONS "))));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("trunk answers OPTIONS keep-alives"), "logged");
 }

@@ -156,6 +156,7 @@ pub fn sip_core(data: &[u8]) {
             caller_id: None,
             dial_allow: vec![],
             max_outbound: 10,
+            keepalive_secs: 0,
             srtp: switchboard::config::SrtpPolicy::Off,
         };
         let user = switchboard::config::UserConfig {

@@ -19,6 +19,7 @@ pub struct TrunkSummary {
     pub register: bool,
     pub dial_allow: Vec<String>,
     pub max_outbound: usize,
+    pub keepalive_secs: u64,
 }
 
 impl From<&crate::config::TrunkConfig> for TrunkSummary {
@@ -30,6 +31,7 @@ impl From<&crate::config::TrunkConfig> for TrunkSummary {
             register: t.register,
             dial_allow: t.dial_allow.clone(),
             max_outbound: t.max_outbound,
+            keepalive_secs: t.keepalive_secs,
         }
     }
 }
@@ -54,11 +56,17 @@ pub async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
         .as_ref()
         .map(|s| s.trunk_registrations())
         .unwrap_or_default();
+    let reach = api
+        .sip
+        .as_ref()
+        .map(|s| s.trunk_reachability())
+        .unwrap_or_default();
     let trunks: Vec<Value> = api
         .trunks
         .iter()
         .map(|t| {
             let state = states.iter().find(|(n, _)| *n == t.name).map(|(_, s)| s);
+            let reached = reach.iter().find(|(n, _)| *n == t.name).map(|(_, r)| r);
             json!({
                 "name": t.name,
                 "uri": t.uri,
@@ -67,6 +75,10 @@ pub async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
                 "registration": if t.register { registration(state) } else { Value::Null },
                 "dial_allow": t.dial_allow,
                 "max_outbound": t.max_outbound,
+                "keepalive_secs": t.keepalive_secs,
+                // null until the first keep-alive is answered or times out (or without them).
+                "reachable": reached.map(|r| r.reachable),
+                "last_status": reached.map(|r| r.status),
             })
         })
         .collect();

@@ -102,7 +102,10 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 None => tracing::debug!(%call_id, "media update for a call without media"),
             },
             Event::MessageResult { .. } => {}
-            Event::Refused { .. } | Event::Registered { .. } | Event::TrunkRegistration { .. } => {}
+            Event::Refused { .. }
+            | Event::Registered { .. }
+            | Event::TrunkRegistration { .. }
+            | Event::TrunkReachability { .. } => {}
         }
     }
 }

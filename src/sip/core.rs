@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::acl::{Acl, AclError};
 use super::defence::{Ban, Defence, DefenceConfig, Verdict};
+use super::keepalive::{Keepalive, KeepaliveSpec, Reachability};
 use super::message::{
     self, has_param, param, uri_of, user_of, MessageError, Request, Response, Salvage, SipMessage,
 };
@@ -243,6 +244,11 @@ pub enum Event {
         trunk: String,
         state: RegistrationState,
     },
+    /// A trunk started or stopped answering our OPTIONS keep-alives.
+    TrunkReachability {
+        trunk: String,
+        reach: Reachability,
+    },
     /// A user's registration changed (logged by the driver): its bindings now.
     Registered {
         user: String,
@@ -287,6 +293,11 @@ pub enum Command {
     },
     /// Shutdown: remove every registration we hold (Expires: 0).
     UnregisterAll,
+    /// Send OPTIONS keep-alives to a trunk, from our `local` address (filled in by the driver).
+    Keepalive {
+        spec: Box<KeepaliveSpec>,
+        local: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -392,6 +403,8 @@ enum TimerKind {
     SessionCheck,
     /// Our turn to refresh the session.
     SessionRefresh,
+    /// A keep-alive's own timers (keyed by its Call-ID).
+    Keepalive,
     /// Resend our refresh, or give up on it.
     RefreshRetransmit,
 }
@@ -414,6 +427,8 @@ pub struct SipCore {
     registrar: Registrar,
     /// Our registrations with trunks, by Call-ID.
     registrations: HashMap<String, Registration>,
+    /// Our OPTIONS keep-alives to trunks, by Call-ID.
+    keepalives: HashMap<String, Keepalive>,
     out: VecDeque<Output>,
 }
 
@@ -461,6 +476,7 @@ impl SipCore {
             trust,
             registrar: Registrar::default(),
             registrations: HashMap::new(),
+            keepalives: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -499,6 +515,29 @@ impl SipCore {
         }
         if let Some(at) = next {
             self.schedule(at, call_id, TimerKind::Registration);
+        }
+    }
+
+    /// A keep-alive's output: what to send, a reachability change, and its next timer.
+    fn keepalive_step(
+        &mut self,
+        call_id: &str,
+        data: Option<Vec<u8>>,
+        change: Option<Reachability>,
+    ) {
+        let Some(k) = self.keepalives.get(call_id) else {
+            return;
+        };
+        let (peer, next, trunk) = (k.peer(), k.next_timer(), k.trunk().to_string());
+        if let Some(d) = data {
+            self.send(peer, d);
+        }
+        if let Some(reach) = change {
+            self.out
+                .push_back(Output::Event(Event::TrunkReachability { trunk, reach }));
+        }
+        if let Some(at) = next {
+            self.schedule(at, call_id, TimerKind::Keepalive);
         }
     }
 
@@ -1264,6 +1303,13 @@ impl SipCore {
     }
 
     fn on_response(&mut self, now: Instant, resp: Response) {
+        if resp.cseq_method == "OPTIONS" {
+            if let Some(k) = self.keepalives.get_mut(&resp.call_id) {
+                let change = k.on_response(now, &resp);
+                self.keepalive_step(&resp.call_id, None, change);
+            }
+            return;
+        }
         if resp.cseq_method == "REGISTER" {
             if let Some(reg) = self.registrations.get_mut(&resp.call_id) {
                 let (data, changed) = reg.on_response(now, &resp);
@@ -1387,6 +1433,13 @@ impl SipCore {
                 self.registrations.insert(call_id.clone(), reg);
                 self.registration_step(&call_id, Some(first), true);
             }
+            Command::Keepalive { spec, local } => {
+                let mut k = Keepalive::new(*spec, local);
+                let first = k.send(now);
+                let call_id = k.call_id().to_string();
+                self.keepalives.insert(call_id.clone(), k);
+                self.keepalive_step(&call_id, Some(first), None);
+            }
             Command::UnregisterAll => {
                 let ids: Vec<String> = self.registrations.keys().cloned().collect();
                 for id in ids {
@@ -1487,6 +1540,15 @@ impl SipCore {
                     let (peer, data, next) = (tx.peer, tx.data.clone(), now + tx.interval);
                     self.send(peer, data);
                     self.schedule(next, call_id, TimerKind::MessageRetransmit);
+                }
+                return;
+            }
+            TimerKind::Keepalive => {
+                if let Some(k) = self.keepalives.get_mut(call_id) {
+                    if k.next_timer().is_some_and(|t| t <= now) {
+                        let (data, change) = k.on_timer(now);
+                        self.keepalive_step(call_id, data, change);
+                    }
                 }
                 return;
             }
@@ -2500,6 +2562,7 @@ mod tests {
             caller_id: None,
             dial_allow: vec![],
             max_outbound: 10,
+            keepalive_secs: 0,
             srtp: crate::config::SrtpPolicy::Off,
         };
         let user = crate::config::UserConfig {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::acl::Acl;
 use super::core::{Command, CoreConfig, Event, Output, Peer, SipCore, TcpLimits, Transport};
 use super::defence::LogLimiter;
+use super::keepalive::{KeepaliveSpec, Reachability};
 use super::register::{RegistrationSpec, RegistrationState};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum EndpointError {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(u16, String)>>>>;
 /// The latest state of each trunk registration, by trunk name.
 type TrunkStates = Arc<Mutex<std::collections::BTreeMap<String, RegistrationState>>>;
+/// Whether each keep-alive trunk answers, by trunk name.
+type TrunkReach = Arc<Mutex<std::collections::BTreeMap<String, Reachability>>>;
 
 /// Handle the call layer uses to drive signalling.
 #[derive(Clone)]
@@ -35,6 +38,7 @@ pub struct SipHandle {
     cmd: mpsc::UnboundedSender<Command>,
     pending: Pending,
     trunks: TrunkStates,
+    reach: TrunkReach,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -81,6 +85,22 @@ impl SipHandle {
             local: spec.peer.addr, // replaced by the driver with our address as seen from it
             spec: Box::new(spec),
         });
+    }
+
+    /// Send OPTIONS keep-alives to a trunk (see `sip::keepalive`).
+    pub fn keepalive(&self, spec: KeepaliveSpec) {
+        self.send(Command::Keepalive {
+            local: spec.peer.addr, // replaced by the driver
+            spec: Box::new(spec),
+        });
+    }
+
+    /// Whether each keep-alive trunk answers (trunks not heard from yet are missing).
+    pub fn trunk_reachability(&self) -> Vec<(String, Reachability)> {
+        self.reach
+            .lock()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     /// Each registered trunk's latest state, by name.
@@ -281,7 +301,9 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     ));
     let pending: Pending = Arc::default();
     let trunks: TrunkStates = Arc::default();
+    let reach: TrunkReach = Arc::default();
     let driver = Driver {
+        reach: reach.clone(),
         advertise: cfg.advertise,
         trunks: trunks.clone(),
         log,
@@ -301,6 +323,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
             cmd: cmd_tx,
             pending,
             trunks,
+            reach,
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         },
         events: ev_rx,
@@ -310,6 +333,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
 }
 
 struct Driver {
+    reach: TrunkReach,
     /// `[sip] public_addr`: our address in every message, whatever the socket's.
     advertise: Option<SocketAddr>,
     trunks: TrunkStates,
@@ -369,6 +393,9 @@ impl Driver {
                             *local = self.local_for(peer.addr.ip());
                         }
                         Command::Register { spec, local } => {
+                            *local = self.local_for(spec.peer.addr.ip());
+                        }
+                        Command::Keepalive { spec, local } => {
                             *local = self.local_for(spec.peer.addr.ip());
                         }
                         _ => {}
@@ -449,6 +476,16 @@ impl Driver {
                     reason,
                 }) => {
                     limited!(self.log, peer.addr.ip(), info, from = %peer.addr, status, %reason, "SIP request refused");
+                }
+                Output::Event(Event::TrunkReachability { trunk, reach }) => {
+                    if reach.reachable {
+                        tracing::info!(%trunk, status = reach.status, "trunk answers OPTIONS keep-alives");
+                    } else {
+                        tracing::warn!(%trunk, "trunk does not answer OPTIONS keep-alives");
+                    }
+                    if let Ok(mut r) = self.reach.lock() {
+                        r.insert(trunk, reach);
+                    }
                 }
                 Output::Event(Event::TrunkRegistration { trunk, state }) => {
                     match &state {

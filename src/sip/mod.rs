@@ -2,10 +2,12 @@
 //! SDP offer/answer and the inbound ACL.
 
 pub mod acl;
+pub mod client_tx;
 pub mod core;
 pub mod defence;
 pub mod digest;
 pub mod endpoint;
+pub mod keepalive;
 pub mod message;
 pub mod register;
 pub mod registrar;

@@ -7,15 +7,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::core::{Peer, Transport, T1, T2};
+use super::client_tx::{ClientTx, TxTimer};
+use super::core::{Peer, Transport};
 use super::digest::Challenge;
 use super::message::{param, uri_of, Response};
 
 /// Back-off after a failed registration: 5 s, doubling, at most this.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(5);
-/// A REGISTER that gets no final answer in 64·T1 has failed (timer F).
-const TIMEOUT: Duration = Duration::from_secs(32);
 
 /// What the trunk's configuration says about registering.
 #[derive(Clone, PartialEq, Eq)]
@@ -63,11 +62,8 @@ pub struct Registration {
     call_id: String,
     from_tag: String,
     cseq: u32,
-    /// The request in flight: its branch and bytes, for retransmission and matching.
-    in_flight: Option<(String, Vec<u8>)>,
-    retransmit_at: Option<Instant>,
-    interval: Duration,
-    give_up_at: Option<Instant>,
+    /// The REGISTER in flight.
+    tx: Option<ClientTx>,
     /// Next REGISTER: a refresh or a retry.
     next_attempt: Option<Instant>,
     state: RegistrationState,
@@ -91,10 +87,7 @@ impl Registration {
             call_id: format!("{:016x}@switchboard", rand::random::<u64>()),
             from_tag: super::core::new_tag(),
             cseq: 0,
-            in_flight: None,
-            retransmit_at: None,
-            interval: T1,
-            give_up_at: None,
+            tx: None,
             next_attempt: None,
             state: RegistrationState::Registering,
             challenge: None,
@@ -132,7 +125,7 @@ impl Registration {
         if !matches!(self.state, RegistrationState::Registered { .. }) {
             self.state = RegistrationState::Unregistered;
             self.next_attempt = None;
-            self.in_flight = None;
+            self.tx = None;
             return None;
         }
         self.unregistering = true;
@@ -141,34 +134,33 @@ impl Registration {
     }
 
     pub fn next_timer(&self) -> Option<Instant> {
-        [self.retransmit_at, self.give_up_at, self.next_attempt]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.tx.as_ref().map(ClientTx::next_timer),
+            self.next_attempt,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Timers due at `now`: what to send, and whether the state changed.
     pub fn on_timer(&mut self, now: Instant) -> (Option<Vec<u8>>, bool) {
-        if self.give_up_at.is_some_and(|t| t <= now) {
-            self.in_flight = None;
-            self.retransmit_at = None;
-            self.give_up_at = None;
-            if self.unregistering {
-                self.state = RegistrationState::Unregistered;
-                return (None, true);
+        if let Some(tx) = self.tx.as_mut() {
+            match tx.on_timer(now) {
+                TxTimer::Resend(data) => return (Some(data), false),
+                TxTimer::TimedOut => {
+                    self.tx = None;
+                    if self.unregistering {
+                        self.state = RegistrationState::Unregistered;
+                        return (None, true);
+                    }
+                    self.fail(now, 408, "no answer from the registrar".into());
+                    return (None, true);
+                }
+                TxTimer::Nothing => {}
             }
-            self.fail(now, 408, "no answer from the registrar".into());
-            return (None, true);
         }
-        if self.retransmit_at.is_some_and(|t| t <= now) {
-            if let Some((_, data)) = &self.in_flight {
-                self.interval = (self.interval * 2).min(T2);
-                self.retransmit_at = Some(now + self.interval);
-                return (Some(data.clone()), false);
-            }
-            self.retransmit_at = None;
-        }
-        if self.next_attempt.is_some_and(|t| t <= now) && self.in_flight.is_none() {
+        if self.next_attempt.is_some_and(|t| t <= now) && self.tx.is_none() {
             self.next_attempt = None;
             let changed = !matches!(self.state, RegistrationState::Registered { .. });
             if changed {
@@ -181,22 +173,14 @@ impl Registration {
 
     /// A response to one of our REGISTERs: what to send next, and whether the state changed.
     pub fn on_response(&mut self, now: Instant, r: &Response) -> (Option<Vec<u8>>, bool) {
-        let ours = self
-            .in_flight
-            .as_ref()
-            .is_some_and(|(b, _)| r.branch.as_deref() == Some(b.as_str()))
-            && r.cseq == self.cseq;
+        let ours = self.tx.as_ref().is_some_and(|tx| tx.matches(r));
         if !ours || r.status < 200 {
-            if ours {
-                // A provisional answer stops retransmissions (timer E continues at T2 on
-                // non-INVITE, but a 1xx means the registrar has it).
-                self.retransmit_at = None;
+            if let (true, Some(tx)) = (ours, self.tx.as_mut()) {
+                tx.provisional(now);
             }
             return (None, false);
         }
-        self.in_flight = None;
-        self.retransmit_at = None;
-        self.give_up_at = None;
+        self.tx = None;
         let requested = if self.unregistering { 0 } else { self.expires };
         match r.status {
             200..=299 if self.unregistering => {
@@ -323,10 +307,8 @@ impl Registration {
             self.contact_uri(),
         )
         .into_bytes();
-        self.in_flight = Some((branch, data.clone()));
-        self.interval = T1;
-        self.retransmit_at = (self.spec.peer.transport == Transport::Udp).then(|| now + T1);
-        self.give_up_at = Some(now + TIMEOUT);
+        let udp = self.spec.peer.transport == Transport::Udp;
+        self.tx = Some(ClientTx::new(now, branch, self.cseq, data.clone(), udp));
         data
     }
 }
@@ -502,7 +484,7 @@ mod tests {
                 break;
             }
         }
-        assert_eq!(t, t0 + TIMEOUT);
+        assert_eq!(t, t0 + crate::sip::client_tx::TIMEOUT);
         assert!(resent >= 9, "{resent} retransmissions");
         assert!(matches!(
             reg.state(),
