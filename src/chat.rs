@@ -27,7 +27,7 @@ pub struct ChatOptions {
 
 struct Terminal;
 
-pub fn escape(body: &str) -> String {
+pub(crate) fn escape(body: &str) -> String {
     body.replace('\\', "\\\\")
         .replace("\r\n", "\\n")
         .replace('\n', "\\n")

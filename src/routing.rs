@@ -67,7 +67,7 @@ impl LoadedFlow {
 /// Set once at start-up, before flows load.
 static FUNCTION_URLS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
 
-pub fn set_function_urls(map: HashMap<String, String>) {
+pub(crate) fn set_function_urls(map: HashMap<String, String>) {
     let _ = FUNCTION_URLS.set(map);
 }
 

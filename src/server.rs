@@ -16,7 +16,7 @@ use crate::messaging::webhook::Webhook;
 use crate::messaging::Conversations;
 use crate::routing::Router;
 use crate::sip::acl::Acl;
-use crate::sip::{endpoint, CoreConfig};
+use crate::sip::{endpoint, CoreConfig, Endpoint};
 use crate::store::{redact, Store};
 
 pub struct Running {
@@ -210,7 +210,7 @@ fn start_events(
     Ok(events)
 }
 
-async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
+async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
     let core_cfg = CoreConfig::from_sip(
         &cfg.sip,
         format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
@@ -297,7 +297,7 @@ fn start_calls(
     cfg: &Config,
     runner: &crate::runner::Runner,
     router: Arc<Router>,
-    ep: &endpoint::Endpoint,
+    ep: &Endpoint,
     messaging: &Messaging,
     recordings: &crate::call::recordings::Recordings,
     credentials: &Credentials,
@@ -447,7 +447,7 @@ fn node_id(dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Why executions found running at start were ended: the process that ran them died.
-pub const ENDED_BY_RESTART: &str =
+pub(crate) const ENDED_BY_RESTART: &str =
     "the gateway stopped while this execution ran (the process died or was killed)";
 
 /// After a crash (kill -9, power loss): recordings cut off mid-call are saved or removed, and

@@ -6,10 +6,10 @@
 //! [`load::Scheduler`] decides when calls start; [`report::Summary`] is what a run prints.
 
 pub mod cli;
-pub mod load;
-pub mod media;
+pub(crate) mod load;
+pub(crate) mod media;
 pub mod report;
-pub mod uac;
+pub(crate) mod uac;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -11,33 +11,38 @@ use super::load::{percentiles, Percentiles, Stats};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    pub target: String,
+    pub(crate) target: String,
     pub attempted: u64,
-    pub answered: u64,
+    pub(crate) answered: u64,
     pub completed: u64,
-    pub failed: u64,
-    pub failures: BTreeMap<String, u64>,
-    pub hung_up_by_remote: u64,
-    pub audio: AudioCheck,
-    pub setup_ms: Option<Percentiles>,
-    pub dtmf_to_prompt_ms: Option<Percentiles>,
-    pub elapsed_s: f64,
-    pub calls_per_second: f64,
+    pub(crate) failed: u64,
+    pub(crate) failures: BTreeMap<String, u64>,
+    pub(crate) hung_up_by_remote: u64,
+    pub(crate) audio: AudioCheck,
+    pub(crate) setup_ms: Option<Percentiles>,
+    pub(crate) dtmf_to_prompt_ms: Option<Percentiles>,
+    pub(crate) elapsed_s: f64,
+    pub(crate) calls_per_second: f64,
     /// Answered calls per second from the first INVITE to the last 200 OK.
-    pub setup_rate_cps: Option<f64>,
-    pub max_concurrent: u64,
+    pub(crate) setup_rate_cps: Option<f64>,
+    pub(crate) max_concurrent: u64,
     #[serde(skip)]
     pub first_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct AudioCheck {
+pub(crate) struct AudioCheck {
     pub with: u64,
     pub without: u64,
 }
 
 impl Summary {
-    pub fn new(target: String, stats: &Stats, elapsed: Duration, max_concurrent: u64) -> Summary {
+    pub(crate) fn new(
+        target: String,
+        stats: &Stats,
+        elapsed: Duration,
+        max_concurrent: u64,
+    ) -> Summary {
         let secs = elapsed.as_secs_f64();
         Summary {
             target,

@@ -19,12 +19,12 @@ use tokio::sync::Notify;
 use crate::flow::EndReason;
 use crate::store::{new_sid, now_rfc3339, ExecutionRecord, StepRecord};
 
-pub const EXECUTION_STARTED: &str = "com.twilio.studio.flow.execution.started";
-pub const EXECUTION_ENDED: &str = "com.twilio.studio.flow.execution.ended";
-pub const STEP_ENDED: &str = "com.twilio.studio.flow.step.ended";
+pub(crate) const EXECUTION_STARTED: &str = "com.twilio.studio.flow.execution.started";
+pub(crate) const EXECUTION_ENDED: &str = "com.twilio.studio.flow.execution.ended";
+pub(crate) const STEP_ENDED: &str = "com.twilio.studio.flow.step.ended";
 
 /// Twilio's `ended_reason` for how an execution ended.
-pub fn end_code(reason: &EndReason) -> &'static str {
+pub(crate) fn end_code(reason: &EndReason) -> &'static str {
     match reason {
         EndReason::Completed { .. } => "FLOW_END",
         EndReason::Hangup { .. } => "HANGUP",
@@ -34,7 +34,7 @@ pub fn end_code(reason: &EndReason) -> &'static str {
     }
 }
 
-pub use crate::config::EventsConfig;
+pub(crate) use crate::config::EventsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::context;
-use super::definition::{scalar_text, FlowDefinition, State};
+use super::definition::{FlowDefinition, State};
 use super::effect::{Effect, EndReason, Outcome};
 use super::template::{Scope, Templates};
 use super::validate::{validate, ValidationError, ValidationErrors};
@@ -491,11 +491,6 @@ fn run(
             }
         }
     }
-}
-
-/// Text of a published value, for drivers and tests.
-pub fn context_text(ctx: &Value, pointer: &str) -> Option<String> {
-    ctx.pointer(pointer).and_then(scalar_text)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub fn validate(json: &Value) -> Result<FlowDefinition, ValidationErrors> {
 }
 
 /// Whether a state name follows Studio's rule (letter, then letters, digits, `_`, `-`).
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

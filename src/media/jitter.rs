@@ -9,7 +9,7 @@
 //! refills to `depth` before playing again, rather than reporting every tick as a loss.
 
 /// Largest payload a slot holds: 60 ms of G.711 or 30 ms of 16-bit 8 kHz PCM.
-pub const MAX_FRAME: usize = 480;
+pub(crate) const MAX_FRAME: usize = 480;
 /// Sequence jump (either way) treated as a new stream rather than loss or lateness.
 const RESTART_JUMP: i32 = 1000;
 /// Deepest buffer accepted (2.56 s at 20 ms), to bound memory.

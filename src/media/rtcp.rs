@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Sender reports go out every this many outbound packets (5 s at 20 ms).
-pub const REPORT_EVERY_PACKETS: u64 = 250;
+pub(crate) const REPORT_EVERY_PACKETS: u64 = 250;
 
 #[derive(Debug, Clone, Default)]
 pub struct ReceiverStats {
@@ -109,7 +109,7 @@ fn ntp_now() -> (u32, u32) {
 
 /// Build a compound SR (+ one report block when we receive media) + SDES CNAME into `out`;
 /// returns its length. `out` must hold at least 100 bytes.
-pub fn sender_report(
+pub(crate) fn sender_report(
     out: &mut [u8],
     ssrc: u32,
     rtp_ts: u32,

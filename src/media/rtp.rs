@@ -5,7 +5,7 @@
 use rtc_rtp::header::Header;
 use rtc_shared::marshal::{Marshal, Unmarshal};
 
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 
 /// Sequence, timestamp and SSRC of one outbound stream.
 #[derive(Debug, Clone)]

@@ -34,7 +34,7 @@ pub enum TtsError {
 }
 
 /// Studio's `voice` and `language` mapped to an espeak-ng voice name such as `en-us+f3`.
-pub fn espeak_voice(voice: &str, language: &str) -> String {
+pub(crate) fn espeak_voice(voice: &str, language: &str) -> String {
     let lang = match language.trim().to_ascii_lowercase().as_str() {
         "" => "en-us".to_string(),
         "en-gb" => "en-gb".to_string(),
@@ -70,7 +70,7 @@ pub fn espeak_voice(voice: &str, language: &str) -> String {
     format!("{lang}+{}", if female { "f3" } else { "m3" })
 }
 
-pub fn cache_key(engine: &str, voice: &str, text: &str) -> String {
+pub(crate) fn cache_key(engine: &str, voice: &str, text: &str) -> String {
     let mut h = Sha256::new();
     for part in [engine, voice, text] {
         h.update(part.as_bytes());

@@ -64,7 +64,7 @@ impl InboundMessage {
 }
 
 /// The medium of a conversation: sends messages, nothing else.
-pub struct MessagingChannel {
+pub(crate) struct MessagingChannel {
     pub sink: Arc<dyn MessageSink>,
 }
 
@@ -106,7 +106,7 @@ pub struct Conversations {
 
 /// Messages enter at `incomingMessage`; a flow wired only for Conversations
 /// (`incomingConversationMessage`) gets them there instead.
-pub fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigger {
+pub(crate) fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigger {
     let def = flow.flow.definition();
     let wired = |event: &str| {
         flow.flow.state(&def.initial_state).is_some_and(|s| {
@@ -142,7 +142,7 @@ fn question_sent_or_stale(rec: &crate::store::ExecutionRecord) -> bool {
     sent || stale
 }
 
-pub fn session_key(flow_sid: &str, contact: &str) -> String {
+pub(crate) fn session_key(flow_sid: &str, contact: &str) -> String {
     format!("contact|{flow_sid}|{contact}")
 }
 

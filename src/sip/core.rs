@@ -16,8 +16,8 @@ use super::message::{
 };
 
 /// RFC 3261 timer base values.
-pub const T1: Duration = Duration::from_millis(500);
-pub const T2: Duration = Duration::from_secs(4);
+pub(crate) const T1: Duration = Duration::from_millis(500);
+pub(crate) const T2: Duration = Duration::from_secs(4);
 const TIMER_64T1: Duration = Duration::from_secs(32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1235,7 +1235,7 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub fn new_tag() -> String {
+pub(crate) fn new_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 

@@ -39,9 +39,9 @@ impl MessageError {
 
 /// Longest header value (after unfolding) we accept. The parser logs a warning per folded line
 /// beyond 4 KiB, so longer values are refused before it sees them.
-pub const MAX_HEADER_VALUE: usize = 4096;
+pub(crate) const MAX_HEADER_VALUE: usize = 4096;
 /// Most header lines (continuations included) we accept in one message.
-pub const MAX_HEADER_LINES: usize = 256;
+pub(crate) const MAX_HEADER_LINES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -293,7 +293,11 @@ pub fn parse(data: &[u8], max_len: usize) -> Result<SipMessage, ParseFailure> {
 
 /// Parse one message. `stream` says it came framed from TCP (the body length was then already
 /// taken from Content-Length) rather than as a whole datagram.
-pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<SipMessage, ParseFailure> {
+pub(crate) fn parse_from(
+    data: &[u8],
+    max_len: usize,
+    stream: bool,
+) -> Result<SipMessage, ParseFailure> {
     if data.len() > max_len {
         return Err(Box::new((
             MessageError::TooLarge(data.len(), max_len),

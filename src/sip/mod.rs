@@ -4,11 +4,11 @@
 pub mod acl;
 pub mod core;
 pub mod defence;
-pub mod endpoint;
+pub(crate) mod endpoint;
 pub mod message;
 pub mod sdp;
 
 pub use self::core::{
     Command, CoreConfig, DialogEnd, Event, IncomingInvite, Peer, TcpLimits, Transport,
 };
-pub use endpoint::{Endpoint, SipHandle};
+pub(crate) use endpoint::{Endpoint, SipHandle};

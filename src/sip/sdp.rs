@@ -150,7 +150,7 @@ fn parse_streams(sdp: &str) -> Result<Vec<Stream>, SdpError> {
 /// Why an offer must be refused before any codec is looked at, as a short text for a
 /// `Warning` header: today only SRTP without a plain RTP alternative (RFC 3264 §6 would
 /// otherwise have us answer an RTP/SAVP line with RTP/AVP, which the offerer must not accept).
-pub fn offer_refusal(sdp: &str) -> Option<&'static str> {
+pub(crate) fn offer_refusal(sdp: &str) -> Option<&'static str> {
     let streams = parse_streams(sdp).ok()?;
     let audio = || {
         streams

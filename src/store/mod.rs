@@ -20,7 +20,7 @@ macro_rules! revision_columns {
 
 mod catalog;
 mod disk;
-pub mod retention;
+mod retention;
 
 pub use catalog::{ExecutionFilter, FlowRecord, RevisionRecord};
 pub use retention::Swept;
@@ -703,7 +703,7 @@ fn execution_from(r: &AnyRow) -> Result<ExecutionRecord, StoreError> {
 }
 
 /// A database URL without its password, for error messages and logs.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     crate::redact::url(url)
 }
 

@@ -8,10 +8,8 @@
 //! - [`client`]: requests like Twilio's voice webhook (form or query parameters,
 //!   `X-Twilio-Signature`).
 
-pub mod client;
+pub(crate) mod client;
 mod interpret;
 pub mod parse;
 
-pub use client::TwimlError;
-pub use interpret::{run_redirect, Limits, RedirectEnv, VoiceOps, MAX_REDIRECT_SECS};
-pub use parse::{parse, ParseError, Verb};
+pub use interpret::{run_redirect, Limits, RedirectEnv, VoiceOps};

@@ -2,14 +2,14 @@
 //! parameters, Twilio-shaped error bodies, `X-Twilio-Signature`, and the HTTP client's crypto
 //! set-up. Nothing here knows a route or a flow.
 
-pub mod errors;
+pub(crate) mod errors;
 pub mod params;
 pub mod signature;
 
 pub use errors::ApiError;
 
 /// Compare without an early exit on the first differing byte (lengths are not secret).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         let x = a.get(i).copied().unwrap_or(0);

@@ -30,26 +30,26 @@ pub mod pdu {
 
     use bytes::{Buf, BufMut, BytesMut};
 
-    pub const BIND_TRANSCEIVER: u32 = 0x0000_0009;
-    pub const SUBMIT_SM: u32 = 0x0000_0004;
-    pub const DELIVER_SM: u32 = 0x0000_0005;
-    pub const UNBIND: u32 = 0x0000_0006;
-    pub const ENQUIRE_LINK: u32 = 0x0000_0015;
-    pub const GENERIC_NACK: u32 = 0x8000_0000;
-    pub const RESPONSE: u32 = 0x8000_0000;
+    pub(crate) const BIND_TRANSCEIVER: u32 = 0x0000_0009;
+    pub(crate) const SUBMIT_SM: u32 = 0x0000_0004;
+    pub(crate) const DELIVER_SM: u32 = 0x0000_0005;
+    pub(crate) const UNBIND: u32 = 0x0000_0006;
+    pub(crate) const ENQUIRE_LINK: u32 = 0x0000_0015;
+    pub(crate) const GENERIC_NACK: u32 = 0x8000_0000;
+    pub(crate) const RESPONSE: u32 = 0x8000_0000;
 
-    pub const ESME_ROK: u32 = 0x00;
-    pub const ESME_RINVCMDID: u32 = 0x03;
-    pub const ESME_RX_T_APPN: u32 = 0x64;
-    pub const ESME_RX_P_APPN: u32 = 0x65;
+    pub(crate) const ESME_ROK: u32 = 0x00;
+    pub(crate) const ESME_RINVCMDID: u32 = 0x03;
+    pub(crate) const ESME_RX_T_APPN: u32 = 0x64;
+    pub(crate) const ESME_RX_P_APPN: u32 = 0x65;
 
     /// TLV tags.
-    pub const MESSAGE_PAYLOAD: u16 = 0x0424;
-    pub const RECEIPTED_MESSAGE_ID: u16 = 0x001E;
-    pub const MESSAGE_STATE: u16 = 0x0427;
+    pub(crate) const MESSAGE_PAYLOAD: u16 = 0x0424;
+    pub(crate) const RECEIPTED_MESSAGE_ID: u16 = 0x001E;
+    pub(crate) const MESSAGE_STATE: u16 = 0x0427;
 
     /// PDUs larger than this are refused (SMPP bodies are small; this bounds memory).
-    pub const MAX_PDU: usize = 64 * 1024;
+    pub(crate) const MAX_PDU: usize = 64 * 1024;
 
     #[derive(Debug, thiserror::Error, PartialEq, Eq)]
     pub enum PduError {
@@ -122,7 +122,7 @@ pub mod pdu {
         }))
     }
 
-    pub fn put_cstr(out: &mut Vec<u8>, s: &str, max: usize) {
+    pub(crate) fn put_cstr(out: &mut Vec<u8>, s: &str, max: usize) {
         // A C-octet string holds no NUL and at most max-1 octets.
         let bytes: Vec<u8> = s
             .bytes()
@@ -134,7 +134,7 @@ pub mod pdu {
     }
 
     /// Reads a body field by field.
-    pub struct Reader<'a> {
+    pub(crate) struct Reader<'a> {
         buf: &'a [u8],
     }
 
@@ -182,7 +182,7 @@ pub mod pdu {
         }
     }
 
-    pub struct Bind<'a> {
+    pub(crate) struct Bind<'a> {
         pub system_id: &'a str,
         pub password: &'a str,
         pub system_type: &'a str,
@@ -190,7 +190,7 @@ pub mod pdu {
         pub npi: u8,
     }
 
-    pub fn bind_body(b: &Bind<'_>) -> Vec<u8> {
+    pub(crate) fn bind_body(b: &Bind<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         put_cstr(&mut out, b.system_id, 16);
         put_cstr(&mut out, b.password, 9);
@@ -454,7 +454,7 @@ struct Settings {
 }
 
 /// The SMPP provider: a handle to its session task.
-pub struct SmppProvider {
+pub(crate) struct SmppProvider {
     name: String,
     addressing: Addressing,
     tx: mpsc::Sender<Submit>,
