@@ -4,6 +4,8 @@
 //! → `flow` (the Studio engine, a pure state machine) ← `store` (persistence). `media` owns RTP,
 //! codecs, pacing and prompts. The flow engine knows nothing of SIP or RTP.
 
+#![warn(missing_docs)]
+
 mod api;
 mod call;
 pub mod chat;

@@ -19,9 +19,13 @@ use crate::sip::acl::Acl;
 use crate::sip::{endpoint, CoreConfig, Endpoint};
 use crate::store::{redact, Store};
 
+/// A started gateway: where it listens, and how to stop it.
 pub struct Running {
+    /// The SIP UDP socket's address.
     pub sip_udp: SocketAddr,
+    /// The SIP TCP listener's address.
     pub sip_tcp: SocketAddr,
+    /// The HTTP listener's address (REST API, webhook, `/metrics`).
     pub http: SocketAddr,
     /// The metrics listener, when `[metrics] bind` gives it one of its own.
     pub metrics: Option<SocketAddr>,
@@ -40,6 +44,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// Stop, as described on [`Shutdown`]; returns when done.
     pub async fn run(self) {
         use std::sync::atomic::Ordering;
         self.calls.draining.store(true, Ordering::Relaxed);
@@ -85,6 +90,8 @@ impl Shutdown {
     }
 }
 
+/// Start the gateway (`switchboard serve`): flows, store, events, SIP, messaging, calls, the
+/// API and metrics, in that order. Returns once every listener is bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     private_data_dir(&cfg.data_dir)?;
     let router = load_flows(&cfg)?;

@@ -9,16 +9,22 @@ use thiserror::Error;
 
 use crate::media::Codec;
 
+/// An option of `switchboard call` that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
+    /// A duration that does not parse.
     #[error("bad duration {0:?}: expected e.g. 500ms, 2s, 1.5s, 1m or 1h")]
     Duration(String),
+    /// A target that is not a SIP URI.
     #[error("bad target {0:?}: expected sip:user@host[:port]")]
     Target(String),
+    /// A codec we do not have.
     #[error("unknown codec {0:?}: expected pcmu, pcma or g722")]
     Codec(String),
+    /// A character of `--dtmf` that is not a digit.
     #[error("bad DTMF digit {0:?}: expected 0-9, *, #, A-D or ',' (a 500 ms pause)")]
     Digit(char),
+    /// Options that do not go together, or a value out of range (why).
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -90,6 +96,7 @@ pub struct Options {
     pub(crate) play: Option<PathBuf>,
     pub(crate) record: Option<PathBuf>,
     pub(crate) hangup_after: Option<Duration>,
+    /// Number of calls to place.
     pub calls: u64,
     pub(crate) concurrency: u64,
     pub(crate) rate: f64,
@@ -209,6 +216,7 @@ pub(crate) fn parse_codecs(s: &str) -> Result<Vec<Codec>, OptionError> {
 }
 
 impl CallArgs {
+    /// Check the arguments and turn them into [`Options`].
     pub fn validate(&self) -> Result<Options, OptionError> {
         if self.calls == 0 {
             return Err(OptionError::Invalid("--calls must be at least 1"));

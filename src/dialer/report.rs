@@ -9,11 +9,14 @@ use serde::Serialize;
 
 use super::load::{percentiles, Percentiles, Stats};
 
+/// What a run did: counts, failures by reason, audio checks and timings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub(crate) target: String,
+    /// Calls placed.
     pub attempted: u64,
     pub(crate) answered: u64,
+    /// Calls that were answered and ended cleanly.
     pub completed: u64,
     pub(crate) failed: u64,
     pub(crate) failures: BTreeMap<String, u64>,
@@ -27,6 +30,7 @@ pub struct Summary {
     pub(crate) setup_rate_cps: Option<f64>,
     pub(crate) max_concurrent: u64,
     #[serde(skip)]
+    /// Why the first failed call failed (for a single call's error message).
     pub first_failure: Option<String>,
 }
 
@@ -70,10 +74,12 @@ impl Summary {
         }
     }
 
+    /// Whether calls were placed and every one completed.
     pub fn success(&self) -> bool {
         self.failed == 0 && self.completed == self.attempted && self.attempted > 0
     }
 
+    /// The summary for people: a few lines of counts and timings.
     pub fn human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -107,6 +113,7 @@ impl Summary {
         s
     }
 
+    /// `{"summary": {...}}` on one line, for scripts.
     pub fn json_line(&self) -> String {
         serde_json::json!({ "summary": self }).to_string()
     }

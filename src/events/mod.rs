@@ -36,8 +36,10 @@ pub(crate) fn end_code(reason: &EndReason) -> &'static str {
 
 pub(crate) use crate::config::EventsConfig;
 
+/// Why the event sinks could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
+    /// A sink is not an http(s) URL (the sink).
     #[error("[events] sink {0:?} is not an http(s) URL")]
     BadSink(String),
 }
@@ -168,6 +170,7 @@ impl Events {
         }
     }
 
+    /// Events dropped so far because a sink's queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner
             .queues
@@ -204,6 +207,7 @@ impl Events {
         })
     }
 
+    /// Emit `execution.started` for `e`.
     pub fn execution_started(&self, e: &ExecutionRecord) {
         let data = self.execution_data(e);
         self.emit(EXECUTION_STARTED, "Studio.FlowExecutionEvent/2", data);
@@ -217,6 +221,7 @@ impl Events {
         self.emit(EXECUTION_ENDED, "Studio.FlowExecutionEvent/2", data);
     }
 
+    /// Emit `step.ended` for `s`, a step of flow `flow_sid`.
     pub fn step_ended(&self, flow_sid: &str, s: &StepRecord) {
         let data = json!({
             "step_sid": s.sid,

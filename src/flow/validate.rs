@@ -21,6 +21,7 @@ pub struct ValidationError {
     pub state: Option<String>,
     /// JSON path of the offending value, e.g. `$.states[3].transitions[0].next`.
     pub path: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -48,6 +49,7 @@ impl fmt::Display for ValidationErrors {
 }
 
 impl ValidationErrors {
+    /// The faults, in the order found.
     pub fn iter(&self) -> impl Iterator<Item = &ValidationError> {
         self.0.iter()
     }

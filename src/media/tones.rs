@@ -92,6 +92,7 @@ pub(crate) fn beep(freq_hz: f64, duration_ms: u32, sample_rate: u32) -> Vec<i16>
         .collect()
 }
 
+/// `duration_ms` of silence at `sample_rate`.
 pub fn silence(duration_ms: u32, sample_rate: u32) -> Vec<i16> {
     vec![0; samples_for(duration_ms, sample_rate)]
 }
@@ -103,6 +104,7 @@ pub(crate) const DEFAULT_VOLUME: u8 = 10;
 /// timestamp in the RTP header (§2.5.1.2); only the duration field grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPacket {
+    /// The RFC 4733 payload: event, E bit and volume, duration.
     pub payload: [u8; 4],
     /// RTP marker bit: set on the first packet of the event only (§2.5.1.1).
     pub marker: bool,
@@ -144,6 +146,7 @@ impl Rfc4733Sender {
         })
     }
 
+    /// The same event at another volume (-dBm0, 0 to 63).
     pub fn with_volume(mut self, volume: u8) -> Self {
         self.volume = volume & 0x3F;
         self

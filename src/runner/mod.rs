@@ -1,7 +1,7 @@
 //! Channels perform the flow engine's effects. The [`Runner`] drives one execution: it commits
 //! each step to the store before the effect runs, performs the effects every channel shares
 //! (HTTP requests, subflows) itself, and hands medium effects (say, gather, send a message…) to
-//! the [`Medium`] — the voice channel of a call or the messaging channel of a conversation.
+//! the `Medium` — the voice channel of a call or the messaging channel of a conversation.
 
 pub(crate) mod http;
 
@@ -35,17 +35,24 @@ type Driven<'a> =
 /// Where an execution stands after the runner stopped driving it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finished {
+    /// The execution ended.
     Ended(EndReason),
     /// Waiting for a reply (send-and-wait-for-reply) until the deadline (RFC 3339).
     Waiting {
+        /// The deadline.
         until: String,
     },
 }
 
+/// Drives executions: runs engine steps, commits each step before its effect, performs the
+/// effects every medium shares (HTTP, run-function, subflows) and hands the rest to a medium.
 #[derive(Clone)]
 pub struct Runner {
+    /// Where executions and steps are kept.
     pub store: Store,
+    /// Performs HTTP effects.
     pub http: HttpClient,
+    /// Finds subflows by SID.
     pub router: Arc<Router>,
     /// Event Streams (execution started/ended, step ended); None when no sink is configured.
     pub events: Option<crate::events::Events>,

@@ -1,8 +1,8 @@
 //! Per-source policy against floods and scanners, and the rate limit on per-source log lines.
 //! Sans-IO: time comes in as an `Instant`, so the tests drive it with a fake clock.
 //!
-//! Memory is bounded: the tables are swept of idle entries every [`SWEEP_EVERY`], and when a
-//! table still holds [`MAX_SOURCES`] entries, new sources share one overflow bucket.
+//! Memory is bounded: the tables are swept of idle entries every `SWEEP_EVERY`, and when a
+//! table still holds `MAX_SOURCES` entries, new sources share one overflow bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,8 +32,11 @@ pub(crate) enum Verdict {
 /// A ban that has just started (for the log line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
+    /// The banned source.
     pub ip: IpAddr,
+    /// The refusals that led to the ban.
     pub failures: u32,
+    /// How long the ban lasts, in seconds.
     pub secs: u64,
 }
 

@@ -7,16 +7,27 @@ use thiserror::Error;
 
 use crate::media::codec::Codec;
 
+/// Why an offer cannot be answered.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SdpError {
+    /// No `m=audio` line.
     #[error("SDP has no audio stream")]
     NoAudio,
+    /// No `c=` line with an address we can send to.
     #[error("SDP has no usable connection address")]
     NoConnection,
+    /// A line we need could not be read.
     #[error("SDP line {line} is malformed: {reason}")]
-    Malformed { line: usize, reason: &'static str },
+    Malformed {
+        /// Its number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// None of the offered payload types is one of our codecs (the offered types).
     #[error("no common codec: offered payload types {0:?}")]
     NoCommonCodec(Vec<u8>),
+    /// The audio is offered only over SRTP (the profile, e.g. `RTP/SAVP`).
     #[error("only secure RTP ({0}) is offered, and SRTP is not supported")]
     SrtpOnly(String),
 }
@@ -25,7 +36,9 @@ pub enum SdpError {
 /// per offered line, in order; streams we decline get port 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaLine {
+    /// The media type, e.g. `audio`, `video`.
     pub media: String,
+    /// The transport profile, e.g. `RTP/AVP`.
     pub proto: String,
     /// The first offered format, which a declined line repeats.
     pub first_format: String,
@@ -34,23 +47,34 @@ pub struct MediaLine {
 /// What we learnt from the remote offer and chose for the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
+    /// Where to send RTP.
     pub remote_rtp: SocketAddr,
+    /// The codec chosen.
     pub codec: Codec,
+    /// Its payload type in the offer.
     pub payload_type: u8,
     /// Payload type of RFC 4733 telephone-event at 8 kHz, when offered.
     pub telephone_event: Option<u8>,
+    /// Packet time in milliseconds (`a=ptime` when 10 to 60, else 20).
     pub ptime_ms: u32,
+    /// The offer's direction attribute.
     pub direction: Direction,
     /// Every offered m-line, and which of them is the audio stream we took.
     pub offered: Vec<MediaLine>,
+    /// Index in `offered` of the audio stream we took.
     pub audio_index: usize,
 }
 
+/// An SDP direction attribute (RFC 3264 §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// `a=sendrecv` (the default).
     SendRecv,
+    /// `a=sendonly`.
     SendOnly,
+    /// `a=recvonly`.
     RecvOnly,
+    /// `a=inactive`.
     Inactive,
 }
 

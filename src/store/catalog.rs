@@ -10,37 +10,53 @@ use super::{execution_from, ExecutionRecord, StepRecord, Store, StoreError};
 /// A flow created through the API (its definition lives in its revisions).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowRecord {
+    /// Flow SID (`FW…`).
     pub sid: String,
+    /// The latest revision's name.
     pub friendly_name: String,
     /// Status of the latest revision: `draft` or `published`.
     pub status: String,
     /// The latest revision number (1 for a new flow).
     pub revision: i64,
+    /// Creation time (RFC 3339 UTC).
     pub date_created: String,
+    /// Time of the latest revision (RFC 3339 UTC).
     pub date_updated: String,
 }
 
 /// One revision of a flow: every create and update makes one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevisionRecord {
+    /// The flow's SID.
     pub flow_sid: String,
+    /// The revision number, from 1.
     pub revision: i64,
+    /// The flow's name in this revision.
     pub friendly_name: String,
     /// The definition as JSON text.
     pub definition: String,
+    /// `draft` or `published`.
     pub status: String,
+    /// The message given with the change.
     pub commit_message: Option<String>,
+    /// Whether the definition validated (Studio's `valid`).
     pub valid: bool,
+    /// Validation errors (a JSON array).
     pub errors: Value,
+    /// Validation warnings (a JSON array).
     pub warnings: Value,
+    /// Creation time (RFC 3339 UTC).
     pub date_created: String,
+    /// Last update (RFC 3339 UTC).
     pub date_updated: String,
 }
 
 /// Which executions of a flow to list (dates in the store's RFC 3339 form; bounds inclusive).
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
+    /// Created at or after.
     pub created_from: Option<String>,
+    /// Created at or before.
     pub created_to: Option<String>,
 }
 
@@ -129,6 +145,7 @@ impl Store {
         Ok(Some(n))
     }
 
+    /// The flow `sid`.
     pub async fn flow(&self, sid: &str) -> Result<Option<FlowRecord>, StoreError> {
         let row = sqlx::query("SELECT sid, friendly_name, status, revision, date_created, date_updated FROM flows WHERE sid = $1")
             .bind(sid)
@@ -175,6 +192,7 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// One revision of a flow.
     pub async fn revision(
         &self,
         flow_sid: &str,
@@ -246,6 +264,7 @@ impl Store {
         rows.iter().map(revision_from).collect()
     }
 
+    /// A flow's test users (addresses), sorted.
     pub async fn test_users(&self, flow_sid: &str) -> Result<Vec<String>, StoreError> {
         let rows =
             sqlx::query("SELECT address FROM test_users WHERE flow_sid = $1 ORDER BY address")
@@ -276,6 +295,7 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `address` is one of the flow's test users.
     pub async fn is_test_user(&self, flow_sid: &str, address: &str) -> Result<bool, StoreError> {
         let row =
             sqlx::query("SELECT COUNT(*) FROM test_users WHERE flow_sid = $1 AND address = $2")
@@ -365,6 +385,7 @@ impl Store {
         rows.iter().map(step_from).collect()
     }
 
+    /// The step `sid`.
     pub async fn step(&self, sid: &str) -> Result<Option<StepRecord>, StoreError> {
         let row = sqlx::query("SELECT sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created FROM steps WHERE sid = $1")
             .bind(sid)

@@ -9,7 +9,9 @@ use super::{ExecutionRecord, Store, StoreError};
 pub struct Swept {
     /// Active executions that were ended (their records as they were before).
     pub ended: Vec<ExecutionRecord>,
+    /// Ended executions deleted.
     pub deleted_executions: u64,
+    /// Their steps deleted.
     pub deleted_steps: u64,
 }
 

@@ -25,6 +25,7 @@ pub fn plain_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Install rustls's ring provider as the process default (before any TLS client is built).
 pub fn install_crypto_provider() {
     // One crypto stack (ring); a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,10 +1,10 @@
 //! Outbound messaging providers, chosen per number. Each provider is a [`MessageSink`]; the
-//! [`Providers`] router is itself one: a message goes out through the provider that lists its
+//! `Providers` router is itself one: a message goes out through the provider that lists its
 //! `from` number, else through the provider named `default`.
 //!
 //! Kinds: `twilio` (Twilio's Messages API or a compatible service), `smpp` (SMPP 3.4, behind the
 //! `smpp` cargo feature) and `sip` (SIP MESSAGE to a trunk; the slot is filled by the SIP layer
-//! through [`Providers::from_config_with`], until then it fails with a clear error).
+//! through `Providers::from_config_with`, until then it fails with a clear error).
 
 pub(crate) mod sip;
 #[cfg(feature = "smpp")]

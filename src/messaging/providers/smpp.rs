@@ -49,25 +49,34 @@ pub mod pdu {
     pub(crate) const MESSAGE_STATE: u16 = 0x0427;
 
     /// PDUs larger than this are refused (SMPP bodies are small; this bounds memory).
-    pub(crate) const MAX_PDU: usize = 64 * 1024;
+    pub const MAX_PDU: usize = 64 * 1024;
 
+    /// Why bytes are not an SMPP PDU.
     #[derive(Debug, thiserror::Error, PartialEq, Eq)]
     pub enum PduError {
+        /// The length field is below 16 or above [`MAX_PDU`] (the length).
         #[error("PDU length {0} out of range")]
         Length(usize),
+        /// The body ends inside a field (the field).
         #[error("PDU body truncated in {0}")]
         Truncated(&'static str),
     }
 
+    /// One SMPP PDU: the 16-byte header's fields and the body.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Pdu {
+        /// `command_id` (the high bit marks a response).
         pub command_id: u32,
+        /// `command_status` (0: OK).
         pub status: u32,
+        /// `sequence_number`, which pairs a response with its request.
         pub seq: u32,
+        /// The body after the header.
         pub body: Vec<u8>,
     }
 
     impl Pdu {
+        /// A request PDU (status 0).
         pub fn new(command_id: u32, seq: u32, body: Vec<u8>) -> Pdu {
             Pdu {
                 command_id,
@@ -77,6 +86,7 @@ pub mod pdu {
             }
         }
 
+        /// The response to this PDU.
         pub fn response(&self, status: u32, body: Vec<u8>) -> Pdu {
             Pdu {
                 command_id: self.command_id | RESPONSE,
@@ -86,6 +96,7 @@ pub mod pdu {
             }
         }
 
+        /// The PDU on the wire (length, header, body).
         pub fn encode(&self) -> Vec<u8> {
             let mut out = Vec::with_capacity(16 + self.body.len());
             out.put_u32((16 + self.body.len()) as u32);
@@ -205,21 +216,33 @@ pub mod pdu {
     /// The body shared by submit_sm and deliver_sm (the fields this provider uses).
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
     pub struct ShortMessage {
+        /// `source_addr_ton`.
         pub source_ton: u8,
+        /// `source_addr_npi`.
         pub source_npi: u8,
+        /// `source_addr`.
         pub source: String,
+        /// `dest_addr_ton`.
         pub dest_ton: u8,
+        /// `dest_addr_npi`.
         pub dest_npi: u8,
+        /// `destination_addr`.
         pub dest: String,
+        /// `esm_class` (a delivery receipt has bit 2 set).
         pub esm_class: u8,
+        /// `registered_delivery` (1: ask for a delivery receipt).
         pub registered_delivery: u8,
+        /// `data_coding` (see [`super::text`]).
         pub data_coding: u8,
         /// The message octets (from short_message, or the message_payload TLV).
         pub payload: Vec<u8>,
+        /// The `receipted_message_id` TLV of a delivery receipt.
         pub receipted_message_id: Option<String>,
+        /// The `message_state` TLV of a delivery receipt.
         pub message_state: Option<u8>,
     }
 
+    /// The body of a submit_sm or deliver_sm carrying `m` (long text in message_payload).
     pub fn short_message_body(m: &ShortMessage) -> Vec<u8> {
         let mut out = Vec::new();
         put_cstr(&mut out, "", 6); // service_type
@@ -252,6 +275,7 @@ pub mod pdu {
         out
     }
 
+    /// Read a submit_sm or deliver_sm body.
     pub fn parse_short_message(body: &[u8]) -> Result<ShortMessage, PduError> {
         let mut r = Reader::new(body);
         r.cstr("service_type")?;
@@ -374,6 +398,7 @@ pub mod text {
         }
     }
 
+    /// The text of `octets` in `data_coding` (GSM 03.38, Latin-1 or UCS-2).
     pub fn decode(data_coding: u8, octets: &[u8]) -> String {
         match data_coding & 0x0F {
             0x00 | 0x01 => {
