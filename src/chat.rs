@@ -17,17 +17,23 @@ use crate::routing::{LoadedFlow, Router};
 use crate::runner::{params, Finished, HttpClient, Runner};
 use crate::store::{new_sid, Store};
 
+/// `switchboard chat`'s arguments.
 pub struct ChatOptions {
+    /// The Studio flow file.
     pub flow: PathBuf,
+    /// The contact's address (the sender of each line).
     pub from: String,
+    /// Our address (the number messaged).
     pub to: String,
+    /// `flow.data` for a new execution.
     pub data: Vec<(String, String)>,
+    /// Where to keep the store; None: a temporary directory, removed at the end.
     pub data_dir: Option<PathBuf>,
 }
 
 struct Terminal;
 
-pub fn escape(body: &str) -> String {
+pub(crate) fn escape(body: &str) -> String {
     body.replace('\\', "\\\\")
         .replace("\r\n", "\\n")
         .replace('\n', "\\n")
@@ -65,6 +71,8 @@ async fn report(d: &Finished) {
     }
 }
 
+/// Run the flow as a conversation in the terminal: each stdin line is an inbound message,
+/// each outbound message is printed; until end of input.
 pub async fn run(o: ChatOptions) -> anyhow::Result<()> {
     let flow = LoadedFlow::from_file(&o.flow)?;
     for w in flow.flow.warnings() {

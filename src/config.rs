@@ -8,6 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// The whole configuration (the file's top level).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -15,22 +16,34 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Flow that answers every number without a route. Empty: the bundled demo IVR.
     pub flow: Option<PathBuf>,
+    /// `[[routes]]`: numbers answered by flows of their own.
     pub routes: Vec<Route>,
     /// Twilio Function SIDs mapped to URLs that serve them (run-function widgets in exported
     /// flows name Functions by SID only).
     pub functions: std::collections::HashMap<String, String>,
+    /// `[sip]`: the SIP listener and its limits.
     pub sip: SipConfig,
+    /// `[http]`: the REST API, webhook and `/metrics` listener.
     pub http: HttpConfig,
+    /// `[media]`: RTP ports and pacing threads.
     pub media: MediaSettings,
+    /// `[tts]`: the text-to-speech command.
     pub tts: TtsConfig,
     /// Speech recognition for gather widgets with speech input.
     pub speech: SpeechConfig,
+    /// `[database]`: where executions and stored flows live.
     pub database: DatabaseConfig,
+    /// `[api]`: REST API credentials and public URL.
     pub api: ApiConfig,
+    /// `[messaging]`: the inbound webhook and outbound providers.
     pub messaging: MessagingConfig,
+    /// `[events]`: event-stream sinks.
     pub events: EventsConfig,
+    /// `[retention]`: how long executions are kept.
     pub retention: RetentionConfig,
+    /// `[shutdown]`: draining on SIGTERM.
     pub shutdown: ShutdownConfig,
+    /// `[metrics]`: the Prometheus endpoint.
     pub metrics: MetricsConfig,
     /// `[[trunks]]`: carriers and PBXs (inbound by address, outbound, registration).
     pub trunks: Vec<TrunkConfig>,
@@ -56,6 +69,7 @@ pub enum SrtpPolicy {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrunkConfig {
+    /// The trunk's name (logs, `/v2/Trunks`).
     pub name: String,
     /// Where outbound requests (INVITE, REGISTER) go: `sip:host[:port][;transport=udp|tcp]`.
     pub uri: String,
@@ -65,11 +79,13 @@ pub struct TrunkConfig {
     /// Digest credentials answering the trunk's 401/407 and for REGISTER.
     #[serde(default)]
     pub username: Option<String>,
+    /// The digest password (never logged).
     #[serde(default)]
     pub password: Option<String>,
     /// Keep a registration (RFC 3261 §10) with this trunk.
     #[serde(default)]
     pub register: bool,
+    /// Seconds of registration asked for (the registrar's grant is what counts).
     #[serde(default = "default_register_expires")]
     pub register_expires: u32,
     /// Default From user for calls out.
@@ -85,6 +101,7 @@ pub struct TrunkConfig {
     /// `/v2/Trunks`); 0: none.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// SRTP policy of calls with this trunk.
     #[serde(default)]
     pub srtp: SrtpPolicy,
 }
@@ -125,7 +142,9 @@ impl std::fmt::Debug for TrunkConfig {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
+    /// The digest username (and the user part of its address of record).
     pub username: String,
+    /// The digest password (never logged).
     pub password: String,
 }
 
@@ -141,18 +160,35 @@ impl std::fmt::Debug for UserConfig {
 /// A `[[trunks]]`/`[[users]]` entry that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum TrunkError {
+    /// Two trunks of one name.
     #[error("trunk {0:?}: the name is used twice")]
     Duplicate(String),
+    /// A `uri` that names no host.
     #[error("trunk {name:?}: uri {uri:?} is not sip:host[:port][;transport=udp|tcp]")]
-    Uri { name: String, uri: String },
+    Uri {
+        /// The trunk.
+        name: String,
+        /// Its `uri`.
+        uri: String,
+    },
+    /// A transport we cannot speak (yet) for what the trunk asks.
     #[error("trunk {name:?}: transport {transport:?} is not supported yet (udp, tcp)")]
-    Transport { name: String, transport: String },
+    Transport {
+        /// The trunk.
+        name: String,
+        /// The transport and what it was for.
+        transport: String,
+    },
+    /// `register = true` without `username` and `password`.
     #[error("trunk {0:?}: register = true needs username and password")]
     RegisterWithoutCredentials(String),
+    /// `register_expires` under 60.
     #[error("trunk {0:?}: register_expires must be at least 60 (RFC 3261 §10.2.8)")]
     ShortExpiry(String),
+    /// `srtp = "required"` while SRTP does not exist.
     #[error("trunk {0:?}: srtp = \"required\" cannot be met: SRTP is not implemented yet")]
     SrtpRequired(String),
+    /// A user with an empty or repeated username.
     #[error("user {0:?}: the username is used twice or is empty")]
     User(String),
 }
@@ -231,6 +267,7 @@ impl Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
+    /// Serve `/metrics` (default true).
     pub enabled: bool,
     /// A listener of its own for `/metrics`, without authentication (keep it on a private
     /// address). Unset: `/metrics` is served on the HTTP listener behind the API's Basic auth.
@@ -312,6 +349,7 @@ impl Default for MessagingConfig {
     }
 }
 
+/// How a provider sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -329,6 +367,7 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     /// `default` serves every number no other provider lists.
     pub name: String,
+    /// How it sends (`twilio`, `sip` or `smpp`).
     pub kind: ProviderKind,
     /// Our numbers (message `from`) this provider sends for.
     #[serde(default)]
@@ -345,18 +384,22 @@ pub struct ProviderConfig {
     /// smpp: SMSC host and port.
     #[serde(default)]
     pub host: Option<String>,
+    /// smpp: SMSC port (default 2775).
     #[serde(default)]
     pub port: Option<u16>,
     /// smpp: bind credentials and system type.
     #[serde(default)]
     pub system_id: Option<String>,
+    /// smpp: bind password.
     #[serde(default)]
     pub password: Option<String>,
+    /// smpp: bind system type.
     #[serde(default)]
     pub system_type: Option<String>,
     /// smpp: type of number / numbering plan of addresses (default 1/1: international, E.164).
     #[serde(default)]
     pub ton: Option<u8>,
+    /// smpp: numbering plan indicator of addresses (see `ton`).
     #[serde(default)]
     pub npi: Option<u8>,
     /// smpp: seconds between enquire_link keep-alives (default 30).
@@ -437,10 +480,13 @@ impl std::fmt::Debug for ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
+    /// The dialled number (the Request-URI user or the message's `To`).
     pub number: String,
+    /// The flow file that answers it.
     pub flow: PathBuf,
 }
 
+/// `[sip]`: the SIP listener (UDP and TCP), its ACL and limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SipConfig {
@@ -448,6 +494,7 @@ pub struct SipConfig {
     pub bind: SocketAddr,
     /// Source addresses (CIDR) allowed to send requests. Default: this machine only.
     pub acl: Vec<String>,
+    /// Largest SIP message accepted, in bytes; larger ones are refused.
     pub max_message_bytes: usize,
     /// Concurrent calls beyond this get 503 with Retry-After.
     pub max_calls: usize,
@@ -472,9 +519,11 @@ pub struct SipConfig {
     pub digest_algorithms: Vec<String>,
 }
 
+/// `[http]`: the HTTP listener (REST API, messaging webhook, `/metrics`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Listen address (default 127.0.0.1:8080).
     pub bind: SocketAddr,
     /// A request head must arrive within this many seconds after the connection opens or goes
     /// idle between requests; slower clients are disconnected.
@@ -485,6 +534,7 @@ pub struct HttpConfig {
     pub max_connections_per_source: usize,
 }
 
+/// `[media]`: RTP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSettings {
@@ -492,20 +542,25 @@ pub struct MediaSettings {
     pub rtp_bind: IpAddr,
     /// Address written into SDP; default: the local address the caller's SIP reached.
     pub public_ip: Option<IpAddr>,
+    /// Lowest port of the range each call takes its RTP and RTCP ports from.
     pub rtp_port_min: u16,
+    /// Highest port of that range.
     pub rtp_port_max: u16,
     /// Pacing threads; 0 means one per CPU core.
     pub workers: usize,
 }
 
+/// `[tts]`: text to speech for say-play without a recording.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TtsConfig {
     /// espeak-ng compatible command (`-v VOICE -s WPM -w FILE --stdin`).
     pub command: String,
+    /// Speaking rate, in words per minute.
     pub speed_wpm: u32,
 }
 
+/// `[database]`: the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -600,11 +655,14 @@ impl Default for TtsConfig {
     }
 }
 
+/// The configuration file or environment could not be read (figment's message names the key).
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
 impl Config {
+    /// Read the configuration: the defaults, then `file` (when given), then `SWITCHBOARD_*`
+    /// variables of our sections (`SWITCHBOARD_SIP__BIND` sets `sip.bind`).
     pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
@@ -640,6 +698,7 @@ impl Config {
         fig.extract().map_err(|e| ConfigError(Box::new(e)))
     }
 
+    /// The database URL: `[database] url`, else SQLite in the data directory.
     pub fn database_url(&self) -> String {
         match &self.database.url {
             Some(u) if !u.is_empty() => u.clone(),
@@ -651,15 +710,19 @@ impl Config {
     }
 }
 
+/// `[speech]`: speech recognition for gather widgets with speech input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpeechConfig {
     /// `none` (speech input times out) or `pocketsphinx`.
     pub engine: String,
+    /// The recogniser's command (`pocketsphinx_continuous`).
     pub command: String,
     /// Acoustic model and dictionary (Debian's pocketsphinx-en-us paths by default).
     pub hmm: PathBuf,
+    /// Pronunciation dictionary.
     pub dict: PathBuf,
+    /// Language model (used when a gather has no `hints`).
     pub lm: PathBuf,
 }
 
@@ -680,19 +743,25 @@ impl Default for SpeechConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DefenceConfig {
+    /// Rate limits, bans and the scanner filter apply (default true).
     pub enabled: bool,
     /// Requests per second per source IP, by method; bursts of twice as many pass. ACK is never
     /// limited (dropping it only causes retransmissions).
     pub rate_invite: u32,
+    /// REGISTER requests per second per source.
     pub rate_register: u32,
+    /// OPTIONS requests per second per source.
     pub rate_options: u32,
+    /// Requests of other methods per second per source.
     pub rate_other: u32,
     /// Over the rate: `reject` answers 503 with Retry-After, `drop` sends nothing.
     pub over_rate: OverRate,
     /// A source refused this many times (by the ACL, or for a scanner User-Agent) within
     /// `ban_window_secs` is banned: everything it sends is dropped for `ban_secs`.
     pub ban_after_failures: u32,
+    /// The window `ban_after_failures` is counted in, in seconds.
     pub ban_window_secs: u64,
+    /// How long a ban lasts, in seconds.
     pub ban_secs: u64,
     /// Requests whose User-Agent contains one of these (case-insensitive) are dropped.
     pub scanner_user_agents: Vec<String>,
@@ -701,10 +770,13 @@ pub struct DefenceConfig {
     pub exempt: Vec<String>,
 }
 
+/// What a source over its rate gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OverRate {
+    /// 503 with Retry-After.
     Reject,
+    /// Nothing.
     Drop,
 }
 

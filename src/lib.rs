@@ -4,8 +4,10 @@
 //! → `flow` (the Studio engine, a pure state machine) ← `store` (persistence). `media` owns RTP,
 //! codecs, pacing and prompts. The flow engine knows nothing of SIP or RTP.
 
-pub mod api;
-pub mod call;
+#![warn(missing_docs)]
+
+mod api;
+mod call;
 pub mod chat;
 pub mod config;
 pub mod dialer;
@@ -13,14 +15,14 @@ pub mod events;
 pub mod flow;
 pub mod media;
 pub mod messaging;
-pub mod metrics;
-pub mod redact;
-pub mod retention;
+mod metrics;
+mod redact;
+mod retention;
 pub mod routing;
 pub mod runner;
 pub mod server;
 pub mod sip;
-pub mod speech;
+mod speech;
 pub mod store;
 pub mod twiml;
 pub mod web;

@@ -11,28 +11,44 @@ use crate::config::Config;
 use crate::flow::Flow;
 use crate::store::{Store, StoreError};
 
+/// The bundled demo IVR (`examples/demo-ivr.json`): the flow used when none is configured.
 pub const DEMO_FLOW: &str = include_str!("../examples/demo-ivr.json");
 
+/// Why a flow could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
+    /// The file could not be read.
     #[error("cannot read flow {path}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// The flow does not validate.
     #[error("flow {path} is invalid:\n{errors}")]
-    Invalid { path: String, errors: String },
+    Invalid {
+        /// The file (or the name given to [`LoadedFlow::from_json`]).
+        path: String,
+        /// The validation errors, one per line.
+        errors: String,
+    },
 }
 
 /// A validated flow with the SID it is known by (derived from its content, so it is stable
 /// across restarts and the same on every node).
 pub struct LoadedFlow {
+    /// The flow's SID (`FW…`).
     pub sid: String,
+    /// Where it came from (a path, or a name), for log lines and errors.
     pub name: String,
+    /// The compiled flow.
     pub flow: Flow,
 }
 
 impl LoadedFlow {
+    /// Compile a flow from its JSON; its SID is derived from the text (`FW` + 32 hex digits of
+    /// its SHA-256).
     pub fn from_json(name: &str, json: &str) -> Result<LoadedFlow, RoutingError> {
         let flow = compile(name, json)?;
         let digest = Sha256::digest(json.as_bytes());
@@ -53,6 +69,7 @@ impl LoadedFlow {
         })
     }
 
+    /// Read and compile a flow file (see [`LoadedFlow::from_json`]).
     pub fn from_file(path: &Path) -> Result<LoadedFlow, RoutingError> {
         let name = path.display().to_string();
         let json = std::fs::read_to_string(path).map_err(|source| RoutingError::Read {
@@ -67,7 +84,7 @@ impl LoadedFlow {
 /// Set once at start-up, before flows load.
 static FUNCTION_URLS: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
 
-pub fn set_function_urls(map: HashMap<String, String>) {
+pub(crate) fn set_function_urls(map: HashMap<String, String>) {
     let _ = FUNCTION_URLS.set(map);
 }
 
@@ -109,6 +126,7 @@ fn compile(name: &str, json: &str) -> Result<Flow, RoutingError> {
     Flow::from_value(&value).map_err(|e| invalid(e.to_string()))
 }
 
+/// Which flow answers a number, and the flows known by SID.
 pub struct Router {
     default: Arc<LoadedFlow>,
     by_number: HashMap<String, Arc<LoadedFlow>>,
@@ -173,6 +191,7 @@ impl Router {
         }
     }
 
+    /// The default flow (`flow`, else [`DEMO_FLOW`]) and the `[[routes]]` of `cfg`.
     pub fn from_config(cfg: &Config) -> Result<Router, RoutingError> {
         let default = match &cfg.flow {
             Some(p) => LoadedFlow::from_file(p)?,
@@ -192,6 +211,7 @@ impl Router {
         })
     }
 
+    /// The flow for a dialled or messaged number: its route, else the default flow.
     pub fn route(&self, number: &str) -> Arc<LoadedFlow> {
         self.by_number
             .get(&normalize(number))
@@ -228,6 +248,7 @@ impl Router {
             .insert(flow.sid.clone(), flow);
     }
 
+    /// Forget a flow registered through the API (it was deleted).
     pub fn unregister(&self, sid: &str) {
         self.dynamic
             .write()

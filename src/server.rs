@@ -16,12 +16,16 @@ use crate::messaging::webhook::Webhook;
 use crate::messaging::Conversations;
 use crate::routing::Router;
 use crate::sip::acl::Acl;
-use crate::sip::{endpoint, CoreConfig};
+use crate::sip::{endpoint, CoreConfig, Endpoint};
 use crate::store::{redact, Store};
 
+/// A started gateway: where it listens, and how to stop it.
 pub struct Running {
+    /// The SIP UDP socket's address.
     pub sip_udp: SocketAddr,
+    /// The SIP TCP listener's address.
     pub sip_tcp: SocketAddr,
+    /// The HTTP listener's address (REST API, webhook, `/metrics`).
     pub http: SocketAddr,
     /// The metrics listener, when `[metrics] bind` gives it one of its own.
     pub metrics: Option<SocketAddr>,
@@ -40,6 +44,7 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// Stop, as described on [`Shutdown`]; returns when done.
     pub async fn run(self) {
         use std::sync::atomic::Ordering;
         self.calls.draining.store(true, Ordering::Relaxed);
@@ -93,6 +98,8 @@ impl Shutdown {
     }
 }
 
+/// Start the gateway (`switchboard serve`): flows, store, events, SIP, messaging, calls, the
+/// API and metrics, in that order. Returns once every listener is bound.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     private_data_dir(&cfg.data_dir)?;
     let router = load_flows(&cfg)?;
@@ -219,7 +226,7 @@ fn start_events(
     Ok(events)
 }
 
-async fn start_sip(cfg: &Config) -> anyhow::Result<endpoint::Endpoint> {
+async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
     let core_cfg = CoreConfig::from_sip(
         &cfg.sip,
         format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
@@ -369,7 +376,7 @@ fn start_calls(
     cfg: &Config,
     runner: &crate::runner::Runner,
     router: Arc<Router>,
-    ep: &endpoint::Endpoint,
+    ep: &Endpoint,
     messaging: &Messaging,
     recordings: &crate::call::recordings::Recordings,
     credentials: &Credentials,
@@ -521,7 +528,7 @@ fn node_id(dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Why executions found running at start were ended: the process that ran them died.
-pub const ENDED_BY_RESTART: &str =
+pub(crate) const ENDED_BY_RESTART: &str =
     "the gateway stopped while this execution ran (the process died or was killed)";
 
 /// After a crash (kill -9, power loss): recordings cut off mid-call are saved or removed, and

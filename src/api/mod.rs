@@ -24,7 +24,7 @@ use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use crate::web::ApiError;
+pub(crate) use crate::web::ApiError;
 pub use auth::Credentials;
 
 use crate::messaging::MessageSink;

@@ -7,5 +7,5 @@ pub mod registry;
 pub mod session;
 pub mod voice;
 
-pub use registry::{CallKey, CallSignal, Registry};
+pub use registry::{CallSignal, Registry};
 pub use session::{dispatch, CallServices};

@@ -1,7 +1,7 @@
 //! Turns a flow prompt (say text, play URL or file) into shared audio clips: speech through the
 //! TTS cache, files and URLs through the player with a download cache keyed by URL. A prompt
 //! that cannot be fetched is a clear error for the step log; the widget still completes, as
-//! Twilio's <Play> does when its URL fails.
+//! Twilio's `<Play>` does when its URL fails.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

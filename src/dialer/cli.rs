@@ -9,16 +9,22 @@ use thiserror::Error;
 
 use crate::media::Codec;
 
+/// An option of `switchboard call` that cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
+    /// A duration that does not parse.
     #[error("bad duration {0:?}: expected e.g. 500ms, 2s, 1.5s, 1m or 1h")]
     Duration(String),
+    /// A target that is not a SIP URI.
     #[error("bad target {0:?}: expected sip:user@host[:port]")]
     Target(String),
+    /// A codec we do not have.
     #[error("unknown codec {0:?}: expected pcmu, pcma or g722")]
     Codec(String),
+    /// A character of `--dtmf` that is not a digit.
     #[error("bad DTMF digit {0:?}: expected 0-9, *, #, A-D or ',' (a 500 ms pause)")]
     Digit(char),
+    /// Options that do not go together, or a value out of range (why).
     #[error("{0}")]
     Invalid(&'static str),
 }
@@ -82,34 +88,35 @@ pub struct CallArgs {
 /// Validated options.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub target: Target,
-    pub from: String,
-    pub from_range: u64,
-    pub dtmf: Vec<DtmfStep>,
-    pub dtmf_after: Duration,
-    pub play: Option<PathBuf>,
-    pub record: Option<PathBuf>,
-    pub hangup_after: Option<Duration>,
+    pub(crate) target: Target,
+    pub(crate) from: String,
+    pub(crate) from_range: u64,
+    pub(crate) dtmf: Vec<DtmfStep>,
+    pub(crate) dtmf_after: Duration,
+    pub(crate) play: Option<PathBuf>,
+    pub(crate) record: Option<PathBuf>,
+    pub(crate) hangup_after: Option<Duration>,
+    /// Number of calls to place.
     pub calls: u64,
-    pub concurrency: u64,
-    pub rate: f64,
-    pub max_duration: Duration,
-    pub setup_timeout: Duration,
-    pub codecs: Vec<Codec>,
-    pub require_audio: bool,
-    pub media_threads: usize,
-    pub bind: Option<std::net::IpAddr>,
+    pub(crate) concurrency: u64,
+    pub(crate) rate: f64,
+    pub(crate) max_duration: Duration,
+    pub(crate) setup_timeout: Duration,
+    pub(crate) codecs: Vec<Codec>,
+    pub(crate) require_audio: bool,
+    pub(crate) media_threads: usize,
+    pub(crate) bind: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DtmfStep {
+pub(crate) enum DtmfStep {
     Digit(char),
     Pause,
 }
 
 /// A parsed SIP URI: the user part (Request-URI user) and where to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(crate) struct Target {
     pub user: Option<String>,
     pub host: String,
     pub port: u16,
@@ -158,7 +165,7 @@ impl Target {
 }
 
 /// `500ms`, `2s`, `1.5s`, `1m`, `1h`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, OptionError> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, OptionError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -178,7 +185,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, OptionError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-pub fn parse_dtmf(s: &str) -> Result<Vec<DtmfStep>, OptionError> {
+pub(crate) fn parse_dtmf(s: &str) -> Result<Vec<DtmfStep>, OptionError> {
     s.chars()
         .filter(|c| !c.is_whitespace())
         .map(|c| match c {
@@ -189,7 +196,7 @@ pub fn parse_dtmf(s: &str) -> Result<Vec<DtmfStep>, OptionError> {
         .collect()
 }
 
-pub fn parse_codecs(s: &str) -> Result<Vec<Codec>, OptionError> {
+pub(crate) fn parse_codecs(s: &str) -> Result<Vec<Codec>, OptionError> {
     let mut out = Vec::new();
     for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let c = match name.to_ascii_lowercase().as_str() {
@@ -209,6 +216,7 @@ pub fn parse_codecs(s: &str) -> Result<Vec<Codec>, OptionError> {
 }
 
 impl CallArgs {
+    /// Check the arguments and turn them into [`Options`].
     pub fn validate(&self) -> Result<Options, OptionError> {
         if self.calls == 0 {
             return Err(OptionError::Invalid("--calls must be at least 1"));
@@ -255,7 +263,7 @@ impl CallArgs {
 }
 
 /// The caller ID of call `n` (0-based): `from` with `n % range` added to its trailing number.
-pub fn caller_id(from: &str, range: u64, n: u64) -> String {
+pub(crate) fn caller_id(from: &str, range: u64, n: u64) -> String {
     let k = n % range.max(1);
     if k == 0 {
         return from.to_string();

@@ -1,15 +1,15 @@
 //! `switchboard call`: a SIP test caller and load generator.
 //!
 //! One tokio task drives every call of a run over one shared UDP socket for SIP (a Call-ID →
-//! call map of sans-IO [`uac::Uac`] dialogs and one timer heap), while a few pacing threads
-//! ([`media::MediaPool`]) send and receive RTP for all calls, one small socket per call.
-//! [`load::Scheduler`] decides when calls start; [`report::Summary`] is what a run prints.
+//! call map of sans-IO `uac::Uac` dialogs and one timer heap), while a few pacing threads
+//! (`media::MediaPool`) send and receive RTP for all calls, one small socket per call.
+//! `load::Scheduler` decides when calls start; [`report::Summary`] is what a run prints.
 
 pub mod cli;
-pub mod load;
-pub mod media;
+pub(crate) mod load;
+pub(crate) mod media;
 pub mod report;
-pub mod uac;
+pub(crate) mod uac;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -33,18 +33,39 @@ use crate::sip::sdp;
 
 pub use cli::CallArgs;
 
+/// Why `switchboard call` could not run.
 #[derive(Debug, Error)]
 pub enum CallerError {
+    /// An option is invalid.
     #[error("{0}")]
     Option(#[from] cli::OptionError),
+    /// The target's host has no address.
     #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
+    Resolve {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// A local socket could not be opened.
     #[error("cannot open a local socket: {0}")]
     Socket(std::io::Error),
+    /// The `--play` file could not be read or decoded.
     #[error("cannot read --play file {path}: {reason}")]
-    Play { path: String, reason: String },
+    Play {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The `--record` file could not be written.
     #[error("cannot write recording {path}: {reason}")]
-    Record { path: String, reason: String },
+    Record {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Grace period for BYEs to be answered after `--max-duration`.

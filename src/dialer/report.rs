@@ -9,35 +9,44 @@ use serde::Serialize;
 
 use super::load::{percentiles, Percentiles, Stats};
 
+/// What a run did: counts, failures by reason, audio checks and timings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    pub target: String,
+    pub(crate) target: String,
+    /// Calls placed.
     pub attempted: u64,
-    pub answered: u64,
+    pub(crate) answered: u64,
+    /// Calls that were answered and ended cleanly.
     pub completed: u64,
-    pub failed: u64,
-    pub failures: BTreeMap<String, u64>,
-    pub hung_up_by_remote: u64,
-    pub audio: AudioCheck,
-    pub setup_ms: Option<Percentiles>,
-    pub dtmf_to_prompt_ms: Option<Percentiles>,
-    pub elapsed_s: f64,
-    pub calls_per_second: f64,
+    pub(crate) failed: u64,
+    pub(crate) failures: BTreeMap<String, u64>,
+    pub(crate) hung_up_by_remote: u64,
+    pub(crate) audio: AudioCheck,
+    pub(crate) setup_ms: Option<Percentiles>,
+    pub(crate) dtmf_to_prompt_ms: Option<Percentiles>,
+    pub(crate) elapsed_s: f64,
+    pub(crate) calls_per_second: f64,
     /// Answered calls per second from the first INVITE to the last 200 OK.
-    pub setup_rate_cps: Option<f64>,
-    pub max_concurrent: u64,
+    pub(crate) setup_rate_cps: Option<f64>,
+    pub(crate) max_concurrent: u64,
     #[serde(skip)]
+    /// Why the first failed call failed (for a single call's error message).
     pub first_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct AudioCheck {
+pub(crate) struct AudioCheck {
     pub with: u64,
     pub without: u64,
 }
 
 impl Summary {
-    pub fn new(target: String, stats: &Stats, elapsed: Duration, max_concurrent: u64) -> Summary {
+    pub(crate) fn new(
+        target: String,
+        stats: &Stats,
+        elapsed: Duration,
+        max_concurrent: u64,
+    ) -> Summary {
         let secs = elapsed.as_secs_f64();
         Summary {
             target,
@@ -65,10 +74,12 @@ impl Summary {
         }
     }
 
+    /// Whether calls were placed and every one completed.
     pub fn success(&self) -> bool {
         self.failed == 0 && self.completed == self.attempted && self.attempted > 0
     }
 
+    /// The summary for people: a few lines of counts and timings.
     pub fn human(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -102,6 +113,7 @@ impl Summary {
         s
     }
 
+    /// `{"summary": {...}}` on one line, for scripts.
     pub fn json_line(&self) -> String {
         serde_json::json!({ "summary": self }).to_string()
     }

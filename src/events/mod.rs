@@ -19,12 +19,12 @@ use tokio::sync::Notify;
 use crate::flow::EndReason;
 use crate::store::{new_sid, now_rfc3339, ExecutionRecord, StepRecord};
 
-pub const EXECUTION_STARTED: &str = "com.twilio.studio.flow.execution.started";
-pub const EXECUTION_ENDED: &str = "com.twilio.studio.flow.execution.ended";
-pub const STEP_ENDED: &str = "com.twilio.studio.flow.step.ended";
+pub(crate) const EXECUTION_STARTED: &str = "com.twilio.studio.flow.execution.started";
+pub(crate) const EXECUTION_ENDED: &str = "com.twilio.studio.flow.execution.ended";
+pub(crate) const STEP_ENDED: &str = "com.twilio.studio.flow.step.ended";
 
 /// Twilio's `ended_reason` for how an execution ended.
-pub fn end_code(reason: &EndReason) -> &'static str {
+pub(crate) fn end_code(reason: &EndReason) -> &'static str {
     match reason {
         EndReason::Completed { .. } => "FLOW_END",
         EndReason::Hangup { .. } => "HANGUP",
@@ -34,10 +34,12 @@ pub fn end_code(reason: &EndReason) -> &'static str {
     }
 }
 
-pub use crate::config::EventsConfig;
+pub(crate) use crate::config::EventsConfig;
 
+/// Why the event sinks could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
+    /// A sink is not an http(s) URL (the sink).
     #[error("[events] sink {0:?} is not an http(s) URL")]
     BadSink(String),
 }
@@ -168,6 +170,7 @@ impl Events {
         }
     }
 
+    /// Events dropped so far because a sink's queue was full.
     pub fn dropped(&self) -> u64 {
         self.inner
             .queues
@@ -204,6 +207,7 @@ impl Events {
         })
     }
 
+    /// Emit `execution.started` for `e`.
     pub fn execution_started(&self, e: &ExecutionRecord) {
         let data = self.execution_data(e);
         self.emit(EXECUTION_STARTED, "Studio.FlowExecutionEvent/2", data);
@@ -217,6 +221,7 @@ impl Events {
         self.emit(EXECUTION_ENDED, "Studio.FlowExecutionEvent/2", data);
     }
 
+    /// Emit `step.ended` for `s`, a step of flow `flow_sid`.
     pub fn step_ended(&self, flow_sid: &str, s: &StepRecord) {
         let data = json!({
             "step_sid": s.sid,

@@ -9,10 +9,14 @@ use serde_json::{Map, Value};
 /// A whole flow definition (`description`, `states`, `initial_state`, `flags`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowDefinition {
+    /// Free text (Studio's flow description).
     #[serde(default, deserialize_with = "lenient_string")]
     pub description: String,
+    /// The widgets.
     pub states: Vec<State>,
+    /// The name of the trigger widget, where executions start.
     pub initial_state: String,
+    /// Flow flags.
     #[serde(default, deserialize_with = "null_as_default")]
     pub flags: Flags,
     /// Unknown top-level fields, kept for round-tripping.
@@ -23,8 +27,11 @@ pub struct FlowDefinition {
 /// Flow flags. Absent or `null` flags mean Studio's defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Flags {
+    /// Several calls from one caller may run at once (one execution per Call-ID); when
+    /// false, one execution per caller.
     #[serde(default = "default_true")]
     pub allow_concurrent_calls: bool,
+    /// Unknown flags, kept for round-tripping.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -45,13 +52,18 @@ fn default_true() -> bool {
 /// One widget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct State {
+    /// The widget's name, unique in the flow.
     pub name: String,
+    /// The widget type (`type`), e.g. `say-play`, `split-based-on`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// Where each event leads.
     #[serde(default, deserialize_with = "null_as_default")]
     pub transitions: Vec<Transition>,
+    /// The widget's settings, as exported (Liquid not yet rendered).
     #[serde(default, deserialize_with = "null_as_default")]
     pub properties: Map<String, Value>,
+    /// Unknown fields, kept for round-tripping.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -59,11 +71,15 @@ pub struct State {
 /// An edge: when `event` fires, go to `next` (absent/empty/null: the execution ends).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
+    /// The event, e.g. `incomingCall`, `keypress`, `match`.
     pub event: String,
+    /// The widget it leads to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// For `split-based-on`: the conditions of a `match` transition.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Unknown fields, kept for round-tripping.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -78,14 +94,19 @@ impl Transition {
 /// One `split-based-on` condition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
+    /// The name Studio shows for it.
     #[serde(default, deserialize_with = "lenient_string")]
     pub friendly_name: String,
+    /// What is compared: the split's `input` (Liquid).
     #[serde(default, deserialize_with = "null_as_default")]
     pub arguments: Vec<Value>,
+    /// The operator (`type`), e.g. `equal_to`, `matches_any_of`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The value compared against.
     #[serde(default, deserialize_with = "lenient_string")]
     pub value: String,
+    /// Unknown fields, kept for round-tripping.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -7,10 +7,15 @@ use serde_json::{Map, Value};
 /// Audio to play: text to speech, a URL, DTMF digits, or a mix (say-play).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Prompt {
+    /// Text to speak (Studio `say`).
     pub say: Option<String>,
+    /// URL of audio to play (Studio `play`).
     pub play: Option<String>,
+    /// DTMF digits to send (Studio `digits`).
     pub digits: Option<String>,
+    /// TTS voice (Studio `voice`, e.g. `alice`, `Polly.Joanna`).
     pub voice: Option<String>,
+    /// Language of the speech, e.g. `en-US`.
     pub language: Option<String>,
     /// How many times to repeat (Studio `loop`, default 1; 0 means "until interrupted").
     pub loop_count: u32,
@@ -19,68 +24,110 @@ pub struct Prompt {
 /// Which inputs a gather listens for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatherInput {
+    /// Listen for DTMF digits.
     pub dtmf: bool,
+    /// Listen for speech.
     pub speech: bool,
 }
 
+/// gather-input-on-call: play a prompt and collect digits or speech.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gather {
+    /// What to play while listening.
     pub prompt: Prompt,
+    /// Which inputs to listen for.
     pub input: GatherInput,
+    /// Seconds to wait for input after the prompt.
     pub timeout_secs: u32,
+    /// The key that ends the input (`#` unless the widget names another).
     pub finish_on_key: String,
+    /// Stop after this many digits.
     pub number_of_digits: Option<u32>,
     /// Barge-in: stop the prompt at the first input.
     pub stop_gather: bool,
+    /// Language of the speech to recognise.
     pub gather_language: Option<String>,
+    /// Studio `speech_timeout`: seconds of silence that end speech, or `auto`.
     pub speech_timeout: Option<String>,
+    /// Studio `speech_model` (a name passed to the recogniser).
     pub speech_model: Option<String>,
+    /// Words and phrases to expect (comma-separated), e.g. for a grammar.
     pub hints: Option<String>,
+    /// Studio `profanity_filter`.
     pub profanity_filter: bool,
 }
 
+/// record-voicemail: record the caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Seconds of silence that end the recording.
     pub timeout_secs: u32,
+    /// The key that ends the recording.
     pub finish_on_key: String,
+    /// Longest recording in seconds.
     pub max_length_secs: u32,
+    /// Play a beep before recording.
     pub play_beep: bool,
+    /// Trim leading and trailing silence.
     pub trim_silence: bool,
+    /// Ask for a transcription.
     pub transcribe: bool,
+    /// Where to post the transcription.
     pub transcription_callback_url: Option<String>,
+    /// Where to post recording status callbacks.
     pub recording_status_callback_url: Option<String>,
 }
 
+/// connect-call-to: bridge the call to another party.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connect {
     /// `number`, `number-multi`, `client`, `sip` or `conference`.
     pub noun: String,
+    /// The party to connect (a number, client, SIP URI or conference name).
     pub to: String,
+    /// Caller ID shown to the other party.
     pub caller_id: Option<String>,
+    /// Seconds to ring before giving up.
     pub timeout_secs: u32,
+    /// Record the bridged call.
     pub record: bool,
+    /// SIP URI to dial for `sip`.
     pub sip_endpoint: Option<String>,
+    /// SIP digest username for `sip`.
     pub sip_username: Option<String>,
+    /// SIP digest password for `sip`.
     pub sip_password: Option<String>,
 }
 
+/// make-outgoing-call: place a call from a REST-triggered execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingCall {
+    /// Caller ID of the call.
     pub from: String,
+    /// Who to call.
     pub to: String,
+    /// Seconds to ring before giving up.
     pub timeout_secs: u32,
+    /// Record the call.
     pub record: bool,
+    /// Studio `machine_detection` (`Enable`, `DetectMessageEnd`).
     pub machine_detection: Option<String>,
+    /// DTMF digits to send once answered.
     pub send_digits: Option<String>,
+    /// SIP digest username, for SIP destinations.
     pub sip_auth_username: Option<String>,
+    /// SIP digest password, for SIP destinations.
     pub sip_auth_password: Option<String>,
 }
 
+/// add-twiml-redirect: run the TwiML at a URL until it redirects back to the flow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Redirect {
+    /// The TwiML document's URL.
     pub url: String,
+    /// `GET` or `POST`.
     pub method: String,
+    /// Seconds the TwiML may run before the widget times out.
     pub timeout_secs: u32,
 }
 
@@ -88,6 +135,7 @@ pub struct Redirect {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum HttpBody {
+    /// No body.
     None,
     /// `application/x-www-form-urlencoded` parameters.
     Form(Vec<(String, String)>),
@@ -95,16 +143,24 @@ pub enum HttpBody {
     Text(String),
 }
 
+/// make-http-request (and run-function): an HTTP request whose response is the outcome.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpRequest {
+    /// `GET`, `POST`, ...
     pub method: String,
+    /// The URL to request.
     pub url: String,
+    /// The body's content type.
     pub content_type: String,
     /// Query parameters (a GET's `parameters` go here).
     pub query: Vec<(String, String)>,
+    /// Request headers.
     pub headers: Vec<(String, String)>,
+    /// The body.
     pub body: HttpBody,
+    /// Seconds before the request times out.
     pub timeout_secs: u32,
+    /// How the request authenticates itself.
     pub auth: HttpAuth,
 }
 
@@ -113,6 +169,7 @@ pub struct HttpRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpAuth {
+    /// No credentials.
     None,
     /// make-http-request's `add_twilio_auth`: the account's Basic credentials, sent only to a
     /// URL that configuration names for them (the gateway's own API), never elsewhere.
@@ -122,20 +179,31 @@ pub enum HttpAuth {
     TwilioSignature,
 }
 
+/// send-message (and the message of send-and-wait-for-reply).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
+    /// Our address the message is sent from.
     pub from: String,
+    /// The contact's address.
     pub to: String,
+    /// The text.
     pub body: String,
+    /// Media to attach (MMS).
     pub media_url: Option<String>,
+    /// Messaging service SID, if the widget names one.
     pub service: Option<String>,
+    /// Channel, e.g. `sms` or `whatsapp`.
     pub channel: Option<String>,
 }
 
+/// run-subflow: run another flow as a child execution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSubflow {
+    /// The child flow's SID.
     pub flow_sid: String,
+    /// Studio `flow_revision`: `LatestPublished` unless the widget names one.
     pub revision: String,
+    /// `flow.data` of the child.
     pub parameters: Map<String, Value>,
 }
 
@@ -143,16 +211,43 @@ pub struct RunSubflow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EndReason {
+    /// The widget took an event with no next widget (the normal end).
     #[error("widget \"{widget}\" took event \"{event}\", which has no next widget")]
-    Completed { widget: String, event: String },
+    Completed {
+        /// The last widget.
+        widget: String,
+        /// The event it took.
+        event: String,
+    },
+    /// The caller hung up.
     #[error("the caller hung up during widget \"{widget}\"")]
-    Hangup { widget: String },
+    Hangup {
+        /// The widget that was running.
+        widget: String,
+    },
+    /// The execution reached [`MAX_STEPS`](crate::flow::MAX_STEPS).
     #[error("execution stopped: it reached the limit of {limit} steps")]
-    StepLimit { limit: u32 },
+    StepLimit {
+        /// The limit reached.
+        limit: u32,
+    },
+    /// One widget ran [`MAX_REPEATS`](crate::flow::MAX_REPEATS) times in a row.
     #[error("execution stopped: widget \"{widget}\" ran {limit} times in a row")]
-    LoopLimit { widget: String, limit: u32 },
+    LoopLimit {
+        /// The widget that repeated.
+        widget: String,
+        /// The limit reached.
+        limit: u32,
+    },
+    /// A widget failed with no failure transition.
     #[error("execution failed in widget \"{widget}\": {message}")]
-    Error { widget: String, message: String },
+    Error {
+        /// The widget that failed.
+        widget: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// The execution had already ended when it was resumed.
     #[error("execution was already ended")]
     AlreadyEnded,
 }
@@ -161,24 +256,37 @@ pub enum EndReason {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
+    /// say-play: play a prompt.
     SayPlay(Prompt),
+    /// gather-input-on-call.
     Gather(Gather),
+    /// record-voicemail.
     Record(Record),
+    /// connect-call-to.
     Connect(Connect),
+    /// make-outgoing-call.
     OutgoingCall(OutgoingCall),
+    /// add-twiml-redirect.
     Redirect(Redirect),
     /// Also used by `run-function` when it has a URL.
     HttpRequest(HttpRequest),
+    /// send-message.
     SendMessage(Message),
+    /// send-and-wait-for-reply: send, then wait for the contact's reply.
     SendAndWait {
+        /// The message to send.
         message: Message,
+        /// Seconds to wait for the reply.
         timeout_secs: u32,
     },
     /// The send-and-wait message went out; keep waiting for the reply.
     AwaitReply {
+        /// Seconds still to wait.
         timeout_secs: u32,
     },
+    /// run-subflow.
     RunSubflow(RunSubflow),
+    /// The execution ended.
     End(EndReason),
 }
 
@@ -186,55 +294,90 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Outcome {
+    /// The prompt finished playing.
     AudioComplete,
+    /// Digits were gathered.
     Digits {
+        /// The digits (empty: nothing was pressed, which the engine takes as a timeout).
         digits: String,
     },
+    /// Speech was recognised.
     Speech {
+        /// The recognised text.
         result: String,
+        /// The recogniser's confidence (0 to 1), when it gives one.
         confidence: Option<f64>,
     },
+    /// No input before the timeout.
     Timeout,
+    /// A recording was made.
     Recording {
+        /// Where the recording can be fetched.
         url: String,
+        /// The recording's SID (`RE...`).
         sid: String,
+        /// Its length in seconds.
         duration_secs: u32,
+        /// Its transcription, when one was made.
         transcription: Option<String>,
         /// The caller hung up while recording: the recording is kept and published, and the
         /// widget takes `hangup` instead of `recordingComplete`.
         hung_up: bool,
     },
+    /// Nothing was recorded.
     NoAudio,
+    /// The caller hung up.
     Hangup,
+    /// The HTTP response.
     Http {
+        /// Its status code.
         status: u16,
+        /// Its `Content-Type`.
         content_type: Option<String>,
+        /// Its body as text.
         body: String,
     },
+    /// The message was accepted by the provider.
     MessageSent {
+        /// The provider's fields for the message (`Sid`, `Status`, ...).
         fields: Map<String, Value>,
     },
+    /// The reply a send-and-wait-for-reply waited for.
     Reply {
+        /// The inbound message's fields (`Body`, `From`, ...).
         fields: Map<String, Value>,
     },
+    /// The message could not be sent.
     DeliveryFailure {
+        /// Why.
         error: String,
     },
+    /// The connected or outgoing call ended.
     Dial {
+        /// `DialCallStatus` (`completed`, `busy`, `no-answer`, `failed`, ...).
         status: String,
+        /// The other leg's call SID.
         sid: Option<String>,
+        /// How long the other leg was connected.
         duration_secs: Option<u32>,
+        /// `AnsweredBy`, when machine detection ran.
         answered_by: Option<String>,
+        /// The recording of the bridged call.
         recording_url: Option<String>,
     },
+    /// The TwiML redirected back to the flow.
     RedirectReturned {
+        /// The parameters of the return request.
         params: Map<String, Value>,
     },
+    /// The child execution ended.
     SubflowCompleted {
+        /// Its flow variables.
         variables: Map<String, Value>,
     },
     /// The channel could not perform the effect (takes the failure event).
     Failed {
+        /// What went wrong.
         error: String,
     },
 }

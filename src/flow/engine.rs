@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::context;
-use super::definition::{scalar_text, FlowDefinition, State};
+use super::definition::{FlowDefinition, State};
 use super::effect::{Effect, EndReason, Outcome};
 use super::template::{Scope, Templates};
 use super::validate::{validate, ValidationError, ValidationErrors};
@@ -23,8 +23,10 @@ pub const ENDED: &str = "Ended";
 /// Why a flow could not be loaded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FlowError {
+    /// The text is not JSON (the parser's message).
     #[error("flow definition is not JSON: {0}")]
     Json(String),
+    /// The JSON is not a valid flow.
     #[error(transparent)]
     Invalid(#[from] ValidationErrors),
 }
@@ -66,10 +68,12 @@ impl Flow {
         })
     }
 
+    /// The definition as validated.
     pub fn definition(&self) -> &FlowDefinition {
         &self.definition
     }
 
+    /// The widget called `name`.
     pub fn state(&self, name: &str) -> Option<&State> {
         self.index
             .get(name)
@@ -152,11 +156,31 @@ fn walk_strings(v: &Value, path: String, f: &mut dyn FnMut(String, &str)) {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Trigger {
-    IncomingCall { call: Map<String, Value> },
-    IncomingMessage { message: Map<String, Value> },
-    IncomingConversationMessage { message: Map<String, Value> },
-    IncomingRequest { request: Map<String, Value> },
-    IncomingParent { parent: Map<String, Value> },
+    /// A call came in.
+    IncomingCall {
+        /// `trigger.call`: the call's parameters (`From`, `To`, `CallSid`, ...).
+        call: Map<String, Value>,
+    },
+    /// A message came in.
+    IncomingMessage {
+        /// `trigger.message`: the message's parameters (`Body`, `From`, ...).
+        message: Map<String, Value>,
+    },
+    /// A message came in for a flow wired only for Conversations.
+    IncomingConversationMessage {
+        /// `trigger.conversation`: the message's parameters.
+        message: Map<String, Value>,
+    },
+    /// An execution was created through the REST API.
+    IncomingRequest {
+        /// `trigger.request`: the request's parameters.
+        request: Map<String, Value>,
+    },
+    /// A parent flow's run-subflow started this execution.
+    IncomingParent {
+        /// `trigger.parent`: the parent's identity (`FlowSid`, `ExecutionSid`, ...).
+        parent: Map<String, Value>,
+    },
 }
 
 impl Trigger {
@@ -197,26 +221,36 @@ pub struct ExecutionInit {
     pub data: Value,
 }
 
+/// Whether an execution can still advance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
+    /// Running or waiting for an outcome.
     Active,
+    /// Ended; see [`Execution::end_reason`].
     Ended,
 }
 
 /// One execution's persisted state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Execution {
+    /// Execution SID (`FN…`).
     pub sid: String,
+    /// Flow SID (`FW…`).
     pub flow_sid: String,
+    /// The Studio context (`flow`, `trigger`, `widgets`, `contact`).
     pub context: Value,
     /// The widget waiting for an outcome (`None` once ended).
     pub current: Option<String>,
+    /// Steps taken so far (bounded by [`MAX_STEPS`]).
     pub step_count: u32,
+    /// Active or ended.
     pub status: ExecutionStatus,
+    /// Why it ended, once it has.
     pub end_reason: Option<EndReason>,
     /// Last widget entered and how many times in a row (loop guard).
     pub last_widget: Option<String>,
+    /// How many times in a row [`Execution::last_widget`] ran (bounded by [`MAX_REPEATS`]).
     pub repeat_count: u32,
 }
 
@@ -225,9 +259,11 @@ pub struct Execution {
 pub struct Step {
     /// The widget that finished.
     pub name: String,
+    /// The widget the transition leaves (Studio reports the same name as `name`).
     pub transitioned_from: String,
     /// The next widget, or [`ENDED`].
     pub transitioned_to: String,
+    /// The event the widget took.
     pub event: String,
     /// The execution context after the widget finished.
     pub context: Value,
@@ -238,7 +274,9 @@ pub struct Step {
 /// The result of starting or resuming: steps taken and the next effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Advance {
+    /// Steps taken, to be persisted before the effect runs.
     pub steps: Vec<Step>,
+    /// What the channel must do next.
     pub effect: Effect,
 }
 
@@ -491,11 +529,6 @@ fn run(
             }
         }
     }
-}
-
-/// Text of a published value, for drivers and tests.
-pub fn context_text(ctx: &Value, pointer: &str) -> Option<String> {
-    ctx.pointer(pointer).and_then(scalar_text)
 }
 
 #[cfg(test)]

@@ -17,12 +17,12 @@
 //! event. `now` is passed in (UTC unless the deployment configures an offset):
 //! nothing here reads a clock or does I/O.
 
-pub mod conditions;
+pub(crate) mod conditions;
 pub(crate) mod context;
-pub mod definition;
-pub mod effect;
-pub mod engine;
-pub mod liquid_limits;
+pub(crate) mod definition;
+pub(crate) mod effect;
+pub(crate) mod engine;
+pub(crate) mod liquid_limits;
 pub mod template;
 pub mod validate;
 pub(crate) mod widgets;

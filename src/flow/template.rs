@@ -29,22 +29,46 @@ pub const MAX_LOOP_ITERATIONS: usize = 15;
 /// Why a template could not be compiled or rendered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
+    /// The template does not compile (the Liquid library's message).
     #[error("invalid Liquid template: {0}")]
     Parse(String),
+    /// Rendering failed (the Liquid library's message).
     #[error("Liquid rendering failed: {0}")]
     Render(String),
+    /// The rendered value is longer than [`MAX_RENDERED_BYTES`].
     #[error("rendered value is {size} bytes; the limit is {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// Bytes rendered.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The template itself is longer than its limit.
     #[error("Liquid template is {size} bytes; the limit is {limit} bytes")]
-    TooLong { size: usize, limit: usize },
+    TooLong {
+        /// Bytes of template.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Blocks nest deeper than their limit.
     #[error("Liquid blocks nest more than {limit} deep (`{{% {tag} %}}` at byte {offset})")]
     TooDeep {
+        /// The limit.
         limit: usize,
+        /// The block tag that went too deep.
         tag: String,
+        /// Where, in bytes from the start of the template.
         offset: usize,
     },
+    /// A condition has more `and`/`or` operators than its limit.
     #[error("a Liquid condition has more than {limit} `and`/`or` operators (at byte {offset})")]
-    TooManyOperators { limit: usize, offset: usize },
+    TooManyOperators {
+        /// The limit.
+        limit: usize,
+        /// Where, in bytes from the start of the template.
+        offset: usize,
+    },
 }
 
 impl TemplateError {
@@ -101,6 +125,7 @@ impl Templates {
         self.compiled.len()
     }
 
+    /// Whether no template is compiled.
     pub fn is_empty(&self) -> bool {
         self.compiled.is_empty()
     }
@@ -286,6 +311,7 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// A scope over `context` (the execution context, or any JSON object).
     pub fn new(context: &serde_json::Value) -> Scope {
         Scope {
             root: Node::from_json(context),

@@ -21,6 +21,7 @@ pub struct ValidationError {
     pub state: Option<String>,
     /// JSON path of the offending value, e.g. `$.states[3].transitions[0].next`.
     pub path: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -48,6 +49,7 @@ impl fmt::Display for ValidationErrors {
 }
 
 impl ValidationErrors {
+    /// The faults, in the order found.
     pub fn iter(&self) -> impl Iterator<Item = &ValidationError> {
         self.0.iter()
     }
@@ -91,7 +93,7 @@ pub fn validate(json: &Value) -> Result<FlowDefinition, ValidationErrors> {
 }
 
 /// Whether a state name follows Studio's rule (letter, then letters, digits, `_`, `-`).
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

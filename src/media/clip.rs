@@ -8,6 +8,8 @@ use super::codec::Codec;
 
 pub const RATE: u32 = 8000;
 
+/// A prompt: 8 kHz mono PCM, encoded for each codec on first use and shared by every call that
+/// plays it.
 #[derive(Debug)]
 pub struct Clip {
     pcm: Arc<[i16]>,
@@ -17,6 +19,7 @@ pub struct Clip {
 }
 
 impl Clip {
+    /// A clip of 8 kHz samples.
     pub fn from_pcm(pcm: Vec<i16>) -> Arc<Clip> {
         Arc::new(Clip {
             pcm: pcm.into(),
@@ -26,14 +29,17 @@ impl Clip {
         })
     }
 
+    /// The samples.
     pub fn pcm(&self) -> &[i16] {
         &self.pcm
     }
 
+    /// How long it plays.
     pub fn duration(&self) -> Duration {
         Duration::from_micros(self.pcm.len() as u64 * 1_000_000 / RATE as u64)
     }
 
+    /// The clip encoded for `codec` (computed once per codec).
     pub fn encoded(&self, codec: Codec) -> Arc<[u8]> {
         let cell = match codec {
             Codec::Pcmu => &self.pcmu,

@@ -6,15 +6,19 @@ use std::sync::OnceLock;
 
 use super::g722::{G722Decoder, G722Encoder};
 
+/// An audio codec we send and receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
+    /// G.711 µ-law (payload type 0).
     Pcmu,
+    /// G.711 A-law (payload type 8).
     Pcma,
     /// G.722 at 64 kbit/s: 16 kHz audio, but an 8 kHz RTP clock (RFC 3551 §4.5.2).
     G722,
 }
 
 impl Codec {
+    /// Its encoding name in `a=rtpmap`.
     pub fn rtpmap_name(self) -> &'static str {
         match self {
             Codec::Pcmu => "PCMU",
@@ -23,6 +27,7 @@ impl Codec {
         }
     }
 
+    /// Its RTP clock rate (8000 for all three).
     pub fn rtp_clock_rate(self) -> u32 {
         8000
     }
@@ -35,6 +40,7 @@ impl Codec {
         }
     }
 
+    /// Whether an `a=rtpmap` encoding name and clock rate denote this codec.
     pub fn matches(self, name: &str, rate: u32) -> bool {
         name.eq_ignore_ascii_case(self.rtpmap_name()) && rate == self.rtp_clock_rate()
     }
@@ -73,11 +79,14 @@ impl Codec {
 
 /// Per-stream decoder (G.722 is stateful; G.711 is not).
 pub enum Decoder {
+    /// µ-law or A-law.
     G711(Codec),
+    /// G.722, with its state.
     G722(Box<G722Decoder>),
 }
 
 impl Decoder {
+    /// A decoder for `codec`.
     pub fn new(codec: Codec) -> Decoder {
         match codec {
             Codec::G722 => Decoder::G722(Box::default()),
@@ -98,6 +107,7 @@ impl Decoder {
 const ULAW_BIAS: i32 = 0x84;
 const ULAW_CLIP: i32 = 32635;
 
+/// Encode one 16-bit sample as G.711 µ-law.
 pub fn linear_to_ulaw(sample: i16) -> u8 {
     let mut s = sample as i32;
     let sign = if s < 0 { 0x80 } else { 0 };
@@ -122,6 +132,7 @@ fn segment(v: i32) -> i32 {
     e
 }
 
+/// Decode one G.711 µ-law byte.
 pub fn ulaw_to_linear(byte: u8) -> i16 {
     let b = !byte as i32;
     let sign = b & 0x80;
@@ -131,7 +142,7 @@ pub fn ulaw_to_linear(byte: u8) -> i16 {
     (if sign != 0 { -magnitude } else { magnitude }) as i16
 }
 
-pub fn linear_to_alaw(sample: i16) -> u8 {
+pub(crate) fn linear_to_alaw(sample: i16) -> u8 {
     let s = sample as i32;
     let (sign, mag) = if s >= 0 { (0x80, s) } else { (0x00, -s - 1) };
     let mag = mag.min(0x7FFF);
@@ -155,7 +166,7 @@ fn segment_alaw(mag: i32) -> i32 {
     e
 }
 
-pub fn alaw_to_linear(byte: u8) -> i16 {
+pub(crate) fn alaw_to_linear(byte: u8) -> i16 {
     let b = (byte ^ 0x55) as i32;
     let sign = b & 0x80;
     let exp = (b >> 4) & 0x07;

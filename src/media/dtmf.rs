@@ -1,6 +1,7 @@
 //! RFC 4733 telephone-event reception: one digit per event, however many times the sender
 //! repeats the start or end packets (§2.5.1.4: end packets are sent three times).
 
+/// The digit of an RFC 4733 event code (0-9, `*`, `#`, A-D); None for other events.
 pub fn event_digit(event: u8) -> Option<char> {
     Some(match event {
         0..=9 => (b'0' + event) as char,
@@ -11,6 +12,7 @@ pub fn event_digit(event: u8) -> Option<char> {
     })
 }
 
+/// The RFC 4733 event code of a DTMF digit; None for other characters.
 pub fn digit_event(d: char) -> Option<u8> {
     Some(match d.to_ascii_uppercase() {
         '0'..='9' => d as u8 - b'0',

@@ -179,6 +179,7 @@ impl Band {
     }
 }
 
+/// A G.722 (64 kbit/s) encoder for one stream: 16 kHz PCM in, one byte per two samples out.
 #[derive(Debug, Clone)]
 pub struct G722Encoder {
     qmf: [i32; 24],
@@ -195,6 +196,7 @@ impl Default for G722Encoder {
 }
 
 impl G722Encoder {
+    /// An encoder in its initial state.
     pub fn new() -> Self {
         G722Encoder {
             qmf: [0; 24],
@@ -267,6 +269,7 @@ impl G722Encoder {
     }
 }
 
+/// A G.722 (64 kbit/s) decoder for one stream: one byte in, two 16 kHz samples out.
 #[derive(Debug, Clone)]
 pub struct G722Decoder {
     qmf: [i32; 24],
@@ -281,6 +284,7 @@ impl Default for G722Decoder {
 }
 
 impl G722Decoder {
+    /// A decoder in its initial state.
     pub fn new() -> Self {
         G722Decoder {
             qmf: [0; 24],

@@ -35,8 +35,10 @@ const MIN_TONE_FRACTION: f32 = 0.6;
 /// A second harmonic within 6 dB of its fundamental marks speech or music, not DTMF.
 const MAX_HARMONIC_RATIO: f32 = 0.25;
 
+/// Why a detector cannot be made.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DtmfDetectError {
+    /// The sample rate is outside 8 to 48 kHz (the rate).
     #[error("in-band DTMF detection needs a sample rate from 8000 to 48000 Hz, got {0}")]
     UnsupportedRate(u32),
 }
@@ -68,6 +70,7 @@ impl Filter {
     }
 }
 
+/// In-band DTMF detection (Goertzel filters over fixed blocks of PCM), one digit per tone.
 #[derive(Debug, Clone)]
 pub struct InbandDtmf {
     rows: [Filter; 4],
@@ -85,6 +88,7 @@ pub struct InbandDtmf {
 }
 
 impl InbandDtmf {
+    /// A detector for PCM at `sample_rate` (8000 to 48000 Hz).
     pub fn new(sample_rate: u32) -> Result<Self, DtmfDetectError> {
         if !(8000..=48000).contains(&sample_rate) {
             return Err(DtmfDetectError::UnsupportedRate(sample_rate));

@@ -15,11 +15,14 @@ const RESTART_JUMP: i32 = 1000;
 /// Deepest buffer accepted (2.56 s at 20 ms), to bound memory.
 const MAX_DEPTH: usize = 128;
 
+/// What [`JitterBuffer::push`] did with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushResult {
+    /// Buffered.
     Accepted,
     /// Accepted as the first packet of a new stream; what was buffered was dropped.
     Restarted,
+    /// A packet of that sequence number is already buffered.
     Duplicate,
     /// Its turn to play has passed.
     Late,
@@ -27,6 +30,7 @@ pub enum PushResult {
     TooLarge,
 }
 
+/// What [`JitterBuffer::pop`] returned for this frame time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PopResult {
     /// A frame of this many bytes was copied to the caller's buffer (truncated to its length).
@@ -37,15 +41,20 @@ pub enum PopResult {
     Empty,
 }
 
+/// Counters since the buffer was made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JitterStats {
     /// Packets offered to `push` within the size limit.
     pub received: u64,
+    /// Packets that arrived after their turn.
     pub late: u64,
+    /// Packets that were already buffered.
     pub duplicate: u64,
     /// Frames reported `Missing`, or skipped when a jump forward outran the buffer.
     pub lost: u64,
+    /// Times the buffer started over (a new SSRC, or a large jump in sequence number).
     pub restarts: u64,
+    /// Packets larger than [`MAX_FRAME`].
     pub too_large: u64,
     /// Frames that had arrived but were discarded because a later packet outran the window.
     pub overrun: u64,
@@ -68,6 +77,8 @@ const EMPTY_SLOT: Slot = Slot {
     data: [0; MAX_FRAME],
 };
 
+/// A fixed-depth reorder and playout buffer for one inbound RTP stream: packets are pushed as
+/// they arrive and one frame is popped per frame time.
 pub struct JitterBuffer {
     depth: usize,
     slots: Box<[Slot]>,
@@ -121,10 +132,12 @@ impl JitterBuffer {
         }
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> JitterStats {
         self.stats
     }
 
+    /// Frames buffered before playout starts.
     pub fn depth(&self) -> usize {
         self.depth
     }
@@ -134,6 +147,7 @@ impl JitterBuffer {
         self.buffered
     }
 
+    /// Whether no frame is held.
     pub fn is_empty(&self) -> bool {
         self.buffered == 0
     }
@@ -165,6 +179,7 @@ impl JitterBuffer {
         self.push(seq, timestamp, payload)
     }
 
+    /// Offer one packet's payload.
     pub fn push(&mut self, seq: u16, timestamp: u32, payload: &[u8]) -> PushResult {
         if payload.len() > MAX_FRAME {
             self.stats.too_large += 1;

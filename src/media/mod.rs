@@ -1,20 +1,20 @@
 //! Media: RTP streams, codecs, pacing, DTMF and prompts (TTS and files).
 
-pub mod clip;
+pub(crate) mod clip;
 pub mod codec;
 pub mod dtmf;
-pub mod engine;
+pub(crate) mod engine;
 pub mod g722;
 pub mod goertzel;
 pub mod jitter;
-pub mod player;
-pub mod resample;
+pub(crate) mod player;
+pub(crate) mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod tones;
 pub mod tts;
-pub mod vad;
+pub(crate) mod vad;
 
 pub use clip::Clip;
-pub use codec::Codec;
-pub use engine::{MediaConfig, MediaEngine, MediaEvent, MediaSession, StreamParams};
+pub(crate) use codec::Codec;
+pub(crate) use engine::{MediaConfig, MediaEngine, MediaSession, StreamParams};

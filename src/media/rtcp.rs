@@ -5,14 +5,17 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Sender reports go out every this many outbound packets (5 s at 20 ms).
-pub const REPORT_EVERY_PACKETS: u64 = 250;
+pub(crate) const REPORT_EVERY_PACKETS: u64 = 250;
 
+/// What we know of one inbound stream, for our receiver reports (RFC 3550 §6.4).
 #[derive(Debug, Clone, Default)]
 pub struct ReceiverStats {
+    /// The stream's SSRC, once a packet arrived (a new SSRC starts the statistics over).
     pub ssrc: Option<u32>,
     base_seq: u16,
     max_seq: u16,
     cycles: u32,
+    /// Packets received.
     pub received: u64,
     expected_prior: u64,
     received_prior: u64,
@@ -53,14 +56,17 @@ impl ReceiverStats {
         self.transit = Some(transit);
     }
 
+    /// Note the peer's sender report (the middle 32 bits of its NTP time), for LSR/DLSR.
     pub fn on_sender_report(&mut self, ntp_middle: u32) {
         self.last_sr = Some((ntp_middle, std::time::Instant::now()));
     }
 
+    /// The extended highest sequence number received (cycles in the high 16 bits).
     pub fn extended_max(&self) -> u32 {
         (self.cycles << 16) | self.max_seq as u32
     }
 
+    /// Packets expected from the first to the highest sequence number.
     pub fn expected(&self) -> u64 {
         if self.received == 0 {
             return 0;
@@ -68,6 +74,7 @@ impl ReceiverStats {
         (self.extended_max() as u64).saturating_sub(self.base_seq as u64) + 1
     }
 
+    /// Interarrival jitter, in timestamp units.
     pub fn jitter(&self) -> u32 {
         self.jitter_q4 >> 4
     }
@@ -109,7 +116,7 @@ fn ntp_now() -> (u32, u32) {
 
 /// Build a compound SR (+ one report block when we receive media) + SDES CNAME into `out`;
 /// returns its length. `out` must hold at least 100 bytes.
-pub fn sender_report(
+pub(crate) fn sender_report(
     out: &mut [u8],
     ssrc: u32,
     rtp_ts: u32,
@@ -158,6 +165,8 @@ pub struct PeerReport {
     pub about_us: Option<(u8, u32, u32)>,
 }
 
+/// Read a peer's compound RTCP packet: its SR time and its report block about `our_ssrc`;
+/// None when it is not RTCP (version 2) or a length field runs past the data.
 pub fn parse(mut data: &[u8], our_ssrc: u32) -> Option<PeerReport> {
     let mut r = PeerReport::default();
     let mut any = false;

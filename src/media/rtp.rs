@@ -5,12 +5,14 @@
 use rtc_rtp::header::Header;
 use rtc_shared::marshal::{Marshal, Unmarshal};
 
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 
 /// Sequence, timestamp and SSRC of one outbound stream.
 #[derive(Debug, Clone)]
 pub struct RtpSender {
+    /// The stream's SSRC (random).
     pub ssrc: u32,
+    /// The audio payload type.
     pub payload_type: u8,
     seq: u16,
     timestamp: u32,
@@ -18,6 +20,7 @@ pub struct RtpSender {
 }
 
 impl RtpSender {
+    /// A stream with random SSRC, first sequence number and first timestamp (RFC 3550 §5.1).
     pub fn new(payload_type: u8) -> Self {
         RtpSender {
             ssrc: rand::random(),
@@ -69,6 +72,7 @@ impl RtpSender {
         n + payload.len()
     }
 
+    /// The RTP timestamp of the next frame.
     pub fn timestamp(&self) -> u32 {
         self.timestamp
     }
@@ -82,14 +86,22 @@ impl RtpSender {
 /// A parsed inbound packet borrowing its payload.
 #[derive(Debug, Clone, Copy)]
 pub struct Inbound<'a> {
+    /// The payload type.
     pub payload_type: u8,
+    /// The sequence number.
     pub sequence: u16,
+    /// The RTP timestamp.
     pub timestamp: u32,
+    /// The sender's SSRC.
     pub ssrc: u32,
+    /// The marker bit.
     pub marker: bool,
+    /// The payload, without padding.
     pub payload: &'a [u8],
 }
 
+/// Parse an RTP packet; None for anything that is not RTP version 2 (or is RTCP on the RTP
+/// port) or whose padding is inconsistent.
 pub fn parse(packet: &[u8]) -> Option<Inbound<'_>> {
     let mut buf = packet;
     let h = Header::unmarshal(&mut buf).ok()?;

@@ -8,7 +8,7 @@ use std::f64::consts::PI;
 use super::dtmf::digit_event;
 
 /// Row (low group) and column (high group) frequencies of a DTMF digit (ITU-T Q.23).
-pub fn dtmf_frequencies(digit: char) -> Option<(f64, f64)> {
+pub(crate) fn dtmf_frequencies(digit: char) -> Option<(f64, f64)> {
     const ROWS: [f64; 4] = [697.0, 770.0, 852.0, 941.0];
     const COLS: [f64; 4] = [1209.0, 1336.0, 1477.0, 1633.0];
     let (r, c) = match digit.to_ascii_uppercase() {
@@ -71,7 +71,7 @@ pub fn dtmf_tone(
 }
 
 /// A sine beep at -6 dBFS, with 5 ms raised-cosine ramps so it does not click.
-pub fn beep(freq_hz: f64, duration_ms: u32, sample_rate: u32) -> Vec<i16> {
+pub(crate) fn beep(freq_hz: f64, duration_ms: u32, sample_rate: u32) -> Vec<i16> {
     let n = samples_for(duration_ms, sample_rate);
     if sample_rate == 0 || !freq_hz.is_finite() {
         return vec![0; n];
@@ -92,17 +92,19 @@ pub fn beep(freq_hz: f64, duration_ms: u32, sample_rate: u32) -> Vec<i16> {
         .collect()
 }
 
+/// `duration_ms` of silence at `sample_rate`.
 pub fn silence(duration_ms: u32, sample_rate: u32) -> Vec<i16> {
     vec![0; samples_for(duration_ms, sample_rate)]
 }
 
 /// RFC 4733 §2.3 volume field: power level of the tone in -dBm0; 10 is a typical DTMF level.
-pub const DEFAULT_VOLUME: u8 = 10;
+pub(crate) const DEFAULT_VOLUME: u8 = 10;
 
 /// One telephone-event packet to send. Every packet of an event carries the event's start
 /// timestamp in the RTP header (§2.5.1.2); only the duration field grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventPacket {
+    /// The RFC 4733 payload: event, E bit and volume, duration.
     pub payload: [u8; 4],
     /// RTP marker bit: set on the first packet of the event only (§2.5.1.1).
     pub marker: bool,
@@ -144,6 +146,7 @@ impl Rfc4733Sender {
         })
     }
 
+    /// The same event at another volume (-dBm0, 0 to 63).
     pub fn with_volume(mut self, volume: u8) -> Self {
         self.volume = volume & 0x3F;
         self

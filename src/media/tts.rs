@@ -16,25 +16,38 @@ mod seeds {
     include!(concat!(env!("OUT_DIR"), "/seeds.rs"));
 }
 
+/// Why a prompt could not be spoken.
 #[derive(Debug, Error)]
 pub enum TtsError {
+    /// The engine's command is not installed (the command).
     #[error("text-to-speech engine {0:?} is not installed (install the espeak-ng package, or set [tts] command)")]
     EngineMissing(String),
+    /// The engine ran and failed.
     #[error("text-to-speech engine {engine:?} failed: {detail}")]
-    EngineFailed { engine: String, detail: String },
+    EngineFailed {
+        /// The engine's name.
+        engine: String,
+        /// What it said, or how it ended.
+        detail: String,
+    },
+    /// Reading or writing the cache failed.
     #[error("TTS cache I/O on {path}: {source}")]
     Io {
+        /// The cache file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The engine's output is not a WAV file we can read.
     #[error("TTS produced unreadable audio: {0}")]
     Audio(#[from] hound::Error),
+    /// The text is empty.
     #[error("nothing to say")]
     Empty,
 }
 
 /// Studio's `voice` and `language` mapped to an espeak-ng voice name such as `en-us+f3`.
-pub fn espeak_voice(voice: &str, language: &str) -> String {
+pub(crate) fn espeak_voice(voice: &str, language: &str) -> String {
     let lang = match language.trim().to_ascii_lowercase().as_str() {
         "" => "en-us".to_string(),
         "en-gb" => "en-gb".to_string(),
@@ -70,7 +83,7 @@ pub fn espeak_voice(voice: &str, language: &str) -> String {
     format!("{lang}+{}", if female { "f3" } else { "m3" })
 }
 
-pub fn cache_key(engine: &str, voice: &str, text: &str) -> String {
+pub(crate) fn cache_key(engine: &str, voice: &str, text: &str) -> String {
     let mut h = Sha256::new();
     for part in [engine, voice, text] {
         h.update(part.as_bytes());
@@ -79,6 +92,8 @@ pub fn cache_key(engine: &str, voice: &str, text: &str) -> String {
     hex::encode(h.finalize())
 }
 
+/// Text to speech through an espeak-ng compatible command, with a content-addressed cache on
+/// disk (`<data_dir>/tts`) and in memory.
 pub struct Tts {
     dir: PathBuf,
     command: String,
@@ -90,6 +105,7 @@ pub struct Tts {
 }
 
 impl Tts {
+    /// TTS with `command` at `speed_wpm`, caching under `data_dir`.
     pub fn new(data_dir: &Path, command: &str, speed_wpm: u32) -> Self {
         Tts {
             dir: data_dir.join("tts"),
@@ -110,6 +126,7 @@ impl Tts {
             .is_ok() // flite answers --version with exit status 1; running at all is what counts
     }
 
+    /// The engine's name: the command's file name (`espeak-ng`, `flite`).
     pub fn engine_name(&self) -> &str {
         Path::new(&self.command)
             .file_name()
@@ -137,6 +154,7 @@ impl Tts {
         }
     }
 
+    /// The cache key of `text` spoken with Studio's `voice` and `language`.
     pub fn key_for(&self, text: &str, voice: &str, language: &str) -> String {
         cache_key(
             self.engine_name(),
@@ -145,6 +163,7 @@ impl Tts {
         )
     }
 
+    /// `text` as a clip, from the cache or rendered by the engine (then cached).
     pub async fn say(
         &self,
         text: &str,

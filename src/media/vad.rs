@@ -42,11 +42,6 @@ impl Vad {
         self.frame_len
     }
 
-    pub fn reset(&mut self) {
-        self.floor = None;
-        self.hangover = 0;
-    }
-
     /// Classify one frame (ideally [`frame_len`](Self::frame_len) samples; any length works),
     /// with hangover applied.
     pub fn is_speech(&mut self, frame: &[i16]) -> bool {

@@ -25,15 +25,20 @@ pub type SendFuture<'a> =
 /// Sends outbound messages (a provider, SIP MESSAGE, the terminal…). Returns the fields Studio
 /// publishes for the sent message (`Sid`, `To`, `From`, `Body`, `Status`…), or why it failed.
 pub trait MessageSink: Send + Sync {
+    /// Send `msg`.
     fn send<'a>(&'a self, msg: &'a Message) -> SendFuture<'a>;
 }
 
 /// An inbound message in Twilio's webhook vocabulary.
 #[derive(Debug, Clone, Default)]
 pub struct InboundMessage {
+    /// The contact's address (`From`).
     pub from: String,
+    /// Our number (`To`), which picks the flow.
     pub to: String,
+    /// The text (`Body`).
     pub body: String,
+    /// The provider's message SID (`MessageSid`); empty when it gave none.
     pub message_sid: String,
     /// Further parameters (NumMedia, MediaUrl0, AccountSid, …) passed through to the flow.
     pub extra: Map<String, Value>,
@@ -42,6 +47,7 @@ pub struct InboundMessage {
 }
 
 impl InboundMessage {
+    /// The message as the flow sees it (`trigger.message`, a reply's `inbound`).
     pub fn fields(&self) -> Map<String, Value> {
         let sid = if self.message_sid.is_empty() {
             new_sid("SM")
@@ -64,7 +70,7 @@ impl InboundMessage {
 }
 
 /// The medium of a conversation: sends messages, nothing else.
-pub struct MessagingChannel {
+pub(crate) struct MessagingChannel {
     pub sink: Arc<dyn MessageSink>,
 }
 
@@ -90,14 +96,30 @@ impl Medium for MessagingChannel {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
     /// It started execution `sid`, which is now in `state`.
-    Started { sid: String, state: Finished },
+    Started {
+        /// The new execution.
+        sid: String,
+        /// Where it stands.
+        state: Finished,
+    },
     /// It was the reply an execution waited for.
-    Resumed { sid: String, state: Finished },
+    Resumed {
+        /// The execution.
+        sid: String,
+        /// Where it stands.
+        state: Finished,
+    },
     /// The contact's execution is busy (not waiting for a reply); the message was not used.
-    Busy { sid: String },
+    Busy {
+        /// The contact's active execution.
+        sid: String,
+    },
 }
 
+/// Messaging sessions: one active execution per (flow, contact), started or resumed by
+/// inbound messages, replying through a [`MessageSink`].
 pub struct Conversations {
+    /// Runs the executions.
     pub runner: Runner,
     sink: Arc<dyn MessageSink>,
     /// Serialises messages of one session on this node; the store's unique key covers nodes.
@@ -106,7 +128,7 @@ pub struct Conversations {
 
 /// Messages enter at `incomingMessage`; a flow wired only for Conversations
 /// (`incomingConversationMessage`) gets them there instead.
-pub fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigger {
+pub(crate) fn message_trigger(flow: &LoadedFlow, message: Map<String, Value>) -> Trigger {
     let def = flow.flow.definition();
     let wired = |event: &str| {
         flow.flow.state(&def.initial_state).is_some_and(|s| {
@@ -142,11 +164,12 @@ fn question_sent_or_stale(rec: &crate::store::ExecutionRecord) -> bool {
     sent || stale
 }
 
-pub fn session_key(flow_sid: &str, contact: &str) -> String {
+pub(crate) fn session_key(flow_sid: &str, contact: &str) -> String {
     format!("contact|{flow_sid}|{contact}")
 }
 
 impl Conversations {
+    /// Conversations that run flows with `runner` and send through `sink`.
     pub fn new(runner: Runner, sink: Arc<dyn MessageSink>) -> Conversations {
         Conversations {
             runner,
@@ -163,6 +186,8 @@ impl Conversations {
         locks.entry(key.to_string()).or_default().clone()
     }
 
+    /// Deliver an inbound message to `flow`: start an execution for the contact, resume the
+    /// one waiting for a reply, or report it busy.
     pub async fn inbound(
         &self,
         flow: &LoadedFlow,

@@ -20,12 +20,12 @@ use crate::web::params::decode_form;
 use crate::web::signature;
 use crate::web::ApiError;
 
-pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-twilio-signature";
 const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
 /// The webhook answers after this even if the flow is still busy (it goes on in the background).
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-pub struct Webhook {
+pub(crate) struct Webhook {
     pub conversations: Arc<Conversations>,
     pub account_sid: String,
     auth_token: String,
@@ -52,7 +52,7 @@ impl Webhook {
     }
 }
 
-pub fn routes(w: Arc<Webhook>) -> axum::Router {
+pub(crate) fn routes(w: Arc<Webhook>) -> axum::Router {
     axum::Router::new()
         .route("/v1/Accounts/{account}/Flows/{flow}", post(inbound))
         .with_state(w)

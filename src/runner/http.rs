@@ -20,6 +20,8 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Distinct URL origins remembered for "logged once" (beyond this, no more such lines).
 const MAX_LOGGED_ORIGINS: usize = 1000;
 
+/// The client for make-http-request and run-function effects: bounded responses, and the
+/// account's credentials sent only where configuration allows.
 #[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
@@ -119,10 +121,12 @@ impl HttpClient {
         }
     }
 
+    /// The underlying reqwest client.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
+    /// Perform an HTTP effect: `Outcome::Http` with the response, or `Outcome::Failed`.
     pub async fn perform(&self, r: &HttpRequest) -> Outcome {
         let method = match reqwest::Method::from_bytes(r.method.as_bytes()) {
             Ok(m) => m,

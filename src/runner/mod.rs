@@ -1,9 +1,9 @@
 //! Channels perform the flow engine's effects. The [`Runner`] drives one execution: it commits
 //! each step to the store before the effect runs, performs the effects every channel shares
 //! (HTTP requests, subflows) itself, and hands medium effects (say, gather, send a message…) to
-//! the [`Medium`] — the voice channel of a call or the messaging channel of a conversation.
+//! the `Medium` — the voice channel of a call or the messaging channel of a conversation.
 
-pub mod http;
+pub(crate) mod http;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub use http::HttpClient;
 const MAX_SUBFLOW_DEPTH: u32 = 5;
 
 /// A medium that can perform some effects.
-pub trait Medium: Send {
+pub(crate) trait Medium: Send {
     /// Perform `effect`, or `None` when this medium cannot (the widget then fails).
     fn perform(&mut self, effect: &Effect) -> impl Future<Output = Option<Outcome>> + Send;
     /// A short name for step errors ("voice call", "SMS conversation").
@@ -35,17 +35,24 @@ type Driven<'a> =
 /// Where an execution stands after the runner stopped driving it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finished {
+    /// The execution ended.
     Ended(EndReason),
     /// Waiting for a reply (send-and-wait-for-reply) until the deadline (RFC 3339).
     Waiting {
+        /// The deadline.
         until: String,
     },
 }
 
+/// Drives executions: runs engine steps, commits each step before its effect, performs the
+/// effects every medium shares (HTTP, run-function, subflows) and hands the rest to a medium.
 #[derive(Clone)]
 pub struct Runner {
+    /// Where executions and steps are kept.
     pub store: Store,
+    /// Performs HTTP effects.
     pub http: HttpClient,
+    /// Finds subflows by SID.
     pub router: Arc<Router>,
     /// Event Streams (execution started/ended, step ended); None when no sink is configured.
     pub events: Option<crate::events::Events>,
@@ -66,7 +73,7 @@ fn off_worker<T>(step: impl FnOnce() -> T) -> T {
     }
 }
 
-pub fn now() -> chrono::DateTime<chrono::FixedOffset> {
+pub(crate) fn now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().fixed_offset()
 }
 
@@ -89,7 +96,7 @@ impl From<&ExecutionRecord> for Base {
 }
 
 /// Identity of a new execution as the store keeps it.
-pub struct NewExecution {
+pub(crate) struct NewExecution {
     pub init: ExecutionInit,
     pub trigger: Trigger,
     pub contact: String,
@@ -113,7 +120,7 @@ impl Runner {
     }
 
     /// Start an execution and drive it until it ends or waits.
-    pub async fn start<M: Medium>(
+    pub(crate) async fn start<M: Medium>(
         &self,
         flow: &LoadedFlow,
         new: NewExecution,
@@ -135,7 +142,7 @@ impl Runner {
     }
 
     /// Resume a stored execution with an outcome (a reply, a timeout) and drive it on.
-    pub async fn resume<M: Medium>(
+    pub(crate) async fn resume<M: Medium>(
         &self,
         flow: &LoadedFlow,
         rec: ExecutionRecord,
@@ -315,7 +322,7 @@ impl Runner {
     }
 }
 
-pub fn record(
+pub(crate) fn record(
     exec: &Execution,
     contact: &str,
     active_key: Option<String>,
@@ -397,7 +404,7 @@ fn effect_name(e: &Effect) -> String {
 }
 
 /// Twilio-style string map from pairs.
-pub fn params<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Map<String, Value> {
+pub(crate) fn params<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Map<String, Value> {
     pairs
         .into_iter()
         .map(|(k, v)| (k.to_string(), Value::String(v)))

@@ -4,16 +4,19 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+/// An ACL entry that is not an address or a CIDR block (the entry).
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid ACL entry {0:?}: expected an IP address or CIDR block such as 203.0.113.0/24")]
 pub struct AclError(pub String);
 
+/// Source addresses allowed to send SIP: IPv4 and IPv6 CIDR blocks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Acl {
     blocks: Vec<(IpAddr, u8)>,
 }
 
 impl Acl {
+    /// Parse entries such as `203.0.113.0/24`, `2001:db8::/32` or a single address.
     pub fn parse(entries: &[String]) -> Result<Self, AclError> {
         let mut blocks = Vec::with_capacity(entries.len());
         for e in entries {
@@ -44,6 +47,7 @@ impl Acl {
         Acl { blocks }
     }
 
+    /// Whether `ip` is in one of the blocks (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn allows(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

@@ -21,17 +21,21 @@ use super::session_timer::{SessionTimer, MIN_SE};
 use super::trust::{Admit, Trust, TrustConfig};
 
 /// RFC 3261 timer base values.
-pub const T1: Duration = Duration::from_millis(500);
-pub const T2: Duration = Duration::from_secs(4);
+pub(crate) const T1: Duration = Duration::from_millis(500);
+pub(crate) const T2: Duration = Duration::from_secs(4);
 const TIMER_64T1: Duration = Duration::from_secs(32);
 
+/// How a SIP message travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
+    /// Datagrams.
     Udp,
+    /// A TCP connection (messages framed by Content-Length).
     Tcp,
 }
 
 impl Transport {
+    /// The transport's name in a Via header (`UDP`, `TCP`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
@@ -43,14 +47,20 @@ impl Transport {
 /// The far end of a message: where it came from, and so where answers go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// How we reached each other.
     pub transport: Transport,
 }
 
+/// What the core needs to know (from `[sip]`, see [`CoreConfig::from_sip`]).
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
+    /// Largest message accepted (`sip.max_message_bytes`); larger ones are refused.
     pub max_message_bytes: usize,
+    /// Our `Server`/`User-Agent` header value.
     pub server_name: String,
+    /// Sources admitted at all (`sip.acl`); others are refused before parsing.
     pub acl: Acl,
     /// Sources whose MESSAGE requests are taken as inbound SMS (the SMS trunks). A MESSAGE
     /// turns into paid outbound replies, so any other admitted source gets 403.
@@ -93,8 +103,10 @@ impl Default for TcpLimits {
 /// `[sip]`, `[[trunks]]` or `[[users]]` settings the SIP stack cannot take.
 #[derive(Debug, thiserror::Error)]
 pub enum SipConfigError {
+    /// An ACL or `inbound_from` entry that is not an address.
     #[error(transparent)]
     Acl(#[from] AclError),
+    /// A digest algorithm we do not know.
     #[error("[sip] digest_algorithms: {0:?} is not MD5 or SHA-256")]
     Algorithm(String),
 }
@@ -161,18 +173,26 @@ impl CoreConfig {
     }
 }
 
+/// A new INVITE, already answered with 100 Trying; the application answers or rejects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingInvite {
+    /// The dialog's Call-ID (the key of later commands and events).
     pub call_id: String,
+    /// The From header as received.
     pub from: String,
+    /// The To header as received.
     pub to: String,
+    /// The Request-URI.
     pub request_uri: String,
     /// User part of the From URI: the caller's number.
     pub caller: String,
     /// User part of the Request-URI: the number that was dialled.
     pub called: String,
+    /// Where the INVITE came from.
     pub peer: Peer,
+    /// Our address it arrived on.
     pub local: SocketAddr,
+    /// The SDP offer (empty when the INVITE had none).
     pub sdp: Vec<u8>,
     /// Who was trusted to place it, when trunks or users are configured.
     pub admitted: Option<Admitted>,
@@ -187,6 +207,7 @@ pub enum Admitted {
     User(String),
 }
 
+/// Why a dialog ended without a BYE from the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialogEnd {
     /// We sent BYE and it was answered (or timed out).
@@ -198,117 +219,179 @@ pub enum DialogEnd {
     SessionExpired,
 }
 
+/// What the core reports to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A new call (answer it with [`Command::Answer`] or [`Command::Reject`]).
     Invite(Box<IncomingInvite>),
     /// An instant message (RFC 3428) outside any dialog, already answered with 200.
     Message {
+        /// The From URI's user part (the sender).
         from: String,
+        /// The Request-URI's user part (our number).
         to: String,
+        /// The text.
         body: String,
+        /// The request's Call-ID.
         call_id: String,
+        /// The trunk it came from.
         peer: Peer,
     },
     /// The final answer to a MESSAGE we sent (`status` 408 when nobody answered).
     MessageResult {
+        /// The `id` of the [`Command::SendMessage`].
         id: u64,
+        /// The final status code.
         status: u16,
+        /// Its reason phrase.
         reason: String,
     },
+    /// The caller cancelled the INVITE before it was answered.
     Cancelled {
+        /// The dialog's Call-ID.
         call_id: String,
     },
+    /// The ACK to our 2xx arrived: the dialog is confirmed.
     Acked {
+        /// The dialog's Call-ID.
         call_id: String,
     },
+    /// The caller hung up (BYE, already answered).
     Bye {
+        /// The dialog's Call-ID.
         call_id: String,
     },
+    /// An INFO in the dialog (e.g. DTMF as `application/dtmf-relay`), already answered.
     Info {
+        /// The dialog's Call-ID.
         call_id: String,
+        /// Its Content-Type.
         content_type: String,
+        /// Its body.
         body: Vec<u8>,
     },
+    /// The dialog ended on our side (see [`DialogEnd`]).
     Ended {
+        /// The dialog's Call-ID.
         call_id: String,
+        /// Why it ended.
         reason: DialogEnd,
     },
     /// A re-INVITE or UPDATE changed the media: send RTP to `remote`, or stop sending (hold).
     MediaUpdate {
+        /// The dialog's Call-ID.
         call_id: String,
+        /// Where the peer now wants our RTP.
         remote: SocketAddr,
+        /// False while the peer holds the call.
         sending: bool,
     },
     /// Our registration with a trunk changed state (logged and kept by the driver).
     TrunkRegistration {
+        /// The trunk's name.
         trunk: String,
+        /// Where the registration stands now.
         state: RegistrationState,
     },
     /// A trunk started or stopped answering our OPTIONS keep-alives.
     TrunkReachability {
+        /// The trunk's name.
         trunk: String,
+        /// Whether it answers now.
         reach: Reachability,
     },
     /// A user's registration changed (logged by the driver): its bindings now.
     Registered {
+        /// The `[[users]]` username.
         user: String,
+        /// Its Contact URIs with their remaining seconds (empty: unregistered).
         contacts: Vec<(String, u32)>,
     },
     /// A request we refused at the door (bad syntax, ACL): logged by the driver.
     Refused {
+        /// Who sent it.
         peer: Peer,
+        /// The status we answered with.
         status: u16,
+        /// Why.
         reason: String,
     },
 }
 
+/// What the application asks the core to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Send a text/plain MESSAGE to `to` at `peer` (a configured trunk), from our `local` address.
     SendMessage {
+        /// Chosen by the application; the [`Event::MessageResult`] carries it back.
         id: u64,
+        /// The trunk to send to.
         peer: Peer,
+        /// Our address to send from.
         local: SocketAddr,
+        /// The Request-URI (`sip:user@trunk`).
         request_uri: String,
+        /// The From URI's user part.
         from_user: String,
+        /// The text.
         body: String,
     },
+    /// Answer an INVITE with 200 OK and our SDP.
     Answer {
+        /// The dialog's Call-ID.
         call_id: String,
+        /// Our SDP answer.
         sdp: String,
     },
+    /// Refuse an INVITE with a final error response.
     Reject {
+        /// The dialog's Call-ID.
         call_id: String,
+        /// The status code (e.g. 486, 503).
         status: u16,
+        /// The reason phrase.
         reason: String,
+        /// A `Retry-After` header, in seconds.
         retry_after: Option<u32>,
     },
+    /// End the call: send BYE (or, before the answer, refuse the INVITE).
     Hangup {
+        /// The dialog's Call-ID.
         call_id: String,
     },
     /// Keep a registration with a trunk, from our `local` address (filled in by the driver).
     Register {
+        /// The trunk, its registrar and credentials.
         spec: Box<RegistrationSpec>,
+        /// Our address as the registrar sees it.
         local: SocketAddr,
     },
     /// Shutdown: remove every registration we hold (Expires: 0).
     UnregisterAll,
     /// Send OPTIONS keep-alives to a trunk, from our `local` address (filled in by the driver).
     Keepalive {
+        /// The trunk, where and how often.
         spec: Box<KeepaliveSpec>,
+        /// Our address as the trunk sees it.
         local: SocketAddr,
     },
 }
 
+/// Bytes to send to a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// Where to send them.
     pub to: Peer,
+    /// A whole SIP message.
     pub data: Vec<u8>,
 }
 
+/// What the driver must do next, from [`SipCore::poll_output`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// Send bytes.
     Transmit(Transmit),
+    /// Hand an event to the application.
     Event(Event),
     /// A source has just been banned (the driver logs it; later traffic from it is dropped
     /// without a word).
@@ -409,6 +492,8 @@ enum TimerKind {
     RefreshRetransmit,
 }
 
+/// The sans-IO SIP user agent server: fed datagrams, commands and time; returns what to send
+/// and what happened. One instance holds every dialog.
 pub struct SipCore {
     cfg: CoreConfig,
     defence: Defence,
@@ -462,6 +547,7 @@ const KNOWN_METHODS: &[&str] = &[
 ];
 
 impl SipCore {
+    /// A core with no dialogs.
     pub fn new(cfg: CoreConfig) -> Self {
         let trust = cfg.trust.clone().map(Trust::new);
         SipCore {
@@ -546,6 +632,7 @@ impl SipCore {
         self.registrar.lookup(now, user)
     }
 
+    /// Dialogs in progress.
     pub fn dialog_count(&self) -> usize {
         self.dialogs.len()
     }
@@ -564,10 +651,12 @@ impl SipCore {
             .collect()
     }
 
+    /// The next thing to send or report, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
+    /// When [`SipCore::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timers.keys().next().map(|(t, _)| *t);
         match (t, self.next_purge) {
@@ -1349,6 +1438,7 @@ impl SipCore {
         }
     }
 
+    /// Do what the application asks (answer, reject, hang up, send a MESSAGE).
     pub fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::SendMessage {
@@ -1518,9 +1608,11 @@ impl SipCore {
         self.schedule(now + TIMER_64T1, call_id, TimerKind::AckTimeout);
     }
 
+    /// Run the timers due by `now` (retransmissions, transaction timeouts).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_purge.is_some_and(|t| t <= now) {
             self.answered.retain(|_, (_, expiry)| *expiry > now);
+            self.registrar.purge(now);
             self.next_purge = (!self.answered.is_empty()).then(|| now + Duration::from_secs(5));
         }
         while let Some(entry) = self.timers.first_entry() {
@@ -1838,7 +1930,7 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-pub fn new_tag() -> String {
+pub(crate) fn new_tag() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 

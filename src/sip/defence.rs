@@ -1,8 +1,8 @@
 //! Per-source policy against floods and scanners, and the rate limit on per-source log lines.
 //! Sans-IO: time comes in as an `Instant`, so the tests drive it with a fake clock.
 //!
-//! Memory is bounded: the tables are swept of idle entries every [`SWEEP_EVERY`], and when a
-//! table still holds [`MAX_SOURCES`] entries, new sources share one overflow bucket.
+//! Memory is bounded: the tables are swept of idle entries every `SWEEP_EVERY`, and when a
+//! table still holds `MAX_SOURCES` entries, new sources share one overflow bucket.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 
 use super::acl::{Acl, AclError};
 
-pub const MAX_SOURCES: usize = 65_536;
+pub(crate) const MAX_SOURCES: usize = 65_536;
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-pub use crate::config::{DefenceConfig, OverRate};
+pub(crate) use crate::config::{DefenceConfig, OverRate};
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     /// Over the rate: answer 503 with Retry-After (seconds).
     Reject {
@@ -32,8 +32,11 @@ pub enum Verdict {
 /// A ban that has just started (for the log line).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
+    /// The banned source.
     pub ip: IpAddr,
+    /// The refusals that led to the ban.
     pub failures: u32,
+    /// How long the ban lasts, in seconds.
     pub secs: u64,
 }
 
@@ -75,7 +78,7 @@ struct Source {
 }
 
 #[derive(Debug)]
-pub struct Defence {
+pub(crate) struct Defence {
     cfg: DefenceConfig,
     exempt: Acl,
     scanners: Vec<String>,
@@ -247,7 +250,7 @@ impl Defence {
 /// many were suppressed since the last. A global bucket bounds the total over all sources, so
 /// many (spoofed) sources cannot flood the log either.
 #[derive(Debug)]
-pub struct LogLimiter {
+pub(crate) struct LogLimiter {
     per_source: HashMap<IpAddr, (Bucket, u64)>,
     global: Bucket,
     global_suppressed: u64,
@@ -316,7 +319,7 @@ impl LogLimiter {
 
 /// What [`LogLimiter::take_summary`] reports: lines suppressed since the last summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Suppressed {
+pub(crate) struct Suppressed {
     pub lines: u64,
     pub sources: usize,
     /// The source most lines were about, and how many.

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 /// practice and are refused rather than answered wrongly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// `MD5` (RFC 2617's, still what most phones know).
     Md5,
+    /// `SHA-256` (RFC 7616).
     Sha256,
 }
 
 impl Algorithm {
+    /// `MD5` or `SHA-256`, case-insensitively.
     pub fn parse(s: &str) -> Result<Algorithm, DigestError> {
         match s.to_ascii_uppercase().as_str() {
             "MD5" => Ok(Algorithm::Md5),
@@ -22,6 +25,7 @@ impl Algorithm {
         }
     }
 
+    /// The name as a header writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::Md5 => "MD5",
@@ -43,16 +47,22 @@ impl Algorithm {
     }
 }
 
+/// Why a challenge or credentials cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
+    /// Another scheme (Basic, AKA...).
     #[error("not a Digest challenge or credentials")]
     NotDigest,
+    /// A parameter the scheme requires is absent.
     #[error("digest parameter {0} missing")]
     Missing(&'static str),
+    /// An algorithm we do not implement (`-sess` variants among them).
     #[error("digest algorithm {0:?} not supported")]
     Algorithm(String),
+    /// A quality of protection other than `auth`.
     #[error("digest qop {0:?} not supported (only auth)")]
     Qop(String),
+    /// Not `key=value` pairs.
     #[error("malformed digest parameters")]
     Malformed,
 }
@@ -118,9 +128,13 @@ fn strip_scheme(value: &str) -> Result<&str, DigestError> {
 /// A `WWW-Authenticate` / `Proxy-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
+    /// The protection space: which credentials to use.
     pub realm: String,
+    /// The server's nonce.
     pub nonce: String,
+    /// Returned as given.
     pub opaque: Option<String>,
+    /// The hash to answer with.
     pub algorithm: Algorithm,
     /// The server offered `qop=auth` (then `nc` and `cnonce` are sent); `false`: RFC 2069 style.
     pub qop_auth: bool,
@@ -129,6 +143,7 @@ pub struct Challenge {
 }
 
 impl Challenge {
+    /// A `WWW-Authenticate`/`Proxy-Authenticate` value.
     pub fn parse(value: &str) -> Result<Challenge, DigestError> {
         let p = params(strip_scheme(value)?)?;
         let qop_auth = match p.get("qop") {
@@ -217,7 +232,7 @@ fn quote(s: &str) -> String {
 
 /// `Authorization` / `Proxy-Authorization` credentials as a server receives them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub username: String,
     pub realm: String,
     pub nonce: String,
@@ -273,7 +288,7 @@ impl Credentials {
 
 /// What a server makes of a request's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Check {
+pub(crate) enum Check {
     /// Right password, fresh nonce, a count not seen before: this user.
     Accepted(String),
     /// Right password but an expired or unknown nonce: challenge again with `stale=true`.
@@ -286,7 +301,7 @@ pub enum Check {
 /// Nonces this server issued, with their age and the highest `nc` seen, so that an expired
 /// nonce is stale and a replayed request is refused. Bounded: the oldest are forgotten first
 /// (a client holding one then gets a fresh challenge with `stale=true`).
-pub struct NonceBook {
+pub(crate) struct NonceBook {
     realm: String,
     lifetime: Duration,
     capacity: usize,

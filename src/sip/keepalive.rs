@@ -1,6 +1,6 @@
 //! OPTIONS keep-alives to a trunk: one OPTIONS every interval, and whether the trunk answers
 //! (any final answer means its SIP stack is up; 64·T1 of silence means it is not). A sans-IO
-//! state machine the core owns per trunk, like [`super::register::Registration`].
+//! state machine the core owns per trunk, like `register::Registration`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,24 +9,29 @@ use super::client_tx::{ClientTx, TxTimer};
 use super::core::{Peer, Transport};
 use super::message::Response;
 
+/// Which trunk to keep alive, where and how often.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeepaliveSpec {
+    /// The trunk's name.
     pub trunk: String,
+    /// Where the OPTIONS go.
     pub peer: Peer,
     /// Request-URI of the OPTIONS: `sip:host[:port]`.
     pub uri: String,
+    /// Time between one answer (or timeout) and the next OPTIONS.
     pub interval: Duration,
 }
 
 /// Whether the trunk answers, and with what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reachability {
+    /// It answered (anything at all).
     pub reachable: bool,
     /// The status of its last answer (408: none came).
     pub status: u16,
 }
 
-pub struct Keepalive {
+pub(crate) struct Keepalive {
     spec: KeepaliveSpec,
     local: SocketAddr,
     call_id: String,

@@ -5,24 +5,34 @@
 use rsipstack::sip::{self as rsip, prelude::*};
 use thiserror::Error;
 
+/// Why a message was refused before or by the parser.
 #[derive(Debug, Error)]
 pub enum MessageError {
+    /// The parser refused it (its message).
     #[error("unparseable SIP message: {0}")]
     Unparseable(String),
+    /// A required header is missing or malformed.
     #[error("missing or malformed {0} header")]
     BadHeader(&'static str),
+    /// The message is larger than the limit (size, limit).
     #[error("message of {0} bytes exceeds the limit of {1}")]
     TooLarge(usize, usize),
+    /// The request line is not `METHOD URI SIP/2.0`.
     #[error("malformed request line")]
     BadRequestLine,
+    /// Not SIP/2.0 (answered with 505).
     #[error("SIP version {0:?} is not supported")]
     BadVersion(String),
+    /// Content-Length is malformed, repeated, or larger than the message (what is wrong).
     #[error("Content-Length: {0}")]
     BadContentLength(&'static str),
+    /// A header that may appear once appears twice.
     #[error("more than one {0} header")]
     DuplicateHeader(&'static str),
+    /// A header value is longer than the limit (the limit).
     #[error("a header value is longer than {0} bytes")]
     HeaderTooLong(usize),
+    /// More header lines than the limit (the limit).
     #[error("more than {0} header lines")]
     TooManyHeaders(usize),
 }
@@ -39,23 +49,36 @@ impl MessageError {
 
 /// Longest header value (after unfolding) we accept. The parser logs a warning per folded line
 /// beyond 4 KiB, so longer values are refused before it sees them.
-pub const MAX_HEADER_VALUE: usize = 4096;
+pub(crate) const MAX_HEADER_VALUE: usize = 4096;
 /// Most header lines (continuations included) we accept in one message.
-pub const MAX_HEADER_LINES: usize = 256;
+pub(crate) const MAX_HEADER_LINES: usize = 256;
 
+/// A parsed request: the headers the core uses, as owned strings.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The method, e.g. `INVITE`.
     pub method: String,
+    /// The Request-URI as the parser renders it.
     pub uri: String,
+    /// The Via headers, topmost first.
     pub vias: Vec<String>,
+    /// The From header.
     pub from: String,
+    /// The To header.
     pub to: String,
+    /// The Call-ID.
     pub call_id: String,
+    /// The CSeq number.
     pub cseq: u32,
+    /// The CSeq method.
     pub cseq_method: String,
+    /// The Contact header.
     pub contact: Option<String>,
+    /// The Record-Route headers, in order.
     pub record_routes: Vec<String>,
+    /// The Content-Type.
     pub content_type: Option<String>,
+    /// Max-Forwards.
     pub max_forwards: Option<u32>,
     /// The Request-URI exactly as sent (the parser may re-render `uri`).
     pub raw_uri: String,
@@ -63,6 +86,7 @@ pub struct Request {
     pub require: Vec<String>,
     /// The Accept header values, when present.
     pub accept: Option<String>,
+    /// The User-Agent (scanner filter).
     pub user_agent: Option<String>,
     /// The `Authorization` header (a UAS challenge answered), else `Proxy-Authorization`.
     pub authorization: Option<String>,
@@ -76,15 +100,22 @@ pub struct Request {
     pub session_expires: Option<(u32, Option<String>)>,
     /// `Min-SE` (RFC 4028).
     pub min_se: Option<u32>,
+    /// The body.
     pub body: Vec<u8>,
 }
 
+/// A parsed response: what matching it to our transaction needs.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The status code.
     pub status: u16,
+    /// The Call-ID.
     pub call_id: String,
+    /// The CSeq number.
     pub cseq: u32,
+    /// The CSeq method.
     pub cseq_method: String,
+    /// The topmost Via's branch.
     pub branch: Option<String>,
     /// The reason phrase.
     pub reason: String,
@@ -101,10 +132,13 @@ pub struct Response {
 }
 
 // One message is parsed and handled at a time, never stored: boxing buys nothing.
+/// A parsed SIP message.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SipMessage {
+    /// A request.
     Request(Request),
+    /// A response.
     Response(Response),
 }
 
@@ -112,12 +146,19 @@ pub enum SipMessage {
 /// (RFC 3261 §8.2: a request we cannot understand still deserves a response when we can route one).
 #[derive(Debug, Default, Clone)]
 pub struct Salvage {
+    /// Whether it looked like a request (not a status line).
     pub is_request: bool,
+    /// The method of the request line.
     pub method: Option<String>,
+    /// The Via headers that could be read.
     pub vias: Vec<String>,
+    /// The From header, if readable.
     pub from: Option<String>,
+    /// The To header, if readable.
     pub to: Option<String>,
+    /// The Call-ID, if readable.
     pub call_id: Option<String>,
+    /// The CSeq, if readable.
     pub cseq: Option<String>,
 }
 
@@ -318,7 +359,11 @@ pub fn parse(data: &[u8], max_len: usize) -> Result<SipMessage, ParseFailure> {
 
 /// Parse one message. `stream` says it came framed from TCP (the body length was then already
 /// taken from Content-Length) rather than as a whole datagram.
-pub fn parse_from(data: &[u8], max_len: usize, stream: bool) -> Result<SipMessage, ParseFailure> {
+pub(crate) fn parse_from(
+    data: &[u8],
+    max_len: usize,
+    stream: bool,
+) -> Result<SipMessage, ParseFailure> {
     if data.len() > max_len {
         return Err(Box::new((
             MessageError::TooLarge(data.len(), max_len),
@@ -561,6 +606,7 @@ pub fn param(header: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Whether the header has the parameter `name` (after the URI's `>`, if any).
 pub fn has_param(header: &str, name: &str) -> bool {
     let tail = match header.rfind('>') {
         Some(i) => &header[i + 1..],

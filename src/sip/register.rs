@@ -2,7 +2,7 @@
 //! (401/407, digest), refreshes before the granted expiry, back-off after failures, and an
 //! un-REGISTER (Expires: 0) on shutdown. A sans-IO state machine the core owns, one per
 //! `register = true` trunk; the core routes its responses here by Call-ID and its timers by
-//! [`Registration::next_timer`].
+//! `Registration::next_timer`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// What the trunk's configuration says about registering.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RegistrationSpec {
+    /// The trunk's name.
     pub trunk: String,
     /// Where REGISTERs go.
     pub peer: Peer,
@@ -26,7 +27,9 @@ pub struct RegistrationSpec {
     pub registrar: String,
     /// Our address of record's user and the digest username.
     pub username: String,
+    /// The digest password (never logged).
     pub password: String,
+    /// Seconds asked for.
     pub expires: u32,
 }
 
@@ -48,15 +51,23 @@ impl std::fmt::Debug for RegistrationSpec {
 pub enum RegistrationState {
     /// A REGISTER is out (first one, refresh or retry).
     Registering,
-    /// The registrar holds our binding for `expires` seconds from `since`.
-    Registered { expires: u32 },
-    /// The last attempt failed (`status` 408: no answer); retried after a back-off.
-    Failed { status: u16, reason: String },
+    /// The registrar holds our binding.
+    Registered {
+        /// Seconds it granted.
+        expires: u32,
+    },
+    /// The last attempt failed; retried after a back-off.
+    Failed {
+        /// The registrar's answer (408: none came).
+        status: u16,
+        /// Its reason phrase, or ours.
+        reason: String,
+    },
     /// Un-registered on shutdown (or the un-REGISTER went unanswered).
     Unregistered,
 }
 
-pub struct Registration {
+pub(crate) struct Registration {
     spec: RegistrationSpec,
     local: SocketAddr,
     call_id: String,

@@ -12,19 +12,23 @@ use super::message::{param, uri_of, Request};
 pub const MIN_EXPIRES: u32 = 60;
 /// Longest registration we grant, and the default when the phone names none.
 pub const MAX_EXPIRES: u32 = 3600;
+/// Contacts one user may have registered at once.
+pub const MAX_BINDINGS_PER_USER: usize = 10;
 
+/// Where one registered phone can be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
     /// The phone's Contact URI.
     pub contact: String,
     /// Where its REGISTER came from (requests to it go there: NAT-friendly).
     pub peer: Peer,
+    /// When the registration lapses unless refreshed.
     pub expires_at: Instant,
 }
 
 /// The registrar's answer to one REGISTER.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// 200: the user's bindings now, each with its remaining seconds.
     Bound(Vec<(String, u32)>),
     /// 423 Interval Too Brief, with Min-Expires.
@@ -36,7 +40,7 @@ pub enum Outcome {
 }
 
 #[derive(Default)]
-pub struct Registrar {
+pub(crate) struct Registrar {
     bindings: HashMap<String, Vec<Binding>>,
 }
 
@@ -68,6 +72,11 @@ impl Registrar {
                 if expires != 0 {
                     if expires < MIN_EXPIRES {
                         return Outcome::TooBrief;
+                    }
+                    // A phone has a few contacts; an authenticated user cannot grow the table
+                    // without bound: the oldest binding gives way.
+                    if list.len() >= MAX_BINDINGS_PER_USER {
+                        list.remove(0);
                     }
                     let secs = expires.min(MAX_EXPIRES);
                     list.push(Binding {
@@ -105,7 +114,7 @@ impl Registrar {
         v
     }
 
-    /// Forget expired bindings.
+    /// Forget expired bindings (the core's periodic purge).
     pub fn purge(&mut self, now: Instant) {
         self.bindings.retain(|_, l| {
             l.retain(|b| b.expires_at > now);

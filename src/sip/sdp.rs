@@ -7,18 +7,30 @@ use thiserror::Error;
 
 use crate::media::codec::Codec;
 
+/// Why an offer cannot be answered.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SdpError {
+    /// No `m=audio` line.
     #[error("SDP has no audio stream")]
     NoAudio,
+    /// No `c=` line with an address we can send to.
     #[error("SDP has no usable connection address")]
     NoConnection,
+    /// A line we need could not be read.
     #[error("SDP line {line} is malformed: {reason}")]
-    Malformed { line: usize, reason: &'static str },
+    Malformed {
+        /// Its number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// None of the offered payload types is one of our codecs (the offered types).
     #[error("no common codec: offered payload types {0:?}")]
     NoCommonCodec(Vec<u8>),
+    /// The audio is offered only over SRTP (the profile, e.g. `RTP/SAVP`).
     #[error("only secure RTP ({0}) is offered, and SRTP is not supported")]
     SrtpOnly(String),
+    /// Our own answer (to re-negotiate against) names no codec we know.
     #[error("our own session description has no codec we know")]
     OwnSession,
 }
@@ -27,7 +39,9 @@ pub enum SdpError {
 /// per offered line, in order; streams we decline get port 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaLine {
+    /// The media type, e.g. `audio`, `video`.
     pub media: String,
+    /// The transport profile, e.g. `RTP/AVP`.
     pub proto: String,
     /// The first offered format, which a declined line repeats.
     pub first_format: String,
@@ -36,23 +50,34 @@ pub struct MediaLine {
 /// What we learnt from the remote offer and chose for the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Negotiated {
+    /// Where to send RTP.
     pub remote_rtp: SocketAddr,
+    /// The codec chosen.
     pub codec: Codec,
+    /// Its payload type in the offer.
     pub payload_type: u8,
     /// Payload type of RFC 4733 telephone-event at 8 kHz, when offered.
     pub telephone_event: Option<u8>,
+    /// Packet time in milliseconds (`a=ptime` when 10 to 60, else 20).
     pub ptime_ms: u32,
+    /// The offer's direction attribute.
     pub direction: Direction,
     /// Every offered m-line, and which of them is the audio stream we took.
     pub offered: Vec<MediaLine>,
+    /// Index in `offered` of the audio stream we took.
     pub audio_index: usize,
 }
 
+/// An SDP direction attribute (RFC 3264 §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// `a=sendrecv` (the default).
     SendRecv,
+    /// `a=sendonly`.
     SendOnly,
+    /// `a=recvonly`.
     RecvOnly,
+    /// `a=inactive`.
     Inactive,
 }
 
@@ -152,7 +177,7 @@ fn parse_streams(sdp: &str) -> Result<Vec<Stream>, SdpError> {
 /// Why an offer must be refused before any codec is looked at, as a short text for a
 /// `Warning` header: today only SRTP without a plain RTP alternative (RFC 3264 §6 would
 /// otherwise have us answer an RTP/SAVP line with RTP/AVP, which the offerer must not accept).
-pub fn offer_refusal(sdp: &str) -> Option<&'static str> {
+pub(crate) fn offer_refusal(sdp: &str) -> Option<&'static str> {
     let streams = parse_streams(sdp).ok()?;
     let audio = || {
         streams

@@ -63,7 +63,7 @@ impl TrustConfig {
 
 /// What to do with a request that needs trust.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// From a trunk's address.
     Trunk(String),
     /// Authenticated as this user.
@@ -74,7 +74,7 @@ pub enum Admit {
     Refuse(&'static str),
 }
 
-pub struct Trust {
+pub(crate) struct Trust {
     cfg: TrustConfig,
     book: NonceBook,
 }

@@ -10,37 +10,53 @@ use super::{execution_from, ExecutionRecord, StepRecord, Store, StoreError};
 /// A flow created through the API (its definition lives in its revisions).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowRecord {
+    /// Flow SID (`FW…`).
     pub sid: String,
+    /// The latest revision's name.
     pub friendly_name: String,
     /// Status of the latest revision: `draft` or `published`.
     pub status: String,
     /// The latest revision number (1 for a new flow).
     pub revision: i64,
+    /// Creation time (RFC 3339 UTC).
     pub date_created: String,
+    /// Time of the latest revision (RFC 3339 UTC).
     pub date_updated: String,
 }
 
 /// One revision of a flow: every create and update makes one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevisionRecord {
+    /// The flow's SID.
     pub flow_sid: String,
+    /// The revision number, from 1.
     pub revision: i64,
+    /// The flow's name in this revision.
     pub friendly_name: String,
     /// The definition as JSON text.
     pub definition: String,
+    /// `draft` or `published`.
     pub status: String,
+    /// The message given with the change.
     pub commit_message: Option<String>,
+    /// Whether the definition validated (Studio's `valid`).
     pub valid: bool,
+    /// Validation errors (a JSON array).
     pub errors: Value,
+    /// Validation warnings (a JSON array).
     pub warnings: Value,
+    /// Creation time (RFC 3339 UTC).
     pub date_created: String,
+    /// Last update (RFC 3339 UTC).
     pub date_updated: String,
 }
 
 /// Which executions of a flow to list (dates in the store's RFC 3339 form; bounds inclusive).
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
+    /// Created at or after.
     pub created_from: Option<String>,
+    /// Created at or before.
     pub created_to: Option<String>,
 }
 
@@ -129,6 +145,7 @@ impl Store {
         Ok(Some(n))
     }
 
+    /// The flow `sid`.
     pub async fn flow(&self, sid: &str) -> Result<Option<FlowRecord>, StoreError> {
         let row = sqlx::query("SELECT sid, friendly_name, status, revision, date_created, date_updated FROM flows WHERE sid = $1")
             .bind(sid)
@@ -175,6 +192,7 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// One revision of a flow.
     pub async fn revision(
         &self,
         flow_sid: &str,
@@ -246,6 +264,7 @@ impl Store {
         rows.iter().map(revision_from).collect()
     }
 
+    /// A flow's test users (addresses), sorted.
     pub async fn test_users(&self, flow_sid: &str) -> Result<Vec<String>, StoreError> {
         let rows =
             sqlx::query("SELECT address FROM test_users WHERE flow_sid = $1 ORDER BY address")
@@ -276,6 +295,7 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `address` is one of the flow's test users.
     pub async fn is_test_user(&self, flow_sid: &str, address: &str) -> Result<bool, StoreError> {
         let row =
             sqlx::query("SELECT COUNT(*) FROM test_users WHERE flow_sid = $1 AND address = $2")
@@ -365,6 +385,7 @@ impl Store {
         rows.iter().map(step_from).collect()
     }
 
+    /// The step `sid`.
     pub async fn step(&self, sid: &str) -> Result<Option<StepRecord>, StoreError> {
         let row = sqlx::query("SELECT sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created FROM steps WHERE sid = $1")
             .bind(sid)
@@ -398,121 +419,4 @@ async fn insert_revision(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{new_sid, now_rfc3339};
-    use super::*;
-
-    fn rev(sid: &str, status: &str) -> RevisionRecord {
-        RevisionRecord {
-            flow_sid: sid.into(),
-            revision: 0,
-            friendly_name: "f".into(),
-            definition: "{}".into(),
-            status: status.into(),
-            commit_message: None,
-            valid: true,
-            errors: serde_json::json!([]),
-            warnings: serde_json::json!([]),
-            date_created: now_rfc3339(),
-            date_updated: now_rfc3339(),
-        }
-    }
-
-    #[tokio::test]
-    async fn flows_revisions_test_users_and_execution_listing() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let store = Store::open(&url).await.unwrap();
-        let sid = new_sid("FW");
-        store.create_flow(&rev(&sid, "draft")).await.unwrap();
-        assert_eq!(
-            store.add_revision(&rev(&sid, "published")).await.unwrap(),
-            Some(2)
-        );
-        assert_eq!(
-            store.add_revision(&rev(&sid, "draft")).await.unwrap(),
-            Some(3)
-        );
-        assert_eq!(
-            store.add_revision(&rev("FWnope", "draft")).await.unwrap(),
-            None
-        );
-        let f = store.flow(&sid).await.unwrap().unwrap();
-        assert_eq!((f.revision, f.status.as_str()), (3, "draft"));
-        let p = store.latest_revision(&sid, true).await.unwrap().unwrap();
-        assert_eq!(p.revision, 2);
-        let revs = store.revisions(&sid, 0, 2).await.unwrap();
-        assert_eq!(revs.iter().map(|r| r.revision).collect::<Vec<_>>(), [3, 2]);
-
-        store
-            .set_test_users(&sid, &["+1".into(), "+2".into(), "+1".into()])
-            .await
-            .unwrap();
-        assert_eq!(store.test_users(&sid).await.unwrap(), ["+1", "+2"]);
-        assert!(store.is_test_user(&sid, "+2").await.unwrap());
-        assert!(!store.is_test_user(&sid, "+3").await.unwrap());
-
-        for (i, day) in ["2026-01-01", "2026-01-02", "2026-01-03"]
-            .iter()
-            .enumerate()
-        {
-            let e = ExecutionRecord {
-                sid: format!("FN{i}"),
-                flow_sid: sid.clone(),
-                contact: "+1".into(),
-                status: "active".into(),
-                context: serde_json::json!({}),
-                state: serde_json::json!({}),
-                active_key: Some(format!("k{i}")),
-                wait_until: None,
-                date_created: format!("{day}T00:00:00.000Z"),
-                date_updated: format!("{day}T00:00:00.000Z"),
-            };
-            store.create_execution(&e).await.unwrap();
-        }
-        let all = store
-            .list_executions(&sid, &ExecutionFilter::default(), 0, 10)
-            .await
-            .unwrap();
-        assert_eq!(
-            all.iter().map(|e| e.sid.as_str()).collect::<Vec<_>>(),
-            ["FN2", "FN1", "FN0"]
-        );
-        let f = ExecutionFilter {
-            created_from: Some("2026-01-02T00:00:00.000Z".into()),
-            created_to: Some("2026-01-02T23:59:59.999Z".into()),
-        };
-        let mid = store.list_executions(&sid, &f, 0, 10).await.unwrap();
-        assert_eq!(mid.len(), 1);
-        assert_eq!(mid[0].sid, "FN1");
-
-        assert!(store
-            .end_execution("FN1", &serde_json::json!({}), &now_rfc3339())
-            .await
-            .unwrap());
-        assert!(!store
-            .end_execution("FN1", &serde_json::json!({}), &now_rfc3339())
-            .await
-            .unwrap());
-        let e = store.execution("FN1").await.unwrap().unwrap();
-        assert_eq!((e.status.as_str(), e.active_key.clone()), ("ended", None));
-        // A runner still driving it cannot make it active again.
-        let mut back = e.clone();
-        back.status = "active".into();
-        back.active_key = Some("k1".into());
-        store.record_progress(&back, &[]).await.unwrap();
-        assert_eq!(
-            store.execution("FN1").await.unwrap().unwrap().status,
-            "ended"
-        );
-
-        assert!(store.delete_execution("FN0").await.unwrap());
-        assert!(store.execution("FN0").await.unwrap().is_none());
-        assert!(store.delete_flow(&sid).await.unwrap());
-        assert!(store.flow(&sid).await.unwrap().is_none());
-        assert!(store.test_users(&sid).await.unwrap().is_empty());
-    }
 }

@@ -20,7 +20,7 @@ macro_rules! revision_columns {
 
 mod catalog;
 mod disk;
-pub mod retention;
+mod retention;
 
 pub use catalog::{ExecutionFilter, FlowRecord, RevisionRecord};
 pub use retention::Swept;
@@ -31,52 +31,85 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+/// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A progress write (execution state and steps) was not committed.
     #[error("database write failed: {0}")]
     Write(String),
+    /// The group-commit writer task is gone.
     #[error("the database writer has stopped")]
     Closed,
+    /// The database could not be opened.
     /// `reason` is the driver's message with the URL's secrets scrubbed from it.
     #[error("database {url}: {reason}")]
-    Open { url: String, reason: String },
+    Open {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A statement failed.
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// Another active execution holds the session key (the key).
     #[error("an active execution already exists for {0}")]
     ActiveExists(String),
+    /// A stored JSON column does not parse.
     #[error("stored JSON is corrupt: {0}")]
     Json(#[from] serde_json::Error),
 }
 
+/// One execution as stored (the `executions` table).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutionRecord {
+    /// Execution SID (`FN…`).
     pub sid: String,
+    /// Flow SID (`FW…`).
     pub flow_sid: String,
+    /// The contact's address (caller, message sender, REST `To`).
     pub contact: String,
+    /// `active` or `ended`.
     pub status: String,
+    /// The Studio execution context.
     pub context: Value,
     /// The engine's serialized execution state (where it waits, counters).
     pub state: Value,
+    /// The session key, unique among active executions (None once ended, and for executions
+    /// that hold no session, such as subflows).
     pub active_key: Option<String>,
     /// When a waiting execution times out (RFC 3339); None unless it waits for a reply.
     pub wait_until: Option<String>,
+    /// Creation time (RFC 3339 UTC).
     pub date_created: String,
+    /// Last update (RFC 3339 UTC).
     pub date_updated: String,
 }
 
+/// One step of an execution as stored (the `steps` table): a widget that finished.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord {
+    /// Step SID (`FT…`).
     pub sid: String,
+    /// The execution it belongs to.
     pub execution_sid: String,
+    /// The widget that finished.
     pub name: String,
+    /// The widget the transition leaves.
     pub transitioned_from: String,
+    /// The next widget, or `Ended` when the execution ended there.
     pub transitioned_to: String,
+    /// The event the widget took.
     pub event: String,
+    /// The execution context after the step.
     pub context: Value,
+    /// Why the widget failed, when it did.
     pub error: Option<String>,
+    /// When the step was taken (RFC 3339 UTC).
     pub date_created: String,
 }
 
+/// The store: a connection pool and the group-commit writer. Cheap to clone (one per task).
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -94,6 +127,7 @@ pub struct Store {
 /// Whether the store can keep what a new call or execution decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
+    /// Writes succeed.
     Available,
     /// The database refused the latest write or probe (stopped, unreachable, unwritable, full).
     DatabaseUnavailable,
@@ -124,7 +158,9 @@ impl Health {
 /// The free-space floor the health probe keeps for the data directory.
 #[derive(Debug, Clone)]
 pub struct DiskFloor {
+    /// The data directory.
     pub dir: std::path::PathBuf,
+    /// Free bytes below which the store reports [`Health::DiskLow`].
     pub min_free_bytes: u64,
 }
 
@@ -241,6 +277,7 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (flow_sid, address))",
 ];
 
+/// Now, as the store writes times: RFC 3339 UTC with milliseconds (they compare as text).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -251,6 +288,8 @@ pub fn new_sid(prefix: &str) -> String {
 }
 
 impl Store {
+    /// Open (and create, or bring up to date, the schema of) the database at `url`:
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/db`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
@@ -350,6 +389,7 @@ impl Store {
         self.health() == Health::Available
     }
 
+    /// Whether the store takes writes, and if not why.
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -511,6 +551,7 @@ impl Store {
         )
     }
 
+    /// Insert a new execution; [`StoreError::ActiveExists`] when its session key is held.
     pub async fn create_execution(&self, e: &ExecutionRecord) -> Result<(), StoreError> {
         let r = sqlx::query(
             "INSERT INTO executions (sid, flow_sid, contact, status, context, state, active_key, wait_until, date_created, date_updated, node)
@@ -541,7 +582,6 @@ impl Store {
         }
     }
 
-    /// Save the execution's state and append the steps it took, in one transaction.
     /// Save the execution's state and append the steps it took, in one transaction (shared with
     /// other executions' progress queued at the same moment); returns once committed.
     pub async fn record_progress(
@@ -596,6 +636,7 @@ impl Store {
         }
     }
 
+    /// The execution `sid`.
     pub async fn execution(&self, sid: &str) -> Result<Option<ExecutionRecord>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -649,6 +690,7 @@ impl Store {
         Ok(row.try_get::<Option<String>, _>(0)?)
     }
 
+    /// Every execution of a flow, oldest first.
     pub async fn executions_for_flow(
         &self,
         flow_sid: &str,
@@ -664,6 +706,7 @@ impl Store {
         rows.iter().map(execution_from).collect()
     }
 
+    /// Every step of an execution, in the order taken.
     pub async fn steps(&self, execution_sid: &str) -> Result<Vec<StepRecord>, StoreError> {
         let rows = sqlx::query("SELECT sid, execution_sid, name, transitioned_from, transitioned_to, event, context, error, date_created FROM steps WHERE execution_sid = $1 ORDER BY seq")
             .bind(execution_sid)
@@ -703,7 +746,7 @@ fn execution_from(r: &AnyRow) -> Result<ExecutionRecord, StoreError> {
 }
 
 /// A database URL without its password, for error messages and logs.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     crate::redact::url(url)
 }
 
@@ -827,88 +870,6 @@ async fn commit(pool: &AnyPool, all: &[&Progress]) -> Result<(), sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn exec(sid: &str, key: Option<&str>) -> ExecutionRecord {
-        ExecutionRecord {
-            sid: sid.into(),
-            flow_sid: "FW1".into(),
-            contact: "+1555".into(),
-            status: "active".into(),
-            context: serde_json::json!({"flow": {"variables": {}}}),
-            state: serde_json::json!({"current": "a"}),
-            active_key: key.map(str::to_string),
-            wait_until: None,
-            date_created: now_rfc3339(),
-            date_updated: now_rfc3339(),
-        }
-    }
-
-    #[tokio::test]
-    async fn executions_steps_and_the_active_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-        let store = Store::open(&url).await.unwrap();
-        store
-            .create_execution(&exec("FN1", Some("FW1|+1555")))
-            .await
-            .unwrap();
-        let dup = store
-            .create_execution(&exec("FN2", Some("FW1|+1555")))
-            .await;
-        assert!(matches!(dup, Err(StoreError::ActiveExists(_))), "{dup:?}");
-
-        let mut e = exec("FN1", Some("FW1|+1555"));
-        e.status = "ended".into();
-        let step = StepRecord {
-            sid: new_sid("FT"),
-            execution_sid: "FN1".into(),
-            name: "say".into(),
-            transitioned_from: "Trigger".into(),
-            transitioned_to: "say".into(),
-            event: "incomingCall".into(),
-            context: serde_json::json!({}),
-            error: None,
-            date_created: now_rfc3339(),
-        };
-        store
-            .record_progress(
-                &e,
-                &[
-                    step.clone(),
-                    StepRecord {
-                        sid: new_sid("FT"),
-                        ..step.clone()
-                    },
-                ],
-            )
-            .await
-            .unwrap();
-        let got = store.execution("FN1").await.unwrap().unwrap();
-        assert_eq!(got.status, "ended");
-        assert_eq!(got.active_key, None, "ending frees the session key");
-        assert_eq!(store.steps("FN1").await.unwrap().len(), 2);
-        // A wait is claimed once: the second claimant (a racing reply or timeout) loses.
-        let mut w = exec("FN9", Some("FW1|+1999"));
-        w.wait_until = Some("2026-01-01T00:00:00.000Z".into());
-        w.flow_sid = "FW9".into();
-        store.create_execution(&w).await.unwrap();
-        assert!(store
-            .claim_wait("FN9", "2026-01-01T00:00:00.000Z")
-            .await
-            .unwrap());
-        assert!(!store
-            .claim_wait("FN9", "2026-01-01T00:00:00.000Z")
-            .await
-            .unwrap());
-        // The key is free again once the first execution ended.
-        store
-            .create_execution(&exec("FN3", Some("FW1|+1555")))
-            .await
-            .unwrap();
-        drop(store);
-        let reopened = Store::open(&url).await.unwrap();
-        assert_eq!(reopened.executions_for_flow("FW1").await.unwrap().len(), 2);
-    }
 
     #[test]
     fn redacts_passwords() {

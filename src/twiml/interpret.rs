@@ -55,6 +55,7 @@ impl Default for Limits {
 /// Everything a redirect needs besides the call's voice.
 #[derive(Clone, Copy)]
 pub struct RedirectEnv<'a> {
+    /// The client that fetches the documents.
     pub http: &'a reqwest::Client,
     /// `trigger.call`: CallSid, AccountSid, From, To, CallStatus, Direction, ApiVersion…; sent
     /// with every request as Twilio's voice webhook does.
@@ -64,6 +65,7 @@ pub struct RedirectEnv<'a> {
     pub flow_sid: &'a str,
     /// `(AccountSid, AuthToken)`: requests carry `X-Twilio-Signature` made with the token.
     pub auth: Option<(&'a str, &'a str)>,
+    /// Bounds of this redirect.
     pub limits: Limits,
 }
 

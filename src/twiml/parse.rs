@@ -14,7 +14,9 @@ const MAX_DEPTH: usize = 32;
 /// Where something is in a document (1-based line and column; the column counts characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
+    /// Line, from 1.
     pub line: usize,
+    /// Column in characters, from 1.
     pub column: usize,
 }
 
@@ -27,40 +29,87 @@ impl std::fmt::Display for Position {
 /// Why a document is not TwiML this interpreter can run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// The XML itself is malformed.
     #[error("malformed XML at {at}: {message}")]
-    Xml { message: String, at: Position },
+    Xml {
+        /// The XML reader's message.
+        message: String,
+        /// Where.
+        at: Position,
+    },
+    /// The document has no root element.
     #[error("not a TwiML document: it has no <Response> element")]
     NoResponse,
+    /// The root element is not `<Response>`.
     #[error("not a TwiML document: the root element is <{found}> at {at}, expected <Response>")]
-    NotResponse { found: String, at: Position },
+    NotResponse {
+        /// The root element's name.
+        found: String,
+        /// Where.
+        at: Position,
+    },
+    /// An element that is not a TwiML voice verb.
     #[error("unknown TwiML verb <{verb}> at {at}")]
-    UnknownVerb { verb: String, at: Position },
+    UnknownVerb {
+        /// The element's name.
+        verb: String,
+        /// Where.
+        at: Position,
+    },
+    /// A TwiML verb this interpreter does not run (`<Dial>`, `<Connect>`, ...).
     #[error("TwiML verb <{verb}> at {at} is not supported by Switchboard (supported: Say, Play, Pause, Gather, Record, Redirect, Hangup, Reject)")]
-    UnsupportedVerb { verb: String, at: Position },
+    UnsupportedVerb {
+        /// The verb.
+        verb: String,
+        /// Where.
+        at: Position,
+    },
+    /// A verb nested where it may not be (e.g. `<Record>` inside `<Gather>`).
     #[error("<{parent}> cannot contain <{child}> (at {at})")]
     BadNesting {
+        /// The enclosing element.
         parent: String,
+        /// The element it may not contain.
         child: String,
+        /// Where the child is.
         at: Position,
     },
+    /// An attribute value out of its range or of the wrong kind.
     #[error("<{verb}> at {at}: attribute {attribute}=\"{value}\" is invalid: expected {expected}")]
     InvalidAttribute {
+        /// The verb.
         verb: String,
+        /// The attribute's name.
         attribute: String,
+        /// Its value.
         value: String,
+        /// What it should be.
         expected: &'static str,
+        /// Where the verb is.
         at: Position,
     },
+    /// `<Redirect>` without a URL.
     #[error("<Redirect> at {at} has no URL")]
-    MissingUrl { at: Position },
+    MissingUrl {
+        /// Where.
+        at: Position,
+    },
+    /// More elements open at once than the limit.
     #[error("document nests elements deeper than {limit} levels (at {at})")]
-    TooDeep { limit: usize, at: Position },
+    TooDeep {
+        /// The limit.
+        limit: usize,
+        /// Where it was passed.
+        at: Position,
+    },
 }
 
 /// `GET` or `POST` (TwiML's `method` attributes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
+    /// `GET`.
     Get,
+    /// `POST` (TwiML's default).
     #[default]
     Post,
 }
@@ -75,6 +124,7 @@ impl Method {
         }
     }
 
+    /// `GET` or `POST`.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
@@ -86,8 +136,11 @@ impl Method {
 /// `<Say voice language loop>text</Say>` (SSML tags inside are reduced to their text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Say {
+    /// The text to speak.
     pub text: String,
+    /// `voice`.
     pub voice: Option<String>,
+    /// `language`.
     pub language: Option<String>,
     /// Default 1; 0 repeats until the caller hangs up (capped by the voice channel).
     pub loop_count: u32,
@@ -98,21 +151,27 @@ pub struct Say {
 pub struct Play {
     /// Absolute or relative to the document's URL; None when the verb only sends `digits`.
     pub url: Option<String>,
+    /// `digits`: DTMF tones to send (`w` pauses half a second).
     pub digits: Option<String>,
+    /// `loop` (default 1; 0 repeats until the caller hangs up).
     pub loop_count: u32,
 }
 
 /// `<Pause length>` (seconds, default 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pause {
+    /// `length` in seconds.
     pub length_secs: u32,
 }
 
 /// What `<Gather>` may nest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GatherPrompt {
+    /// A nested `<Say>`.
     Say(Say),
+    /// A nested `<Play>`.
     Play(Play),
+    /// A nested `<Pause>`.
     Pause(Pause),
 }
 
@@ -121,10 +180,13 @@ pub enum GatherPrompt {
 pub struct GatherVerb {
     /// Requested with the result; None means the current document's URL.
     pub action: Option<String>,
+    /// How `action` is requested.
     pub method: Method,
     /// `input`: `dtmf` (default), `speech`, or `dtmf speech`.
     pub dtmf: bool,
+    /// `input` includes `speech`.
     pub speech: bool,
+    /// `numDigits`: stop after this many digits.
     pub num_digits: Option<u32>,
     /// Default `#`; empty disables it.
     pub finish_on_key: String,
@@ -132,18 +194,26 @@ pub struct GatherVerb {
     pub timeout_secs: u32,
     /// Request `action` even when nothing was entered (default false: go on to the next verb).
     pub action_on_empty_result: bool,
+    /// `language` of the speech to recognise.
     pub language: Option<String>,
+    /// `hints`: words and phrases to expect.
     pub hints: Option<String>,
+    /// `speechTimeout`: seconds, or `auto`.
     pub speech_timeout: Option<String>,
+    /// `speechModel`.
     pub speech_model: Option<String>,
+    /// `profanityFilter` (default true).
     pub profanity_filter: bool,
+    /// The nested `<Say>`, `<Play>` and `<Pause>`, in order.
     pub prompts: Vec<GatherPrompt>,
 }
 
 /// `<Record>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordVerb {
+    /// Requested with the recording; None means the current document's URL.
     pub action: Option<String>,
+    /// How `action` is requested.
     pub method: Method,
     /// Seconds of silence that end the recording (default 5).
     pub timeout_secs: u32,
@@ -155,29 +225,45 @@ pub struct RecordVerb {
     pub play_beep: bool,
     /// `trim`: `trim-silence` (default) or `do-not-trim`.
     pub trim_silence: bool,
+    /// `transcribe` (default false).
     pub transcribe: bool,
+    /// `transcribeCallback`.
     pub transcribe_callback: Option<String>,
+    /// `recordingStatusCallback`.
     pub recording_status_callback: Option<String>,
 }
 
 /// `<Redirect method>url</Redirect>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectVerb {
+    /// Where to go, absolute or relative to the document's URL.
     pub url: String,
+    /// How it is requested.
     pub method: Method,
 }
 
 /// One TwiML verb.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verb {
+    /// `<Say>`.
     Say(Say),
+    /// `<Play>`.
     Play(Play),
+    /// `<Pause>`.
     Pause(Pause),
+    /// `<Gather>`.
     Gather(GatherVerb),
+    /// `<Record>`.
     Record(RecordVerb),
+    /// `<Redirect>`.
     Redirect(RedirectVerb),
+    /// `<Hangup>`.
     Hangup,
-    Reject { reason: Option<String> },
+    /// `<Reject>`.
+    Reject {
+        /// `reason` (`rejected` or `busy` in TwiML).
+        reason: Option<String>,
+    },
 }
 
 /// Twilio voice verbs this interpreter knows of but does not run.

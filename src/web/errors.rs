@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::store::StoreError;
 
+/// An HTTP error answer, with Twilio's status code, error code and JSON body.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Missing or wrong credentials.
@@ -19,19 +20,24 @@ pub enum ApiError {
     /// A parameter is missing or wrong.
     #[error("{message}")]
     BadRequest {
+        /// What is wrong.
         message: String,
+        /// Twilio's `details` object (e.g. each validation error).
         details: Option<Value>,
     },
     /// The contact already has an active execution of this flow.
     #[error("Execution {0} is already active for this contact. End the active Execution before creating a new one.")]
     ActiveExecution(String),
+    /// The store failed (500).
     #[error("internal error: {0}")]
     Store(#[from] StoreError),
+    /// Anything else that is our fault (500).
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// A 400 with `message` and no details.
     pub fn bad(message: impl Into<String>) -> ApiError {
         ApiError::BadRequest {
             message: message.into(),
@@ -39,6 +45,7 @@ impl ApiError {
         }
     }
 
+    /// A 400 for a missing required parameter, in Twilio's words.
     pub fn missing(param: &str) -> ApiError {
         ApiError::bad(format!(
             "Missing required parameter {param} in the post body"

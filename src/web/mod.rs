@@ -2,7 +2,7 @@
 //! parameters, Twilio-shaped error bodies, `X-Twilio-Signature`, and the HTTP client's crypto
 //! set-up. Nothing here knows a route or a flow.
 
-pub mod errors;
+pub(crate) mod errors;
 pub mod params;
 pub mod signature;
 
@@ -10,7 +10,7 @@ pub use errors::ApiError;
 
 /// Secrets are compared in constant time (the function lives with the other secret handling,
 /// where SIP digest can use it too).
-pub use crate::redact::constant_time_eq;
+pub(crate) use crate::redact::constant_time_eq;
 
 /// A plain client with the crypto provider installed (tests and tools that need no settings).
 pub fn plain_client() -> reqwest::Client {
@@ -18,6 +18,7 @@ pub fn plain_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Install rustls's ring provider as the process default (before any TLS client is built).
 pub fn install_crypto_provider() {
     // One crypto stack (ring); a second install attempt is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -10,7 +10,7 @@ use super::errors::ApiError;
 
 /// Name/value pairs in request order (a name may repeat).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Params(pub Vec<(String, String)>);
+pub(crate) struct Params(pub Vec<(String, String)>);
 
 impl Params {
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -1,22 +1,28 @@
 //! `kind = "sip"`: SIP MESSAGE (RFC 3428) to a trunk — the flow's `to` becomes the user part
 //! of the request URI on the trunk's host. The server builds [`SipMessageSink`] with the SIP
-//! endpoint's handle and passes it to [`super::Providers::from_config_with`]; without one (the
-//! chat CLI) [`unavailable`] fails every send with a clear reason so send-message takes `failed`.
+//! endpoint's handle and passes it to [`super::Providers::from_config_with`]. Without one,
+//! `unavailable` (kept for the unit tests: the server always has the endpoint) fails every send
+//! with a clear reason so send-message takes `failed`.
 
+#[cfg(test)]
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+#[cfg(test)]
 use super::ProviderError;
+#[cfg(test)]
 use crate::config::ProviderConfig;
 use crate::flow::Message;
 use crate::messaging::{MessageSink, SendFuture};
 
 /// The provider used for `kind = "sip"` while no SIP MESSAGE provider is plugged in.
+#[cfg(test)]
 pub struct Unavailable {
     name: String,
 }
 
+#[cfg(test)]
 impl MessageSink for Unavailable {
     fn send<'a>(&'a self, _msg: &'a Message) -> SendFuture<'a> {
         Box::pin(async move {
@@ -29,6 +35,7 @@ impl MessageSink for Unavailable {
 }
 
 /// The default factory for `kind = "sip"`.
+#[cfg(test)]
 pub fn unavailable(p: &ProviderConfig) -> Result<Arc<dyn MessageSink>, ProviderError> {
     tracing::warn!(provider = %p.name, "SIP MESSAGE provider not available yet: its messages will fail");
     Ok(Arc::new(Unavailable {

@@ -30,44 +30,53 @@ pub mod pdu {
 
     use bytes::{Buf, BufMut, BytesMut};
 
-    pub const BIND_TRANSCEIVER: u32 = 0x0000_0009;
-    pub const SUBMIT_SM: u32 = 0x0000_0004;
-    pub const DELIVER_SM: u32 = 0x0000_0005;
-    pub const UNBIND: u32 = 0x0000_0006;
-    pub const ENQUIRE_LINK: u32 = 0x0000_0015;
-    pub const GENERIC_NACK: u32 = 0x8000_0000;
-    pub const RESPONSE: u32 = 0x8000_0000;
+    pub(crate) const BIND_TRANSCEIVER: u32 = 0x0000_0009;
+    pub(crate) const SUBMIT_SM: u32 = 0x0000_0004;
+    pub(crate) const DELIVER_SM: u32 = 0x0000_0005;
+    pub(crate) const UNBIND: u32 = 0x0000_0006;
+    pub(crate) const ENQUIRE_LINK: u32 = 0x0000_0015;
+    pub(crate) const GENERIC_NACK: u32 = 0x8000_0000;
+    pub(crate) const RESPONSE: u32 = 0x8000_0000;
 
-    pub const ESME_ROK: u32 = 0x00;
-    pub const ESME_RINVCMDID: u32 = 0x03;
-    pub const ESME_RX_T_APPN: u32 = 0x64;
-    pub const ESME_RX_P_APPN: u32 = 0x65;
+    pub(crate) const ESME_ROK: u32 = 0x00;
+    pub(crate) const ESME_RINVCMDID: u32 = 0x03;
+    pub(crate) const ESME_RX_T_APPN: u32 = 0x64;
+    pub(crate) const ESME_RX_P_APPN: u32 = 0x65;
 
     /// TLV tags.
-    pub const MESSAGE_PAYLOAD: u16 = 0x0424;
-    pub const RECEIPTED_MESSAGE_ID: u16 = 0x001E;
-    pub const MESSAGE_STATE: u16 = 0x0427;
+    pub(crate) const MESSAGE_PAYLOAD: u16 = 0x0424;
+    pub(crate) const RECEIPTED_MESSAGE_ID: u16 = 0x001E;
+    pub(crate) const MESSAGE_STATE: u16 = 0x0427;
 
     /// PDUs larger than this are refused (SMPP bodies are small; this bounds memory).
     pub const MAX_PDU: usize = 64 * 1024;
 
+    /// Why bytes are not an SMPP PDU.
     #[derive(Debug, thiserror::Error, PartialEq, Eq)]
     pub enum PduError {
+        /// The length field is below 16 or above [`MAX_PDU`] (the length).
         #[error("PDU length {0} out of range")]
         Length(usize),
+        /// The body ends inside a field (the field).
         #[error("PDU body truncated in {0}")]
         Truncated(&'static str),
     }
 
+    /// One SMPP PDU: the 16-byte header's fields and the body.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Pdu {
+        /// `command_id` (the high bit marks a response).
         pub command_id: u32,
+        /// `command_status` (0: OK).
         pub status: u32,
+        /// `sequence_number`, which pairs a response with its request.
         pub seq: u32,
+        /// The body after the header.
         pub body: Vec<u8>,
     }
 
     impl Pdu {
+        /// A request PDU (status 0).
         pub fn new(command_id: u32, seq: u32, body: Vec<u8>) -> Pdu {
             Pdu {
                 command_id,
@@ -77,6 +86,7 @@ pub mod pdu {
             }
         }
 
+        /// The response to this PDU.
         pub fn response(&self, status: u32, body: Vec<u8>) -> Pdu {
             Pdu {
                 command_id: self.command_id | RESPONSE,
@@ -86,6 +96,7 @@ pub mod pdu {
             }
         }
 
+        /// The PDU on the wire (length, header, body).
         pub fn encode(&self) -> Vec<u8> {
             let mut out = Vec::with_capacity(16 + self.body.len());
             out.put_u32((16 + self.body.len()) as u32);
@@ -122,7 +133,7 @@ pub mod pdu {
         }))
     }
 
-    pub fn put_cstr(out: &mut Vec<u8>, s: &str, max: usize) {
+    pub(crate) fn put_cstr(out: &mut Vec<u8>, s: &str, max: usize) {
         // A C-octet string holds no NUL and at most max-1 octets.
         let bytes: Vec<u8> = s
             .bytes()
@@ -134,7 +145,7 @@ pub mod pdu {
     }
 
     /// Reads a body field by field.
-    pub struct Reader<'a> {
+    pub(crate) struct Reader<'a> {
         buf: &'a [u8],
     }
 
@@ -182,7 +193,7 @@ pub mod pdu {
         }
     }
 
-    pub struct Bind<'a> {
+    pub(crate) struct Bind<'a> {
         pub system_id: &'a str,
         pub password: &'a str,
         pub system_type: &'a str,
@@ -190,7 +201,7 @@ pub mod pdu {
         pub npi: u8,
     }
 
-    pub fn bind_body(b: &Bind<'_>) -> Vec<u8> {
+    pub(crate) fn bind_body(b: &Bind<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         put_cstr(&mut out, b.system_id, 16);
         put_cstr(&mut out, b.password, 9);
@@ -205,21 +216,33 @@ pub mod pdu {
     /// The body shared by submit_sm and deliver_sm (the fields this provider uses).
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
     pub struct ShortMessage {
+        /// `source_addr_ton`.
         pub source_ton: u8,
+        /// `source_addr_npi`.
         pub source_npi: u8,
+        /// `source_addr`.
         pub source: String,
+        /// `dest_addr_ton`.
         pub dest_ton: u8,
+        /// `dest_addr_npi`.
         pub dest_npi: u8,
+        /// `destination_addr`.
         pub dest: String,
+        /// `esm_class` (a delivery receipt has bit 2 set).
         pub esm_class: u8,
+        /// `registered_delivery` (1: ask for a delivery receipt).
         pub registered_delivery: u8,
+        /// `data_coding` (see [`super::text`]).
         pub data_coding: u8,
         /// The message octets (from short_message, or the message_payload TLV).
         pub payload: Vec<u8>,
+        /// The `receipted_message_id` TLV of a delivery receipt.
         pub receipted_message_id: Option<String>,
+        /// The `message_state` TLV of a delivery receipt.
         pub message_state: Option<u8>,
     }
 
+    /// The body of a submit_sm or deliver_sm carrying `m` (long text in message_payload).
     pub fn short_message_body(m: &ShortMessage) -> Vec<u8> {
         let mut out = Vec::new();
         put_cstr(&mut out, "", 6); // service_type
@@ -252,6 +275,7 @@ pub mod pdu {
         out
     }
 
+    /// Read a submit_sm or deliver_sm body.
     pub fn parse_short_message(body: &[u8]) -> Result<ShortMessage, PduError> {
         let mut r = Reader::new(body);
         r.cstr("service_type")?;
@@ -374,6 +398,7 @@ pub mod text {
         }
     }
 
+    /// The text of `octets` in `data_coding` (GSM 03.38, Latin-1 or UCS-2).
     pub fn decode(data_coding: u8, octets: &[u8]) -> String {
         match data_coding & 0x0F {
             0x00 | 0x01 => {
@@ -454,7 +479,7 @@ struct Settings {
 }
 
 /// The SMPP provider: a handle to its session task.
-pub struct SmppProvider {
+pub(crate) struct SmppProvider {
     name: String,
     addressing: Addressing,
     tx: mpsc::Sender<Submit>,
