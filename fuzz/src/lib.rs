@@ -119,7 +119,8 @@ fn sip_peer(choice: u8) -> Peer {
 /// a response to our MESSAGE or BYE could not be written otherwise), `$CALLID$` its Call-ID.
 /// An input that starts with `trust:` configures a trunk (127.0.0.2) and a user (alice/
 /// wonderland), so INVITEs and REGISTERs are challenged and credentials checked, and starts a
-/// registration with a registrar at 127.0.0.1:5070 (answer it with `$CALLID$`/`$BRANCH$`).
+/// registration with a registrar at 127.0.0.1:5070 (answer it with `$CALLID$`/`$BRANCH$`) and
+/// an outbound call `fuzz-out` to the same address.
 pub fn sip_core(data: &[u8]) {
     let (trusting, data) = match data.strip_prefix(b"trust:") {
         Some(rest) => (true, rest),
@@ -186,6 +187,24 @@ pub fn sip_core(data: &[u8]) {
                     username: "acct".into(),
                     password: "secret".into(),
                     expires: 600,
+                }),
+                local: local_addr,
+            },
+        );
+        drain(&mut core, now, 0, &mut calls, &mut sent);
+        // And an outbound call (Call-ID `fuzz-out`) with credentials for the trunk's challenges.
+        core.handle_command(
+            now,
+            Command::Dial {
+                spec: Box::new(switchboard::sip::dial::DialSpec {
+                    call_id: "fuzz-out".into(),
+                    peer: sip_peer(0),
+                    request_uri: "sip:+15551234@127.0.0.1:5070".into(),
+                    from_user: "+15550100".into(),
+                    sdp: "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 20000 RTP/AVP 0\r\n".into(),
+                    credentials: Some(("acct".into(), "secret".into())),
+                    ring_timeout: Duration::from_secs(20),
+                    redirect_hosts: vec!["127.0.0.1:5090".into()],
                 }),
                 local: local_addr,
             },

@@ -106,6 +106,8 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
             | Event::Registered { .. }
             | Event::TrunkRegistration { .. }
             | Event::TrunkReachability { .. } => {}
+            // Outbound calls come with the second leg; nothing places them yet.
+            Event::DialProgress { .. } | Event::DialAnswered { .. } | Event::DialFailed { .. } => {}
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::acl::{Acl, AclError};
 use super::defence::{Ban, Defence, DefenceConfig, Verdict};
+use super::dial::{Dial, DialEvent, DialSpec};
 use super::keepalive::{Keepalive, KeepaliveSpec, Reachability};
 use super::message::{
     self, has_param, param, uri_of, user_of, MessageError, Request, Response, Salvage, SipMessage,
@@ -293,6 +294,32 @@ pub enum Event {
         /// Where the registration stands now.
         state: RegistrationState,
     },
+    /// Our outbound call got a provisional answer (ringing, early media).
+    DialProgress {
+        /// The call's Call-ID.
+        call_id: String,
+        /// 180, 183...
+        status: u16,
+        /// The far end's early media session, when it sent one.
+        early_sdp: Option<String>,
+    },
+    /// Our outbound call was answered: it is a dialog like any other from here (BYE by
+    /// [`Command::Hangup`], the far end's BYE as [`Event::Bye`]).
+    DialAnswered {
+        /// The call's Call-ID.
+        call_id: String,
+        /// The far end's SDP answer.
+        sdp: String,
+    },
+    /// Our outbound call ended without an answer.
+    DialFailed {
+        /// The call's Call-ID.
+        call_id: String,
+        /// The far end's final status (408: no answer at all, 487: we cancelled).
+        status: u16,
+        /// Its reason phrase, or ours.
+        reason: String,
+    },
     /// A trunk started or stopped answering our OPTIONS keep-alives.
     TrunkReachability {
         /// The trunk's name.
@@ -368,6 +395,14 @@ pub enum Command {
     },
     /// Shutdown: remove every registration we hold (Expires: 0).
     UnregisterAll,
+    /// Place a call: INVITE `spec.request_uri` at `spec.peer` from our `local` address
+    /// (filled in by the driver). [`Command::Hangup`] with its Call-ID cancels it.
+    Dial {
+        /// Whom, through which trunk, with which offer and credentials.
+        spec: Box<DialSpec>,
+        /// Our address as the trunk sees it.
+        local: SocketAddr,
+    },
     /// Send OPTIONS keep-alives to a trunk, from our `local` address (filled in by the driver).
     Keepalive {
         /// The trunk, where and how often.
@@ -488,6 +523,10 @@ enum TimerKind {
     SessionRefresh,
     /// A keep-alive's own timers (keyed by its Call-ID).
     Keepalive,
+    /// An outbound call's INVITE timers (A, B, ring time, CANCEL).
+    Dial,
+    /// Forget a finished outbound INVITE (kept 64·T1 to acknowledge retransmitted answers).
+    DialForget,
     /// Resend our refresh, or give up on it.
     RefreshRetransmit,
 }
@@ -514,6 +553,8 @@ pub struct SipCore {
     registrations: HashMap<String, Registration>,
     /// Our OPTIONS keep-alives to trunks, by Call-ID.
     keepalives: HashMap<String, Keepalive>,
+    /// Our outbound INVITEs, by Call-ID.
+    dials: HashMap<String, Dial>,
     out: VecDeque<Output>,
 }
 
@@ -563,6 +604,7 @@ impl SipCore {
             registrar: Registrar::default(),
             registrations: HashMap::new(),
             keepalives: HashMap::new(),
+            dials: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -602,6 +644,91 @@ impl SipCore {
         if let Some(at) = next {
             self.schedule(at, call_id, TimerKind::Registration);
         }
+    }
+
+    /// An outbound call's output: what to send, what happened, its next timer.
+    fn dial_step(
+        &mut self,
+        now: Instant,
+        call_id: &str,
+        send: Vec<Vec<u8>>,
+        ev: Option<DialEvent>,
+    ) {
+        let Some(d) = self.dials.get(call_id) else {
+            return;
+        };
+        let (peer, local, next, cancelled) = (d.peer(), d.local(), d.next_timer(), d.cancelled());
+        for data in send {
+            self.send(peer, data);
+        }
+        if let Some(at) = next {
+            self.schedule(at, call_id, TimerKind::Dial);
+        }
+        let Some(ev) = ev else {
+            return;
+        };
+        let event = match ev {
+            DialEvent::Progress { status, early_sdp } => Event::DialProgress {
+                call_id: call_id.to_string(),
+                status,
+                early_sdp,
+            },
+            DialEvent::Answered(a) => {
+                self.schedule(now + TIMER_64T1, call_id, TimerKind::DialForget);
+                self.dialogs.insert(
+                    call_id.to_string(),
+                    Dialog {
+                        peer,
+                        local,
+                        state: State::Confirmed,
+                        // As the far end's requests will carry them: From is theirs, To ours.
+                        invite: Head {
+                            vias: Vec::new(),
+                            from: a.to.clone(),
+                            to: a.from.clone(),
+                            call_id: call_id.to_string(),
+                            cseq: 0,
+                            cseq_method: "INVITE".into(),
+                        },
+                        invite_branch: String::new(),
+                        local_tag: param(&a.from, "tag").unwrap_or_default(),
+                        remote_target: a.remote_target.clone(),
+                        route_set: a.route_set.clone(),
+                        last_response: Vec::new(),
+                        local_sdp: String::new(),
+                        retransmit_interval: T1,
+                        local_cseq: a.cseq,
+                        bye: None,
+                        bye_deadline: None,
+                        session: None,
+                        refresh: None,
+                    },
+                );
+                if cancelled {
+                    // Answered as our CANCEL crossed it: the call is up, and we end it.
+                    self.hangup(now, call_id);
+                    Event::DialFailed {
+                        call_id: call_id.to_string(),
+                        status: 487,
+                        reason: "answered after it was cancelled; hung up".into(),
+                    }
+                } else {
+                    Event::DialAnswered {
+                        call_id: call_id.to_string(),
+                        sdp: a.sdp,
+                    }
+                }
+            }
+            DialEvent::Failed { status, reason } => {
+                self.schedule(now + TIMER_64T1, call_id, TimerKind::DialForget);
+                Event::DialFailed {
+                    call_id: call_id.to_string(),
+                    status,
+                    reason,
+                }
+            }
+        };
+        self.out.push_back(Output::Event(event));
     }
 
     /// A keep-alive's output: what to send, a reachability change, and its next timer.
@@ -1392,6 +1519,13 @@ impl SipCore {
     }
 
     fn on_response(&mut self, now: Instant, resp: Response) {
+        if matches!(resp.cseq_method.as_str(), "INVITE" | "CANCEL") {
+            if let Some(d) = self.dials.get_mut(&resp.call_id).filter(|d| d.owns(&resp)) {
+                let (send, ev) = d.on_response(now, &resp);
+                self.dial_step(now, &resp.call_id, send, ev);
+                return;
+            }
+        }
         if resp.cseq_method == "OPTIONS" {
             if let Some(k) = self.keepalives.get_mut(&resp.call_id) {
                 let change = k.on_response(now, &resp);
@@ -1523,6 +1657,16 @@ impl SipCore {
                 self.registrations.insert(call_id.clone(), reg);
                 self.registration_step(&call_id, Some(first), true);
             }
+            Command::Dial { spec, local } => {
+                let call_id = spec.call_id.clone();
+                if self.dials.contains_key(&call_id) || self.dialogs.contains_key(&call_id) {
+                    return;
+                }
+                let mut d = Dial::new(*spec, local);
+                let first = d.start(now);
+                self.dials.insert(call_id.clone(), d);
+                self.dial_step(now, &call_id, vec![first], None);
+            }
             Command::Keepalive { spec, local } => {
                 let mut k = Keepalive::new(*spec, local);
                 let first = k.send(now);
@@ -1545,6 +1689,11 @@ impl SipCore {
 
     fn hangup(&mut self, now: Instant, call_id: &str) {
         let Some(d) = self.dialogs.get_mut(call_id) else {
+            // Still ringing out: cancel it.
+            if let Some(dial) = self.dials.get_mut(call_id) {
+                let send = dial.cancel(now, "hung up before the answer");
+                self.dial_step(now, call_id, send, None);
+            }
             return;
         };
         match d.state {
@@ -1633,6 +1782,19 @@ impl SipCore {
                     self.send(peer, data);
                     self.schedule(next, call_id, TimerKind::MessageRetransmit);
                 }
+                return;
+            }
+            TimerKind::Dial => {
+                if let Some(d) = self.dials.get_mut(call_id) {
+                    if d.next_timer().is_some_and(|t| t <= now) {
+                        let (send, ev) = d.on_timer(now);
+                        self.dial_step(now, call_id, send, ev);
+                    }
+                }
+                return;
+            }
+            TimerKind::DialForget => {
+                self.dials.remove(call_id);
                 return;
             }
             TimerKind::Keepalive => {
@@ -3105,5 +3267,171 @@ mod tests {
         );
         c.handle_message(t0, peer(), local(), inv.as_bytes());
         assert!(drain(&mut c).0[0].starts_with("SIP/2.0 420"));
+    }
+
+    #[test]
+    fn an_outbound_call_rings_is_answered_and_becomes_a_dialog_either_side_ends() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let spec = super::super::dial::DialSpec {
+            call_id: "out1".into(),
+            peer: peer(),
+            request_uri: "sip:+15551234@127.0.0.1:5070".into(),
+            from_user: "+15550100".into(),
+            sdp: "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 20000 RTP/AVP 0\r\n".into(),
+            credentials: None,
+            ring_timeout: Duration::from_secs(30),
+            redirect_hosts: vec![],
+        };
+        c.handle_command(
+            t0,
+            Command::Dial {
+                spec: Box::new(spec),
+                local: local(),
+            },
+        );
+        let (tx, _) = drain(&mut c);
+        let inv = tx[0].clone();
+        assert!(inv.starts_with("INVITE sip:+15551234@127.0.0.1:5070 SIP/2.0"));
+        c.handle_message(
+            t0,
+            peer(),
+            local(),
+            respond(&inv, 180)
+                .replace(
+                    "To: <sip:+15551234@127.0.0.1:5070>",
+                    "To: <sip:+15551234@127.0.0.1:5070>;tag=far",
+                )
+                .as_bytes(),
+        );
+        let (_, ev) = drain(&mut c);
+        assert_eq!(
+            ev,
+            vec![Event::DialProgress {
+                call_id: "out1".into(),
+                status: 180,
+                early_sdp: None
+            }]
+        );
+        let ok = respond(&inv, 200)
+            .replace("To: <sip:+15551234@127.0.0.1:5070>", "To: <sip:+15551234@127.0.0.1:5070>;tag=far")
+            .replace("Content-Length: 0\r\n\r\n", "Contact: <sip:far@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\n");
+        c.handle_message(t0, peer(), local(), ok.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(
+            tx[0].starts_with("ACK sip:far@127.0.0.1:5070 SIP/2.0"),
+            "{tx:?}"
+        );
+        assert_eq!(
+            ev,
+            vec![Event::DialAnswered {
+                call_id: "out1".into(),
+                sdp: "v=0\n".into()
+            }]
+        );
+        assert_eq!(c.dialog_count(), 1);
+        // We hang up: BYE from us (our From, their To with its tag), CSeq after the INVITE's.
+        c.handle_command(
+            t0,
+            Command::Hangup {
+                call_id: "out1".into(),
+            },
+        );
+        let (tx, _) = drain(&mut c);
+        let bye = &tx[0];
+        assert!(
+            bye.starts_with("BYE sip:far@127.0.0.1:5070 SIP/2.0"),
+            "{bye}"
+        );
+        assert!(
+            bye.contains("CSeq: 2 BYE")
+                && bye.contains("To: <sip:+15551234@127.0.0.1:5070>;tag=far"),
+            "{bye}"
+        );
+        assert!(
+            bye.lines()
+                .any(|l| l.starts_with("From: <sip:+15550100@127.0.0.1:5060>;tag=")),
+            "{bye}"
+        );
+        c.handle_message(t0, peer(), local(), respond(bye, 200).as_bytes());
+        let (_, ev) = drain(&mut c);
+        assert!(
+            matches!(&ev[0], Event::Ended { call_id, reason: DialogEnd::HungUp } if call_id == "out1")
+        );
+
+        // A second call that the far end hangs up, and one cancelled while ringing.
+        let spec2 = |id: &str| super::super::dial::DialSpec {
+            call_id: id.into(),
+            peer: peer(),
+            request_uri: "sip:+15551234@127.0.0.1:5070".into(),
+            from_user: "+15550100".into(),
+            sdp: "v=0\r\n".into(),
+            credentials: None,
+            ring_timeout: Duration::from_secs(30),
+            redirect_hosts: vec![],
+        };
+        c.handle_command(
+            t0,
+            Command::Dial {
+                spec: Box::new(spec2("out2")),
+                local: local(),
+            },
+        );
+        let inv = drain(&mut c).0[0].clone();
+        let ok = respond(&inv, 200)
+            .replace(
+                "To: <sip:+15551234@127.0.0.1:5070>",
+                "To: <sip:+15551234@127.0.0.1:5070>;tag=far2",
+            )
+            .replace(
+                "Content-Length: 0",
+                "Contact: <sip:far@127.0.0.1:5070>\r\nContent-Length: 0",
+            );
+        c.handle_message(t0, peer(), local(), ok.as_bytes());
+        let (tx, _) = drain(&mut c);
+        let from = tx[0]
+            .lines()
+            .find(|l| l.starts_with("From:"))
+            .unwrap()
+            .trim_start_matches("From: ")
+            .to_string();
+        let their_bye = format!(
+            "BYE sip:+15550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfb\r\n\
+             From: <sip:+15551234@127.0.0.1:5070>;tag=far2\r\nTo: {from}\r\nCall-ID: out2\r\nCSeq: 7 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        c.handle_message(t0, peer(), local(), their_bye.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("SIP/2.0 200"), "{tx:?}");
+        assert!(
+            ev.contains(&Event::Bye {
+                call_id: "out2".into()
+            }),
+            "{ev:?}"
+        );
+        c.handle_command(
+            t0,
+            Command::Dial {
+                spec: Box::new(spec2("out3")),
+                local: local(),
+            },
+        );
+        let inv = drain(&mut c).0[0].clone();
+        c.handle_message(t0, peer(), local(), respond(&inv, 180).as_bytes());
+        drain(&mut c);
+        c.handle_command(
+            t0,
+            Command::Hangup {
+                call_id: "out3".into(),
+            },
+        );
+        let (tx, _) = drain(&mut c);
+        assert!(tx[0].starts_with("CANCEL "), "{tx:?}");
+        c.handle_message(t0, peer(), local(), respond(&inv, 487).as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(tx[0].starts_with("ACK "));
+        assert!(
+            matches!(&ev[0], Event::DialFailed { status: 487, .. }),
+            "{ev:?}"
+        );
     }
 }

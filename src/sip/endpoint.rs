@@ -398,6 +398,9 @@ impl Driver {
                         Command::Keepalive { spec, local } => {
                             *local = self.local_for(spec.peer.addr.ip());
                         }
+                        Command::Dial { spec, local } => {
+                            *local = self.local_for(spec.peer.addr.ip());
+                        }
                         _ => {}
                     }
                     self.core.handle_command(Instant::now(), cmd)

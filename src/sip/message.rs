@@ -129,6 +129,14 @@ pub struct Response {
     pub expires: Option<u32>,
     /// The `Min-Expires` header (423 Interval Too Brief).
     pub min_expires: Option<u32>,
+    /// The To header (its tag names the far end of a dialog our INVITE makes).
+    pub to: String,
+    /// Record-Route values in order (the route set of a dialog our INVITE makes).
+    pub record_routes: Vec<String>,
+    /// The Content-Type header.
+    pub content_type: Option<String>,
+    /// The body (an SDP answer, or early media).
+    pub body: Vec<u8>,
 }
 
 // One message is parsed and handled at a time, never stored: boxing buys nothing.
@@ -384,7 +392,9 @@ pub(crate) fn parse_from(
     };
     let out = match msg {
         rsip::SipMessage::Request(r) => request_from(&r, &scanned, body).map(SipMessage::Request),
-        rsip::SipMessage::Response(r) => response_from(&r, &scanned).map(SipMessage::Response),
+        rsip::SipMessage::Response(r) => {
+            response_from(&r, &scanned, body).map(SipMessage::Response)
+        }
     };
     out.map_err(|e| Box::new((e, salvage(data))))
 }
@@ -486,7 +496,11 @@ fn request_from(r: &rsip::Request, sc: &Scanned, body: Vec<u8>) -> Result<Reques
     })
 }
 
-fn response_from(r: &rsip::Response, sc: &Scanned) -> Result<Response, MessageError> {
+fn response_from(
+    r: &rsip::Response,
+    sc: &Scanned,
+    body: Vec<u8>,
+) -> Result<Response, MessageError> {
     let call_id = r
         .call_id_header()
         .map_err(|_| MessageError::BadHeader("Call-ID"))?
@@ -523,6 +537,14 @@ fn response_from(r: &rsip::Response, sc: &Scanned) -> Result<Response, MessageEr
             .all("min-expires")
             .next()
             .and_then(|v| v.trim().parse().ok()),
+        to: sc.all("to").next().unwrap_or("").trim().to_string(),
+        record_routes: sc
+            .all("record-route")
+            .flat_map(split_list)
+            .map(str::to_string)
+            .collect(),
+        content_type: sc.all("content-type").next().map(|v| v.trim().to_string()),
+        body,
     })
 }
 

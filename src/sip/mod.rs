@@ -5,6 +5,7 @@ pub mod acl;
 pub(crate) mod client_tx;
 pub mod core;
 pub mod defence;
+pub mod dial;
 pub mod digest;
 pub(crate) mod endpoint;
 pub mod keepalive;
