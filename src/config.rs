@@ -510,6 +510,12 @@ pub struct SipConfig {
     pub tcp_max_connections_per_ip: usize,
     /// Per-source rate limits, bans and scanner filtering.
     pub defence: DefenceConfig,
+    /// SIP over TLS (RFC 3261 §26.2, `sips:`) listens here too; needs `tls_cert` and `tls_key`.
+    pub tls_bind: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_bind` (leaf first).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// The address (`host:port`) written in our Contact and Via headers instead of the local
     /// one, when the gateway is behind NAT (set `[media] public_ip` too for the SDP).
     pub public_addr: Option<SocketAddr>,
@@ -619,6 +625,9 @@ impl Default for SipConfig {
             defence: DefenceConfig::default(),
             digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
             public_addr: None,
+            tls_bind: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -172,7 +172,8 @@ fn serve(cfg: Config) -> ExitCode {
             Ok(r) => {
                 // One machine-readable line that scripts and tests wait for.
                 let metrics = r.metrics.map(|m| format!(" metrics={m}")).unwrap_or_default();
-                println!("switchboard ready sip_udp={} sip_tcp={} http={}{metrics}", r.sip_udp, r.sip_tcp, r.http);
+                let tls = r.sip_tls.map(|a| format!(" sip_tls={a}")).unwrap_or_default();
+                println!("switchboard ready sip_udp={} sip_tcp={}{tls} http={}{metrics}", r.sip_udp, r.sip_tcp, r.http);
                 tracing::info!(sip_udp = %r.sip_udp, sip_tcp = %r.sip_tcp, http = %r.http, "listening");
                 stop_signal().await;
                 r.shutdown.run().await;

@@ -25,6 +25,8 @@ pub struct Running {
     pub sip_udp: SocketAddr,
     /// The SIP TCP listener's address.
     pub sip_tcp: SocketAddr,
+    /// The SIP-over-TLS listener, when `[sip] tls_bind` is set.
+    pub sip_tls: Option<SocketAddr>,
     /// The HTTP listener's address (REST API, webhook, `/metrics`).
     pub http: SocketAddr,
     /// The metrics listener, when `[metrics] bind` gives it one of its own.
@@ -179,6 +181,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         sip_udp: ep.udp_addr,
         sip_tcp: ep.tcp_addr,
+        sip_tls: ep.tls_addr,
         http,
         metrics,
         shutdown: Shutdown {
@@ -233,7 +236,19 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
         sms_trunk_sources(cfg).await?,
     )?
     .with_trunks(&cfg.trunks, &cfg.users)?;
-    let ep = endpoint::start(cfg.sip.bind, core_cfg).await?;
+    let tls = match cfg.sip.tls_bind {
+        None => None,
+        Some(bind) => {
+            let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
+                anyhow::bail!("[sip] tls_bind needs tls_cert and tls_key (PEM files)");
+            };
+            Some(endpoint::TlsListen {
+                bind,
+                acceptor: endpoint::tls_acceptor(cert, key)?,
+            })
+        }
+    };
+    let ep = endpoint::start(cfg.sip.bind, core_cfg, tls).await?;
     register_with_trunks(cfg, &ep.handle).await?;
     keep_trunks_alive(cfg, &ep.handle).await;
     Ok(ep)

@@ -210,6 +210,11 @@ fn trunk_settings_that_cannot_work_are_refused_at_start() {
             "used twice",
         ),
         ("[sip]\ndigest_algorithms = [\"SHA-512\"]\n", "digest_algorithms"),
+        ("[sip]\ntls_bind = \"127.0.0.1:0\"\n", "tls_bind needs tls_cert and tls_key"),
+        (
+            "[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.pem\"\n",
+            "/nonexistent.pem",
+        ),
     ] {
         let cfg = tmp.path().join("bad.toml");
         std::fs::write(&cfg, config).unwrap();
@@ -523,4 +528,155 @@ async fn options_keepalives_show_whether_a_trunk_answers() {
     assert!(got.is_ok_and(|r| r.is_ok_and(|(n, _)| buf[..n].starts_with(b"OPTIONS "))));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("trunk answers OPTIONS keep-alives"), "logged");
+}
+
+/// One SIP message from a stream: the head and as much body as Content-Length says.
+async fn read_message<S: tokio::io::AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> String {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let msg: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                return String::from_utf8_lossy(&msg).to_string();
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phone_calls_over_tls_and_the_dialog_stays_on_tls() {
+    use tokio::io::AsyncWriteExt;
+    if !peer_available("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=switchboard-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: the phone trusts this one certificate as its own anchor.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = format!(
+        "[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (gw, flow, _) = gateway_with(tmp.path(), &config);
+    let tls_addr = gw.sip_tls.expect("the ready line names the TLS listener");
+
+    // A phone that trusts exactly this certificate.
+    switchboard::web::plain_client();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&cert).unwrap();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        let c: rustls::pki_types::CertificateDer = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    let me = tcp.local_addr().unwrap();
+    let name =
+        rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut buf = Vec::new();
+
+    let options = format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKo1\r\nFrom: <sip:phone@{me}>;tag=1\r\n\
+         To: <sip:127.0.0.1>\r\nCall-ID: tls-options\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(options.as_bytes()).await.unwrap();
+    let ok = read_message(&mut tls, &mut buf).await;
+    assert!(ok.starts_with("SIP/2.0 200"), "{ok}");
+
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sips:ivr@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKi1\r\nFrom: <sips:+15550002222@{me}>;tag=2\r\n\
+         To: <sips:ivr@127.0.0.1>\r\nCall-ID: tls-call\r\nCSeq: 1 INVITE\r\nContact: <sips:phone@{me}>\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    tls.write_all(invite.as_bytes()).await.unwrap();
+    let answer = loop {
+        let m = read_message(&mut tls, &mut buf).await;
+        if !m.starts_with("SIP/2.0 1") {
+            break m;
+        }
+    };
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let contact = header(&answer, "Contact").unwrap_or_default().to_string();
+    assert!(contact.contains(";transport=tls"), "{contact}");
+    let to = header(&answer, "To").unwrap_or_default().to_string();
+    let ack = format!(
+        "ACK sips:switchboard@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKa1\r\nFrom: <sips:+15550002222@{me}>;tag=2\r\n\
+         To: {to}\r\nCall-ID: tls-call\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(ack.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bye = format!(
+        "BYE sips:switchboard@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKb1\r\nFrom: <sips:+15550002222@{me}>;tag=2\r\n\
+         To: {to}\r\nCall-ID: tls-call\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    tls.write_all(bye.as_bytes()).await.unwrap();
+    let ok = read_message(&mut tls, &mut buf).await;
+    assert!(
+        ok.starts_with("SIP/2.0 200") && ok.contains("CSeq: 2 BYE"),
+        "{ok}"
+    );
+    let start = Instant::now();
+    loop {
+        let ex = executions(&gw, &flow).await;
+        if ex.len() == 1 && ex[0].0.status == "ended" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Plain TCP on the TLS port is not SIP: the handshake fails and nothing is answered.
+    let mut raw = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
+    raw.write_all(options.as_bytes()).await.unwrap();
+    let mut b = [0u8; 64];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut raw, &mut b),
+    )
+    .await
+    .map(|r| r.unwrap_or(0))
+    .unwrap_or(0);
+    assert!(!b[..n].starts_with(b"SIP/2.0"), "no SIP answer without TLS");
 }

@@ -33,14 +33,22 @@ pub enum Transport {
     Udp,
     /// A TCP connection (messages framed by Content-Length).
     Tcp,
+    /// SIP over TLS on TCP: a stream like TCP.
+    Tls,
 }
 
 impl Transport {
-    /// The transport's name in a Via header (`UDP`, `TCP`).
+    /// Messages arrive framed in a byte stream (TCP, TLS), not as datagrams.
+    pub fn is_stream(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+
+    /// The transport's name in a Via header (`UDP`, `TCP`, `TLS`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 }
@@ -773,7 +781,7 @@ impl SipCore {
     pub fn tcp_dialog_peers(&self) -> std::collections::HashSet<SocketAddr> {
         self.dialogs
             .values()
-            .filter(|d| d.peer.transport == Transport::Tcp)
+            .filter(|d| d.peer.transport.is_stream())
             .map(|d| d.peer.addr)
             .collect()
     }
@@ -822,11 +830,7 @@ impl SipCore {
             self.failed(now, ip);
             return;
         }
-        match message::parse_from(
-            data,
-            self.cfg.max_message_bytes,
-            peer.transport == Transport::Tcp,
-        ) {
+        match message::parse_from(data, self.cfg.max_message_bytes, peer.transport.is_stream()) {
             Ok(SipMessage::Request(req)) => {
                 let ua = req.user_agent.as_deref();
                 match self.defence.check_request(now, ip, &req.method, ua) {
@@ -2100,6 +2104,7 @@ fn contact_header(local: SocketAddr, transport: Transport) -> String {
     let t = match transport {
         Transport::Udp => "",
         Transport::Tcp => ";transport=tcp",
+        Transport::Tls => ";transport=tls",
     };
     format!("Contact: <sip:switchboard@{}{t}>\r\n", host_port(local))
 }

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
 use super::acl::Acl;
@@ -18,6 +18,14 @@ use super::register::{RegistrationSpec, RegistrationState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
+    /// The TLS certificate or key cannot be used.
+    #[error("SIP TLS: {path}: {reason}")]
+    Tls {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error("cannot bind SIP {transport} on {addr}: {source}")]
     Bind {
         transport: &'static str,
@@ -181,6 +189,43 @@ pub struct Endpoint {
     pub events: mpsc::UnboundedReceiver<Event>,
     pub udp_addr: SocketAddr,
     pub tcp_addr: SocketAddr,
+    /// The SIP-over-TLS listener, when configured.
+    pub tls_addr: Option<SocketAddr>,
+}
+
+/// SIP over TLS: where to listen and with which certificate.
+pub struct TlsListen {
+    /// The listen address.
+    pub bind: SocketAddr,
+    /// The server side of the handshake (our certificate and key).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// A TLS server configuration from a PEM certificate chain and key.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, EndpointError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &std::path::Path, reason: String| EndpointError::Tls {
+        path: path.display().to_string(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "no certificate in the file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    crate::web::install_crypto_provider();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| bad(cert, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>>;
@@ -265,7 +310,11 @@ async fn bind_pair(bind: SocketAddr) -> Result<(UdpSocket, TcpListener), Endpoin
     }))
 }
 
-pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, EndpointError> {
+pub async fn start(
+    bind: SocketAddr,
+    cfg: CoreConfig,
+    tls: Option<TlsListen>,
+) -> Result<Endpoint, EndpointError> {
     let (udp, tcp) = bind_pair(bind).await?;
     let udp_addr = udp.local_addr().map_err(|source| EndpointError::Bind {
         transport: "UDP",
@@ -285,20 +334,41 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
     let log: SharedLog = Arc::new(Mutex::new(LogLimiter::new(Instant::now())));
     let in_dialog: InDialog = Arc::default();
     let banned: Banned = Arc::default();
-    tokio::spawn(accept_tcp(
-        tcp,
-        TcpShared {
-            tx: in_tx,
-            writers: writers.clone(),
-            max: cfg.max_message_bytes,
-            limits: cfg.tcp,
-            acl: cfg.acl.clone(),
-            conns: Arc::default(),
-            log: log.clone(),
-            in_dialog: in_dialog.clone(),
-            banned: banned.clone(),
-        },
-    ));
+    let shared = TcpShared {
+        tx: in_tx,
+        writers: writers.clone(),
+        max: cfg.max_message_bytes,
+        limits: cfg.tcp,
+        acl: cfg.acl.clone(),
+        conns: Arc::default(),
+        log: log.clone(),
+        in_dialog: in_dialog.clone(),
+        banned: banned.clone(),
+    };
+    let tls_addr = match tls {
+        Some(t) => {
+            let listener =
+                TcpListener::bind(t.bind)
+                    .await
+                    .map_err(|source| EndpointError::Bind {
+                        transport: "TLS",
+                        addr: t.bind,
+                        source,
+                    })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| EndpointError::Bind {
+                    transport: "TLS",
+                    addr: t.bind,
+                    source,
+                })?;
+            // The per-source connection cap spans TCP and TLS.
+            tokio::spawn(accept_tcp(listener, shared.clone(), Some(t.acceptor)));
+            Some(addr)
+        }
+        None => None,
+    };
+    tokio::spawn(accept_tcp(tcp, shared, None));
     let pending: Pending = Arc::default();
     let trunks: TrunkStates = Arc::default();
     let reach: TrunkReach = Arc::default();
@@ -329,6 +399,7 @@ pub async fn start(bind: SocketAddr, cfg: CoreConfig) -> Result<Endpoint, Endpoi
         events: ev_rx,
         udp_addr,
         tcp_addr,
+        tls_addr,
     })
 }
 
@@ -457,7 +528,7 @@ impl Driver {
                             limited!(self.log, t.to.addr.ip(), warn, to = %t.to.addr, error = %e, "SIP UDP send failed");
                         }
                     }
-                    Transport::Tcp => {
+                    Transport::Tcp | Transport::Tls => {
                         let w = self
                             .writers
                             .lock()
@@ -591,7 +662,11 @@ impl Drop for ConnSlot {
     }
 }
 
-async fn accept_tcp(listener: TcpListener, shared: TcpShared) {
+async fn accept_tcp(
+    listener: TcpListener,
+    shared: TcpShared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -610,10 +685,32 @@ async fn accept_tcp(listener: TcpListener, shared: TcpShared) {
                     continue;
                 };
                 let shared = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    if let Err(e) = serve_tcp(stream, peer, &shared).await {
-                        tracing::debug!(%peer, error = %e, "SIP TCP connection closed");
+                    let served = match (stream.local_addr(), tls) {
+                        (Err(e), _) => Err(e),
+                        (Ok(local), None) => {
+                            serve_stream(stream, local, peer, Transport::Tcp, &shared).await
+                        }
+                        (Ok(local), Some(acceptor)) => {
+                            // The handshake gets the header timeout: a client that stalls in
+                            // it holds a descriptor no longer than a slow request would.
+                            let limit = shared.limits.header_timeout;
+                            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => {
+                                    serve_stream(s, local, peer, Transport::Tls, &shared).await
+                                }
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "TLS handshake timed out",
+                                )),
+                            }
+                        }
+                    };
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "SIP TCP/TLS connection closed");
                     }
                     if let Ok(mut w) = shared.writers.lock() {
                         w.remove(&peer);
@@ -628,9 +725,18 @@ async fn accept_tcp(listener: TcpListener, shared: TcpShared) {
     }
 }
 
-async fn serve_tcp(stream: TcpStream, peer: SocketAddr, shared: &TcpShared) -> std::io::Result<()> {
-    let local = stream.local_addr()?;
-    let (mut rd, mut wr) = stream.into_split();
+/// Frame SIP messages out of one TCP or TLS connection and write what the core sends back.
+async fn serve_stream<S>(
+    stream: S,
+    local: SocketAddr,
+    peer: SocketAddr,
+    transport: Transport,
+    shared: &TcpShared,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
     if let Ok(mut w) = shared.writers.lock() {
         w.insert(peer, wtx);
@@ -679,7 +785,7 @@ async fn serve_tcp(stream: TcpStream, peer: SocketAddr, shared: &TcpShared) -> s
         loop {
             let tcp_peer = Peer {
                 addr: peer,
-                transport: Transport::Tcp,
+                transport,
             };
             match frame(&buf, shared.max) {
                 Frame::Complete(len) => {

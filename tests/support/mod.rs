@@ -21,6 +21,8 @@ pub struct Gateway {
     pub http: SocketAddr,
     /// The metrics listener, when the configuration gives it one.
     pub metrics: Option<SocketAddr>,
+    /// The SIP-over-TLS listener, when the configuration has one.
+    pub sip_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -147,8 +149,13 @@ impl Gateway {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("metrics="))
             .and_then(|v| v.parse().ok());
+        let sip_tls = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("sip_tls="))
+            .and_then(|v| v.parse().ok());
         Gateway {
             metrics,
+            sip_tls,
             sip: field("sip_udp"),
             sip_tcp: field("sip_tcp"),
             http: field("http"),
