@@ -520,8 +520,9 @@ pub struct SipConfig {
     /// one, when the gateway is behind NAT (set `[media] public_ip` too for the SDP).
     pub public_addr: Option<SocketAddr>,
     /// Digest algorithms our challenges offer to `[[users]]`, in order of preference (one
-    /// `WWW-Authenticate` each): `MD5`, `SHA-256`. MD5 first by default, because many phones
-    /// (and SIPp) answer only the first challenge and know only MD5.
+    /// `WWW-Authenticate` each): `MD5`, `SHA-256`. MD5 alone by default: SIPp answers only
+    /// the first challenge, and baresip 1.0 (Debian 12) gives up on the whole 401 when any
+    /// challenge names an algorithm it lacks, so offering SHA-256 too would lock them out.
     pub digest_algorithms: Vec<String>,
 }
 
@@ -623,7 +624,7 @@ impl Default for SipConfig {
             tcp_idle_timeout_secs: 300,
             tcp_max_connections_per_ip: 32,
             defence: DefenceConfig::default(),
-            digest_algorithms: vec!["MD5".into(), "SHA-256".into()],
+            digest_algorithms: vec!["MD5".into()],
             public_addr: None,
             tls_bind: None,
             tls_cert: None,

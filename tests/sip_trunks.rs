@@ -563,32 +563,7 @@ async fn a_phone_calls_over_tls_and_the_dialog_stays_on_tls() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=switchboard-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        // A leaf, not a CA: the phone trusts this one certificate as its own anchor.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = certificate(tmp.path());
     let config = format!(
         "[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
@@ -679,4 +654,159 @@ async fn a_phone_calls_over_tls_and_the_dialog_stays_on_tls() {
     .map(|r| r.unwrap_or(0))
     .unwrap_or(0);
     assert!(!b[..n].starts_with(b"SIP/2.0"), "no SIP answer without TLS");
+}
+
+/// A self-signed leaf certificate for 127.0.0.1 (and its key), made by openssl in `dir`.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=switchboard-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // A leaf, not a CA: the phone trusts this one certificate as its own anchor.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (cert, key)
+}
+
+/// A UDP port whose TCP twin and next TCP port are free too (baresip listens on all three).
+fn free_port_triple() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if p < 60000
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baresip_registers_with_digest_over_tls_calls_a_flow_and_hears_the_prompt() {
+    if !peer_available("baresip") || !peer_available("openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(tmp.path());
+    let config = format!(
+        "{USERS}[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (gw, flow, log) = gateway_with(tmp.path(), &config);
+    let tls = gw.sip_tls.expect("TLS listener");
+
+    // baresip as alice's desk phone: TLS to the gateway, the certificate checked against ours,
+    // silence as its microphone, what it hears written to a WAV by its sndfile module.
+    let conf = tmp.path().join("baresip");
+    let rec = tmp.path().join("heard");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&rec).unwrap();
+    let mic = tmp.path().join("silence.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&mic, spec).unwrap();
+    for _ in 0..8000 * 12 {
+        w.write_sample(0i16).unwrap();
+    }
+    w.finalize().unwrap();
+    let port = free_port_triple();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\nsip_cafile {}\n\
+             audio_player sndfile,{}\naudio_source aufile,{}\naudio_alert sndfile,{}\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module sndfile.so\nmodule menu.so\nmodule account.so\nsnd_path {}\n",
+            cert.display(),
+            rec.display(),
+            mic.display(),
+            rec.display(),
+            rec.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:alice@{tls};transport=tls>;auth_pass=wonderland;regint=60\n"),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let conf = conf.clone();
+        move || {
+            Command::new("baresip")
+                .arg("-f")
+                .arg(&conf)
+                .args([
+                    "-e",
+                    &format!("d sip:+15550100@{tls};transport=tls"),
+                    "-t",
+                    "8",
+                ])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run baresip")
+        }
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains("{0/TLS/v4} 200 OK"),
+        "registered over TLS: {said}"
+    );
+    assert!(said.contains("Call established"), "{said}");
+    // What baresip decoded from the gateway: the flow's prompt, not silence.
+    let heard = std::fs::read_dir(&rec)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip's recording of what it heard");
+    let samples: Vec<i16> = hound::WavReader::open(&heard)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap_or(0))
+        .collect();
+    assert!(samples.len() > 8000 * 3, "{} samples", samples.len());
+    assert!(rms(&samples) > 500.0, "heard rms {}", rms(&samples));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("user registered") && l.contains("transport=tls")),
+        "the binding is a TLS one"
+    );
+    let start = Instant::now();
+    loop {
+        let ex = executions(&gw, &flow).await;
+        if ex.len() == 1 && ex[0].0.status == "ended" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
