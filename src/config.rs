@@ -104,6 +104,10 @@ pub struct TrunkConfig {
     /// SRTP policy of calls with this trunk.
     #[serde(default)]
     pub srtp: SrtpPolicy,
+    /// `transport=tls`: the CA (PEM) the trunk's certificate must chain to; unset: the
+    /// system's roots.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
 }
 
 fn default_register_expires() -> u32 {
@@ -133,6 +137,7 @@ impl std::fmt::Debug for TrunkConfig {
             .field("dial_allow", &self.dial_allow)
             .field("max_outbound", &self.max_outbound)
             .field("keepalive_secs", &self.keepalive_secs)
+            .field("tls_ca", &self.tls_ca)
             .field("srtp", &self.srtp)
             .finish()
     }
@@ -172,7 +177,7 @@ pub enum TrunkError {
         uri: String,
     },
     /// A transport we cannot speak (yet) for what the trunk asks.
-    #[error("trunk {name:?}: transport {transport:?} is not supported yet (udp, tcp)")]
+    #[error("trunk {name:?}: transport {transport:?} is not supported (udp, tcp, tls)")]
     Transport {
         /// The trunk.
         name: String,
@@ -231,7 +236,7 @@ impl Config {
                 });
             }
             let transport = t.transport();
-            if transport != "udp" && transport != "tcp" {
+            if !matches!(transport.as_str(), "udp" | "tcp" | "tls") {
                 return Err(TrunkError::Transport {
                     name: t.name.clone(),
                     transport,
@@ -239,12 +244,6 @@ impl Config {
             }
             if t.register && (t.username.is_none() || t.password.is_none()) {
                 return Err(TrunkError::RegisterWithoutCredentials(t.name.clone()));
-            }
-            if t.register && transport != "udp" {
-                return Err(TrunkError::Transport {
-                    name: t.name.clone(),
-                    transport: format!("{transport} for register"),
-                });
             }
             if t.register && t.register_expires < 60 {
                 return Err(TrunkError::ShortExpiry(t.name.clone()));

@@ -258,7 +258,7 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
 /// resolve now is logged and left out (it may only ever send us calls).
 async fn keep_trunks_alive(cfg: &Config, sip: &crate::sip::SipHandle) {
     for t in cfg.trunks.iter().filter(|t| t.keepalive_secs > 0) {
-        let Some(target) = endpoint::hostport_of(&t.uri) else {
+        let Some(target) = trunk_target(t) else {
             continue;
         };
         let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
@@ -268,22 +268,74 @@ async fn keep_trunks_alive(cfg: &Config, sip: &crate::sip::SipHandle) {
                 continue;
             }
         };
+        let transport = match trunk_transport(t, addr, sip) {
+            Ok(tr) => tr,
+            Err(e) => {
+                tracing::warn!(trunk = %t.name, error = %e, "no keep-alives");
+                continue;
+            }
+        };
         sip.keepalive(crate::sip::keepalive::KeepaliveSpec {
             trunk: t.name.clone(),
-            peer: crate::sip::Peer {
-                addr,
-                transport: crate::sip::Transport::Udp,
-            },
+            peer: crate::sip::Peer { addr, transport },
             uri: format!("sip:{target}"),
             interval: std::time::Duration::from_secs(t.keepalive_secs),
         });
     }
 }
 
+/// `host:port` of a trunk's `uri`: 5060 by default, 5061 for `transport=tls`.
+fn trunk_target(t: &crate::config::TrunkConfig) -> Option<String> {
+    let target = endpoint::hostport_of(&t.uri)?;
+    let host = t
+        .uri
+        .trim()
+        .strip_prefix("sip:")
+        .and_then(|r| r.split([';', '?']).next())
+        .map(|r| r.rsplit('@').next().unwrap_or(r))
+        .unwrap_or("");
+    let named_port = target.strip_suffix(":5060").is_none() || host.ends_with(":5060");
+    Some(if t.transport() == "tls" && !named_port {
+        format!("{}:5061", target.trim_end_matches(":5060"))
+    } else {
+        target
+    })
+}
+
+/// The transport a trunk's `uri` names; for TCP and TLS the endpoint may connect to `addr`
+/// itself (TLS verifying the trunk's certificate against `tls_ca` or the system roots).
+fn trunk_transport(
+    t: &crate::config::TrunkConfig,
+    addr: SocketAddr,
+    sip: &crate::sip::SipHandle,
+) -> anyhow::Result<crate::sip::Transport> {
+    use crate::sip::Transport;
+    Ok(match t.transport().as_str() {
+        "tcp" => {
+            sip.allow_outbound(addr, endpoint::Outbound::Tcp);
+            Transport::Tcp
+        }
+        "tls" => {
+            let host = trunk_target(t)
+                .and_then(|h| {
+                    h.rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                })
+                .unwrap_or_default();
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| anyhow::anyhow!("trunk {:?}: {host:?} is no TLS name: {e}", t.name))?;
+            let connector = endpoint::tls_connector(t.tls_ca.as_deref())?;
+            sip.allow_outbound(addr, endpoint::Outbound::Tls { connector, name });
+            Transport::Tls
+        }
+        _ => Transport::Udp,
+    })
+}
+
 /// Start a registration with each `register = true` trunk (kept and refreshed by the SIP core).
 async fn register_with_trunks(cfg: &Config, sip: &crate::sip::SipHandle) -> anyhow::Result<()> {
     for t in cfg.trunks.iter().filter(|t| t.register) {
-        let target = endpoint::hostport_of(&t.uri)
+        let target = trunk_target(t)
             .ok_or_else(|| anyhow::anyhow!("trunk {:?}: bad uri {:?}", t.name, t.uri))?;
         let addr = tokio::net::lookup_host(&target)
             .await
@@ -297,12 +349,10 @@ async fn register_with_trunks(cfg: &Config, sip: &crate::sip::SipHandle) -> anyh
             .and_then(|r| r.split([';', '?']).next())
             .map(|r| r.rsplit('@').next().unwrap_or(r))
             .unwrap_or(&target);
+        let transport = trunk_transport(t, addr, sip)?;
         sip.register(crate::sip::register::RegistrationSpec {
             trunk: t.name.clone(),
-            peer: crate::sip::Peer {
-                addr,
-                transport: crate::sip::Transport::Udp,
-            },
+            peer: crate::sip::Peer { addr, transport },
             registrar: format!("sip:{host}"),
             username: t.username.clone().unwrap_or_default(),
             password: t.password.clone().unwrap_or_default(),

@@ -810,3 +810,60 @@ async fn baresip_registers_with_digest_over_tls_calls_a_flow_and_hears_the_promp
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_with_a_trunk_over_tls_and_keeps_it_alive_there() {
+    if !peer_available("openssl") {
+        return;
+    }
+    // Gateway B is the carrier: a registrar for acct/secret behind SIP over TLS.
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(tmp.path());
+    let (b_dir, a_dir) = (tmp.path().join("carrier"), tmp.path().join("us"));
+    std::fs::create_dir_all(&b_dir).unwrap();
+    std::fs::create_dir_all(&a_dir).unwrap();
+    let b_config = format!(
+        "[[users]]\nusername = \"acct\"\npassword = \"secret\"\n[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (carrier, _, carrier_log) = gateway_with(&b_dir, &b_config);
+    let tls = carrier.sip_tls.unwrap();
+    // Gateway A registers with it over TLS, trusting its certificate, and pings it.
+    let a_config = format!(
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{};transport=tls\"\nusername = \"acct\"\npassword = \"secret\"\n\
+         register = true\ntls_ca = \"{}\"\nkeepalive_secs = 1\n",
+        tls.port(),
+        cert.display()
+    );
+    let (us, _, _) = gateway_with(&a_dir, &a_config);
+    let start = Instant::now();
+    loop {
+        let t = trunks_json(&us).await;
+        let trunk = &t["trunks"][0];
+        if trunk["registration"]["state"] == "registered" && trunk["reachable"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&carrier_log).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("user registered") && l.contains("acct")),
+        "the carrier holds our binding"
+    );
+    // A trunk whose certificate we cannot verify is not registered with (system roots only).
+    let bad_dir = tmp.path().join("untrusting");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let bad_config = a_config.replace(&format!("tls_ca = \"{}\"\n", cert.display()), "");
+    let (untrusting, _, untrusting_log) = gateway_with(&bad_dir, &bad_config);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = trunks_json(&untrusting).await;
+    assert_ne!(t["trunks"][0]["registration"]["state"], "registered", "{t}");
+    let text = std::fs::read_to_string(&untrusting_log).unwrap();
+    assert!(
+        text.contains("cannot connect to trunk"),
+        "the TLS failure is logged"
+    );
+}

@@ -158,6 +158,7 @@ pub fn sip_core(data: &[u8]) {
             dial_allow: vec![],
             max_outbound: 10,
             keepalive_secs: 0,
+            tls_ca: None,
             srtp: switchboard::config::SrtpPolicy::Off,
         };
         let user = switchboard::config::UserConfig {

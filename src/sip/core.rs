@@ -2822,6 +2822,7 @@ mod tests {
             dial_allow: vec![],
             max_outbound: 10,
             keepalive_secs: 0,
+            tls_ca: None,
             srtp: crate::config::SrtpPolicy::Off,
         };
         let user = crate::config::UserConfig {

@@ -47,6 +47,7 @@ pub struct SipHandle {
     pending: Pending,
     trunks: TrunkStates,
     reach: TrunkReach,
+    connector: SharedConnector,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -84,6 +85,13 @@ pub fn hostport_of(trunk: &str) -> Option<String> {
 }
 
 impl SipHandle {
+    /// Let the endpoint open a connection to this trunk address itself (a TCP or TLS trunk).
+    pub fn allow_outbound(&self, addr: SocketAddr, how: Outbound) {
+        if let Ok(mut c) = self.connector.lock() {
+            c.allowed.insert(addr, how);
+        }
+    }
+
     /// Keep a registration with a trunk (see `sip::register`).
     pub fn register(&self, spec: RegistrationSpec) {
         if let Ok(mut t) = self.trunks.lock() {
@@ -230,6 +238,62 @@ pub fn tls_acceptor(
 
 type TcpWriters = Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>>>;
 
+/// How we may open a connection to a trunk ourselves (TCP or TLS `uri`); no other address is
+/// ever connected to.
+#[derive(Clone)]
+pub enum Outbound {
+    /// Plain TCP.
+    Tcp,
+    /// TLS, verifying the trunk's certificate for `name`.
+    Tls {
+        /// Our client configuration (the trunk's CA or the system roots).
+        connector: tokio_rustls::TlsConnector,
+        /// The name (or address) the certificate must carry.
+        name: rustls::pki_types::ServerName<'static>,
+    },
+}
+
+/// Trunks we may connect to, and the messages waiting while a connection is being made.
+#[derive(Default)]
+struct Connector {
+    allowed: HashMap<SocketAddr, Outbound>,
+    waiting: HashMap<SocketAddr, Vec<Vec<u8>>>,
+}
+
+type SharedConnector = Arc<Mutex<Connector>>;
+
+/// A TLS client configuration for a trunk: its CA file, or the system's roots.
+pub fn tls_connector(
+    ca: Option<&std::path::Path>,
+) -> Result<tokio_rustls::TlsConnector, EndpointError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    crate::web::install_crypto_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let bad = |reason: String| EndpointError::Tls {
+                path: path.display().to_string(),
+                reason,
+            };
+            for c in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots
+                    .add(c.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 struct Inbound {
     peer: Peer,
     local: SocketAddr,
@@ -368,11 +432,15 @@ pub async fn start(
         }
         None => None,
     };
+    let shared_for_driver = shared.clone();
     tokio::spawn(accept_tcp(tcp, shared, None));
     let pending: Pending = Arc::default();
     let trunks: TrunkStates = Arc::default();
     let reach: TrunkReach = Arc::default();
+    let connector: SharedConnector = Arc::default();
     let driver = Driver {
+        connector: connector.clone(),
+        shared: shared_for_driver,
         reach: reach.clone(),
         advertise: cfg.advertise,
         trunks: trunks.clone(),
@@ -394,6 +462,7 @@ pub async fn start(
             pending,
             trunks,
             reach,
+            connector,
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         },
         events: ev_rx,
@@ -404,6 +473,9 @@ pub async fn start(
 }
 
 struct Driver {
+    connector: SharedConnector,
+    /// What connections we open share with those we accept (framing, limits, writers).
+    shared: TcpShared,
     reach: TrunkReach,
     /// `[sip] public_addr`: our address in every message, whatever the socket's.
     advertise: Option<SocketAddr>,
@@ -519,6 +591,70 @@ impl Driver {
         SocketAddr::new(ip, port)
     }
 
+    /// A message for a trunk we have no connection to: open one (only to a trunk address
+    /// allowed by [`SipHandle::allow_outbound`]) and send it once connected. False when the
+    /// address is not a trunk's.
+    fn connect_and_send(&mut self, addr: SocketAddr, data: Vec<u8>) -> bool {
+        let Ok(mut c) = self.connector.lock() else {
+            return false;
+        };
+        let Some(how) = c.allowed.get(&addr).cloned() else {
+            return false;
+        };
+        if let Some(q) = c.waiting.get_mut(&addr) {
+            q.push(data);
+            return true;
+        }
+        c.waiting.insert(addr, vec![data]);
+        drop(c);
+        let (connector, shared) = (self.connector.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            let limit = shared.limits.header_timeout;
+            let opened = tokio::time::timeout(limit, open_stream(addr, how)).await;
+            match opened {
+                Ok(Ok((stream, local, transport))) => {
+                    let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+                    // Queued messages go first, then whatever the driver sends from now on.
+                    if let Ok(mut c) = connector.lock() {
+                        for m in c.waiting.remove(&addr).unwrap_or_default() {
+                            let _ = wtx.send(m);
+                        }
+                        if let Ok(mut w) = shared.writers.lock() {
+                            w.insert(addr, wtx);
+                        }
+                    }
+                    let served = match stream {
+                        Opened::Tcp(s) => {
+                            serve_stream(s, local, addr, transport, &shared, Some(wrx)).await
+                        }
+                        Opened::Tls(s) => {
+                            serve_stream(*s, local, addr, transport, &shared, Some(wrx)).await
+                        }
+                    };
+                    if let Err(e) = served {
+                        tracing::debug!(peer = %addr, error = %e, "SIP connection to trunk closed");
+                    }
+                    if let Ok(mut w) = shared.writers.lock() {
+                        w.remove(&addr);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %addr, error = %e, "cannot connect to trunk");
+                    if let Ok(mut c) = connector.lock() {
+                        c.waiting.remove(&addr);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %addr, "connecting to trunk timed out");
+                    if let Ok(mut c) = connector.lock() {
+                        c.waiting.remove(&addr);
+                    }
+                }
+            }
+        });
+        true
+    }
+
     fn flush(&mut self) {
         while let Some(out) = self.core.poll_output() {
             match out {
@@ -539,7 +675,9 @@ impl Driver {
                                 let _ = w.send(t.data);
                             }
                             None => {
-                                limited!(self.log, t.to.addr.ip(), warn, to = %t.to.addr, "SIP TCP connection gone; message dropped")
+                                if !self.connect_and_send(t.to.addr, t.data) {
+                                    limited!(self.log, t.to.addr.ip(), warn, to = %t.to.addr, "SIP TCP connection gone; message dropped")
+                                }
                             }
                         }
                     }
@@ -691,7 +829,7 @@ async fn accept_tcp(
                     let served = match (stream.local_addr(), tls) {
                         (Err(e), _) => Err(e),
                         (Ok(local), None) => {
-                            serve_stream(stream, local, peer, Transport::Tcp, &shared).await
+                            serve_stream(stream, local, peer, Transport::Tcp, &shared, None).await
                         }
                         (Ok(local), Some(acceptor)) => {
                             // The handshake gets the header timeout: a client that stalls in
@@ -699,7 +837,8 @@ async fn accept_tcp(
                             let limit = shared.limits.header_timeout;
                             match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => {
-                                    serve_stream(s, local, peer, Transport::Tls, &shared).await
+                                    serve_stream(s, local, peer, Transport::Tls, &shared, None)
+                                        .await
                                 }
                                 Ok(Err(e)) => Err(e),
                                 Err(_) => Err(std::io::Error::new(
@@ -725,22 +864,52 @@ async fn accept_tcp(
     }
 }
 
+enum Opened {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// Connect to a trunk (and shake hands for TLS).
+async fn open_stream(
+    addr: SocketAddr,
+    how: Outbound,
+) -> std::io::Result<(Opened, SocketAddr, Transport)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let local = tcp.local_addr()?;
+    match how {
+        Outbound::Tcp => Ok((Opened::Tcp(tcp), local, Transport::Tcp)),
+        Outbound::Tls { connector, name } => {
+            let s = connector.connect(name, tcp).await?;
+            Ok((Opened::Tls(Box::new(s)), local, Transport::Tls))
+        }
+    }
+}
+
 /// Frame SIP messages out of one TCP or TLS connection and write what the core sends back.
+/// `writer` is the queue the connection's messages come from when we opened it (else a new
+/// one is made and registered).
 async fn serve_stream<S>(
     stream: S,
     local: SocketAddr,
     peer: SocketAddr,
     transport: Transport,
     shared: &TcpShared,
+    writer: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
 ) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if let Ok(mut w) = shared.writers.lock() {
-        w.insert(peer, wtx);
-    }
+    let mut wrx = match writer {
+        Some(w) => w,
+        None => {
+            let (wtx, wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+            if let Ok(mut w) = shared.writers.lock() {
+                w.insert(peer, wtx);
+            }
+            wrx
+        }
+    };
     let writer = tokio::spawn(async move {
         while let Some(data) = wrx.recv().await {
             if wr.write_all(&data).await.is_err() {
