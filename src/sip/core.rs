@@ -952,7 +952,10 @@ impl SipCore {
             .require
             .iter()
             .map(String::as_str)
-            .filter(|t| !t.eq_ignore_ascii_case("timer"))
+            // 100rel (RFC 3262) binds us to send 101-199 reliably; we answer with 100 and a
+            // final response only, so there is nothing to send reliably and the tag can be
+            // honoured. Sending 18x (ringback, early media) must add PRACK first.
+            .filter(|t| !t.eq_ignore_ascii_case("timer") && !t.eq_ignore_ascii_case("100rel"))
             .collect();
         if !unsupported.is_empty() && req.method != "CANCEL" {
             let extra = format!("Unsupported: {}\r\n", unsupported.join(", "));
@@ -3266,9 +3269,19 @@ mod tests {
         let (tx, ev) = drain(&mut c);
         assert!(tx[0].starts_with("SIP/2.0 100"), "{tx:?}");
         assert!(matches!(ev[0], Event::Invite(_)));
-        let inv = invite("c7", "z9hG4bK7").replacen(
+        let inv = invite("c6", "z9hG4bK6").replacen(
             "CSeq: 1 INVITE\r\n",
             "CSeq: 1 INVITE\r\nRequire: 100rel\r\n",
+            1,
+        );
+        c.handle_message(t0, peer(), local(), inv.as_bytes());
+        assert!(
+            drain(&mut c).0[0].starts_with("SIP/2.0 100"),
+            "100rel is honoured"
+        );
+        let inv = invite("c7", "z9hG4bK7").replacen(
+            "CSeq: 1 INVITE\r\n",
+            "CSeq: 1 INVITE\r\nRequire: precondition\r\n",
             1,
         );
         c.handle_message(t0, peer(), local(), inv.as_bytes());
