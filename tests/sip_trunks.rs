@@ -133,17 +133,8 @@ async fn a_phone_registers_and_calls_with_digest_and_wrong_credentials_are_refus
         );
     }
 
-    // Only alice's authenticated call reached the flow.
-    let start = Instant::now();
-    let execs = loop {
-        let execs = executions(&gw, &flow).await;
-        if execs.len() == 1 && execs[0].0.status == "ended" {
-            break execs;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{execs:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(!execs[0].1.is_empty(), "its steps are stored");
+    // Only alice's authenticated call reached the flow, and it is stored whole.
+    one_call_stored(&gw, &flow).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.lines()
@@ -564,11 +555,7 @@ async fn a_phone_calls_over_tls_and_the_dialog_stays_on_tls() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(tmp.path());
-    let config = format!(
-        "[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let config = tls_listener(&cert, &key);
     let (gw, flow, _) = gateway_with(tmp.path(), &config);
     let tls_addr = gw.sip_tls.expect("the ready line names the TLS listener");
 
@@ -633,15 +620,7 @@ async fn a_phone_calls_over_tls_and_the_dialog_stays_on_tls() {
         ok.starts_with("SIP/2.0 200") && ok.contains("CSeq: 2 BYE"),
         "{ok}"
     );
-    let start = Instant::now();
-    loop {
-        let ex = executions(&gw, &flow).await;
-        if ex.len() == 1 && ex[0].0.status == "ended" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    one_call_stored(&gw, &flow).await;
     // Plain TCP on the TLS port is not SIP: the handshake fails and nothing is answered.
     let mut raw = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
     raw.write_all(options.as_bytes()).await.unwrap();
@@ -708,11 +687,7 @@ async fn baresip_registers_with_digest_over_tls_calls_a_flow_and_hears_the_promp
     }
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key) = certificate(tmp.path());
-    let config = format!(
-        "{USERS}[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let config = format!("{USERS}{}", tls_listener(&cert, &key));
     let (gw, flow, log) = gateway_with(tmp.path(), &config);
     let tls = gw.sip_tls.expect("TLS listener");
 
@@ -800,15 +775,7 @@ async fn baresip_registers_with_digest_over_tls_calls_a_flow_and_hears_the_promp
             .any(|l| l.contains("user registered") && l.contains("transport=tls")),
         "the binding is a TLS one"
     );
-    let start = Instant::now();
-    loop {
-        let ex = executions(&gw, &flow).await;
-        if ex.len() == 1 && ex[0].0.status == "ended" {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    one_call_stored(&gw, &flow).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -823,9 +790,8 @@ async fn registers_with_a_trunk_over_tls_and_keeps_it_alive_there() {
     std::fs::create_dir_all(&b_dir).unwrap();
     std::fs::create_dir_all(&a_dir).unwrap();
     let b_config = format!(
-        "[[users]]\nusername = \"acct\"\npassword = \"secret\"\n[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
+        "[[users]]\nusername = \"acct\"\npassword = \"secret\"\n{}",
+        tls_listener(&cert, &key)
     );
     let (carrier, _, carrier_log) = gateway_with(&b_dir, &b_config);
     let tls = carrier.sip_tls.unwrap();
@@ -866,4 +832,26 @@ async fn registers_with_a_trunk_over_tls_and_keeps_it_alive_there() {
         text.contains("cannot connect to trunk"),
         "the TLS failure is logged"
     );
+}
+
+/// `[sip]` with a TLS listener on a port of its own and this certificate.
+fn tls_listener(cert: &Path, key: &Path) -> String {
+    format!(
+        "[sip]\ntls_bind = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Wait until the flow has exactly one execution, ended, with its steps.
+async fn one_call_stored(gw: &Gateway, flow: &Path) {
+    let start = Instant::now();
+    loop {
+        let ex = executions(gw, flow).await;
+        if ex.len() == 1 && ex[0].0.status == "ended" && !ex[0].1.is_empty() {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

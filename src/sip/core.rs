@@ -1791,6 +1791,9 @@ impl SipCore {
                 }
                 return;
             }
+            // The client machines (outbound INVITE, keep-alive, registration) are driven alike:
+            // their timers are filed by Call-ID, and an entry left from before a change finds
+            // its machine not yet due. Their outputs differ, so each has its own step function.
             TimerKind::Dial => {
                 if let Some(d) = self.dials.get_mut(call_id) {
                     if d.next_timer().is_some_and(|t| t <= now) {
