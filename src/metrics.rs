@@ -24,6 +24,12 @@ pub struct Outcome {
     pub outcome: String,
 }
 
+/// A trunk label (`trunk="carrier"`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrunkLabel {
+    pub trunk: String,
+}
+
 /// Every metric the gateway keeps.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +58,12 @@ pub struct Metrics {
     pub event_batches_dropped: Counter,
     /// Sources banned by the SIP defence, and datagrams dropped from banned sources.
     pub sip_bans: Counter,
+    /// Digest credentials refused (wrong password, unknown user, replay).
+    pub sip_auth_failures: Counter,
+    /// 1 while our registration with the trunk holds, else 0.
+    pub trunk_registered: Family<TrunkLabel, Gauge>,
+    /// 1 while the trunk answers OPTIONS keep-alives, 0 after it stopped.
+    pub trunk_reachable: Family<TrunkLabel, Gauge>,
     /// One group commit of execution progress, in seconds.
     pub store_write_seconds: Histogram,
     pub panics_contained: Counter,
@@ -95,6 +107,24 @@ impl Metrics {
                 &mut r,
                 "call_failures",
                 "Calls refused or failed, by reason",
+                Family::default(),
+            ),
+            sip_auth_failures: register(
+                &mut r,
+                "sip_auth_failures",
+                "Digest credentials refused (wrong password, unknown user, replay)",
+                Counter::default(),
+            ),
+            trunk_registered: register(
+                &mut r,
+                "trunk_registered",
+                "1 while our registration with the trunk holds",
+                Family::default(),
+            ),
+            trunk_reachable: register(
+                &mut r,
+                "trunk_reachable",
+                "1 while the trunk answers OPTIONS keep-alives",
                 Family::default(),
             ),
             call_setup_seconds: register(

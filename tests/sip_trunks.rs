@@ -133,6 +133,11 @@ async fn a_phone_registers_and_calls_with_digest_and_wrong_credentials_are_refus
         );
     }
 
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains("switchboard_sip_auth_failures_total 2"),
+        "two refused credentials counted: {metrics}"
+    );
     // Only alice's authenticated call reached the flow, and it is stored whole.
     one_call_stored(&gw, &flow).await;
     let text = std::fs::read_to_string(&log).unwrap();
@@ -280,6 +285,11 @@ async fn registers_with_a_challenging_registrar_refreshes_and_unregisters_on_shu
     assert!(
         !t.to_string().contains("secret"),
         "no password in the API: {t}"
+    );
+    let metrics = metrics_text(&gw).await;
+    assert!(
+        metrics.contains("switchboard_trunk_registered{trunk=\"carrier\"} 1"),
+        "{metrics}"
     );
     // The refresh is due 5 s into the 10 s grant; shut down after it, before the next one.
     tokio::time::sleep(Duration::from_millis(6500)).await;
@@ -854,4 +864,17 @@ async fn one_call_stored(gw: &Gateway, flow: &Path) {
         assert!(start.elapsed() < Duration::from_secs(10), "{ex:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The gateway's `/metrics` text.
+async fn metrics_text(gw: &Gateway) -> String {
+    switchboard::web::plain_client()
+        .get(format!("{}/metrics", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

@@ -979,6 +979,7 @@ impl SipCore {
                     return self.refuse(now, peer, &req, &branch, 401, "Unauthorized", &extra);
                 }
                 Admit::Refuse(why) => {
+                    crate::metrics::get().sip_auth_failures.inc();
                     self.refused(
                         peer,
                         403,

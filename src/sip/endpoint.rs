@@ -695,6 +695,12 @@ impl Driver {
                     } else {
                         tracing::warn!(%trunk, "trunk does not answer OPTIONS keep-alives");
                     }
+                    crate::metrics::get()
+                        .trunk_reachable
+                        .get_or_create(&crate::metrics::TrunkLabel {
+                            trunk: trunk.clone(),
+                        })
+                        .set(i64::from(reach.reachable));
                     if let Ok(mut r) = self.reach.lock() {
                         r.insert(trunk, reach);
                     }
@@ -714,6 +720,15 @@ impl Driver {
                             tracing::debug!(%trunk, "registering with trunk")
                         }
                     }
+                    crate::metrics::get()
+                        .trunk_registered
+                        .get_or_create(&crate::metrics::TrunkLabel {
+                            trunk: trunk.clone(),
+                        })
+                        .set(i64::from(matches!(
+                            state,
+                            RegistrationState::Registered { .. }
+                        )));
                     if let Ok(mut t) = self.trunks.lock() {
                         t.insert(trunk, state);
                     }
