@@ -228,8 +228,9 @@ pub fn tls_acceptor(
         return Err(bad(cert, "no certificate in the file".into()));
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
-    crate::web::install_crypto_provider();
-    let config = rustls::ServerConfig::builder()
+    let config = rustls::ServerConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(cert, e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| bad(cert, e.to_string()))?;
@@ -268,7 +269,6 @@ pub fn tls_connector(
 ) -> Result<tokio_rustls::TlsConnector, EndpointError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    crate::web::install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -288,10 +288,21 @@ pub fn tls_connector(
             }
         }
     }
-    let config = rustls::ClientConfig::builder()
+    let config = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EndpointError::Tls {
+            path: "(client)".into(),
+            reason: e.to_string(),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The one crypto stack (ring), named per configuration rather than installed process-wide,
+/// so SIP needs nothing from the HTTP side.
+fn ring_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 struct Inbound {
