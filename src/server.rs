@@ -284,16 +284,19 @@ async fn keep_trunks_alive(cfg: &Config, sip: &crate::sip::SipHandle) {
     }
 }
 
-/// `host:port` of a trunk's `uri`: 5060 by default, 5061 for `transport=tls`.
-fn trunk_target(t: &crate::config::TrunkConfig) -> Option<String> {
-    let target = endpoint::hostport_of(&t.uri)?;
-    let host = t
-        .uri
+/// The host (and port, when written) of a trunk's `uri`, as written.
+fn trunk_host(t: &crate::config::TrunkConfig) -> Option<&str> {
+    t.uri
         .trim()
         .strip_prefix("sip:")
         .and_then(|r| r.split([';', '?']).next())
         .map(|r| r.rsplit('@').next().unwrap_or(r))
-        .unwrap_or("");
+}
+
+/// `host:port` of a trunk's `uri`: 5060 by default, 5061 for `transport=tls`.
+fn trunk_target(t: &crate::config::TrunkConfig) -> Option<String> {
+    let target = endpoint::hostport_of(&t.uri)?;
+    let host = trunk_host(t).unwrap_or("");
     let named_port = target.strip_suffix(":5060").is_none() || host.ends_with(":5060");
     Some(if t.transport() == "tls" && !named_port {
         format!("{}:5061", target.trim_end_matches(":5060"))
@@ -342,13 +345,7 @@ async fn register_with_trunks(cfg: &Config, sip: &crate::sip::SipHandle) -> anyh
             .map_err(|e| anyhow::anyhow!("trunk {:?}: cannot resolve {target}: {e}", t.name))?
             .next()
             .ok_or_else(|| anyhow::anyhow!("trunk {:?}: {target} has no address", t.name))?;
-        let host = t
-            .uri
-            .trim()
-            .strip_prefix("sip:")
-            .and_then(|r| r.split([';', '?']).next())
-            .map(|r| r.rsplit('@').next().unwrap_or(r))
-            .unwrap_or(&target);
+        let host = trunk_host(t).unwrap_or(&target);
         let transport = trunk_transport(t, addr, sip)?;
         sip.register(crate::sip::register::RegistrationSpec {
             trunk: t.name.clone(),

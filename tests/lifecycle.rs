@@ -298,22 +298,6 @@ async fn metrics_count_calls_behind_the_api_auth_or_on_their_own_bind() {
     );
 }
 
-/// Places a call that hangs up after 300 ms; its final status.
-async fn short_call(target: SocketAddr) -> u16 {
-    Ua::new()
-        .await
-        .call(
-            target,
-            CallOptions {
-                max_duration: Duration::from_secs(10),
-                hangup_after: Some(Duration::from_millis(300)),
-                ..CallOptions::default()
-            },
-        )
-        .await
-        .final_status
-}
-
 /// Packets the phone heard in the last 0.9 s.
 fn recent_packets(phone: &Phone) -> usize {
     phone
@@ -438,7 +422,7 @@ async fn full_disk(min_free_mb: u64, noticed: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        short_call(gw.sip).await,
+        short_call(gw.sip, Duration::from_secs(10)).await,
         503,
         "a new call is refused, not answered and dropped"
     );
@@ -458,7 +442,11 @@ async fn full_disk(min_free_mb: u64, noticed: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(short_call(gw.sip).await, 200, "calls are answered again");
+    assert_eq!(
+        short_call(gw.sip, Duration::from_secs(10)).await,
+        200,
+        "calls are answered again"
+    );
     phone.hangup().await;
     // The call that lived through it and the one after are stored whole and ended.
     let start = Instant::now();

@@ -59,21 +59,6 @@ fn gateway_with(tmp: &Path, config: &str) -> (Gateway, PathBuf, PathBuf) {
     (gw, flow, log)
 }
 
-async fn plain_call(target: std::net::SocketAddr) -> u16 {
-    Ua::new()
-        .await
-        .call(
-            target,
-            CallOptions {
-                max_duration: Duration::from_secs(5),
-                hangup_after: Some(Duration::from_millis(300)),
-                ..CallOptions::default()
-            },
-        )
-        .await
-        .final_status
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_registers_and_calls_with_digest_and_wrong_credentials_are_refused() {
     if !peer_available("sipp") {
@@ -83,7 +68,7 @@ async fn a_phone_registers_and_calls_with_digest_and_wrong_credentials_are_refus
     let (gw, flow, log) = gateway_with(tmp.path(), USERS);
 
     // Users are configured: a loopback caller without credentials is challenged, not routed.
-    assert_eq!(plain_call(gw.sip).await, 401);
+    assert_eq!(short_call(gw.sip, Duration::from_secs(5)).await, 401);
 
     let ok = tokio::task::spawn_blocking({
         let target = gw.sip;
@@ -161,7 +146,7 @@ async fn a_trunk_is_trusted_by_address_and_others_must_authenticate() {
     let config = "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.2:5060\"\ninbound_from = [\"127.0.0.2/32\"]\n";
     let (gw, flow, _) = gateway_with(tmp.path(), config);
     assert_eq!(
-        plain_call(gw.sip).await,
+        short_call(gw.sip, Duration::from_secs(5)).await,
         401,
         "not the trunk, no credentials"
     );

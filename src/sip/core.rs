@@ -626,13 +626,6 @@ impl SipCore {
         }
     }
 
-    /// Whether an un-REGISTER is still waiting for its answer (shutdown waits for it).
-    pub fn unregistering(&self) -> bool {
-        self.registrations.values().any(|r| {
-            r.next_timer().is_some() && !matches!(r.state(), RegistrationState::Unregistered)
-        })
-    }
-
     /// A registration's output: what to send, the state change, and its next timer.
     fn registration_step(&mut self, call_id: &str, data: Option<Vec<u8>>, changed: bool) {
         let Some(reg) = self.registrations.get(call_id) else {
@@ -2116,7 +2109,8 @@ fn contact_header(local: SocketAddr, transport: Transport) -> String {
     format!("Contact: <sip:switchboard@{}{t}>\r\n", host_port(local))
 }
 
-fn host_port(a: SocketAddr) -> String {
+/// `ip:port` as SIP writes it (IPv6 in brackets).
+pub(crate) fn host_port(a: SocketAddr) -> String {
     match a {
         SocketAddr::V4(v4) => v4.to_string(),
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::client_tx::{ClientTx, TxTimer};
-use super::core::{Peer, Transport, T1};
+use super::core::{host_port, Peer, Transport, T1};
 use super::digest::Challenge;
 use super::message::{uri_of, Response};
 
@@ -128,13 +128,6 @@ pub(crate) struct Dial {
     ack: Option<Vec<u8>>,
     /// Why we cancelled (reported when the 487 comes).
     cancel_reason: &'static str,
-}
-
-fn host_port(a: SocketAddr) -> String {
-    match a {
-        SocketAddr::V4(v4) => v4.to_string(),
-        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-    }
 }
 
 /// `host[:port]` of a SIP URI, lower-cased.

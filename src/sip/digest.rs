@@ -116,6 +116,14 @@ fn params(s: &str) -> Result<HashMap<String, String>, DigestError> {
     Ok(out)
 }
 
+/// The `algorithm` parameter; MD5 when absent (RFC 7616 §3.3).
+fn algorithm_of(p: &HashMap<String, String>) -> Result<Algorithm, DigestError> {
+    p.get("algorithm")
+        .map(|a| Algorithm::parse(a))
+        .transpose()
+        .map(|a| a.unwrap_or(Algorithm::Md5))
+}
+
 fn strip_scheme(value: &str) -> Result<&str, DigestError> {
     let v = value.trim();
     let (scheme, rest) = v.split_once(char::is_whitespace).unwrap_or((v, ""));
@@ -166,11 +174,7 @@ impl Challenge {
                 .cloned()
                 .ok_or(DigestError::Missing("nonce"))?,
             opaque: p.get("opaque").cloned(),
-            algorithm: p
-                .get("algorithm")
-                .map(|a| Algorithm::parse(a))
-                .transpose()?
-                .unwrap_or(Algorithm::Md5),
+            algorithm: algorithm_of(&p)?,
             qop_auth,
             stale: p
                 .get("stale")
@@ -262,11 +266,7 @@ impl Credentials {
             nonce: get("nonce")?,
             uri: get("uri")?,
             response: get("response")?.to_ascii_lowercase(),
-            algorithm: p
-                .get("algorithm")
-                .map(|a| Algorithm::parse(a))
-                .transpose()?
-                .unwrap_or(Algorithm::Md5),
+            algorithm: algorithm_of(&p)?,
             qop,
         })
     }

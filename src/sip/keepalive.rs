@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::client_tx::{ClientTx, TxTimer};
-use super::core::{Peer, Transport};
+use super::core::{host_port, Peer, Transport};
 use super::message::Response;
 
 /// Which trunk to keep alive, where and how often.
@@ -79,10 +79,7 @@ impl Keepalive {
     pub fn send(&mut self, now: Instant) -> Vec<u8> {
         self.cseq += 1;
         let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
-        let local = match self.local {
-            SocketAddr::V4(v4) => v4.to_string(),
-            SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-        };
+        let local = host_port(self.local);
         let data = format!(
             "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={branch};rport\r\nMax-Forwards: 70\r\n\
              From: <sip:switchboard@{local}>;tag={}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} OPTIONS\r\n\

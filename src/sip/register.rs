@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::client_tx::{ClientTx, TxTimer};
-use super::core::{Peer, Transport};
+use super::core::{host_port, Peer, Transport};
 use super::digest::Challenge;
 use super::message::{param, uri_of, Response};
 
@@ -329,13 +329,6 @@ impl Registration {
 fn refresh_after(granted: u32) -> Duration {
     let g = u64::from(granted);
     Duration::from_secs(if g <= 120 { (g / 2).max(1) } else { g - 60 })
-}
-
-fn host_port(a: SocketAddr) -> String {
-    match a {
-        SocketAddr::V4(v4) => v4.to_string(),
-        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-    }
 }
 
 #[cfg(test)]

@@ -820,6 +820,22 @@ impl Drop for Phone {
     }
 }
 
+/// A call to `target` that hangs up after 300 ms (or gives up after `max`): its final status.
+pub async fn short_call(target: SocketAddr, max: Duration) -> u16 {
+    Ua::new()
+        .await
+        .call(
+            target,
+            CallOptions {
+                max_duration: max,
+                hangup_after: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .final_status
+}
+
 /// Executions of the flow in `path` with their steps, from the gateway's database.
 pub async fn executions(
     gw: &Gateway,
