@@ -97,6 +97,9 @@ pub struct TrunkConfig {
     /// Concurrent calls out through this trunk.
     #[serde(default = "default_max_outbound")]
     pub max_outbound: usize,
+    /// New calls out through this trunk per second (a burst of as many); 0: no limit.
+    #[serde(default = "default_calls_per_second")]
+    pub calls_per_second: u32,
     /// Seconds between OPTIONS keep-alives to `uri` (its reachability is logged and shown in
     /// `/v2/Trunks`); 0: none.
     #[serde(default = "default_keepalive_secs")]
@@ -118,6 +121,10 @@ fn default_max_outbound() -> usize {
     100
 }
 
+fn default_calls_per_second() -> u32 {
+    10
+}
+
 fn default_keepalive_secs() -> u64 {
     30
 }
@@ -136,6 +143,7 @@ impl std::fmt::Debug for TrunkConfig {
             .field("caller_id", &self.caller_id)
             .field("dial_allow", &self.dial_allow)
             .field("max_outbound", &self.max_outbound)
+            .field("calls_per_second", &self.calls_per_second)
             .field("keepalive_secs", &self.keepalive_secs)
             .field("tls_ca", &self.tls_ca)
             .field("srtp", &self.srtp)

@@ -40,6 +40,11 @@ pub struct Metrics {
     pub call_failures: Family<Reason, Counter>,
     /// INVITE received to 200 OK sent, in seconds.
     pub call_setup_seconds: Histogram,
+    /// Calls we placed (second legs, outgoing calls), by `DialCallStatus` (`completed`,
+    /// `busy`, `no-answer`, `failed`, `canceled`, `refused`).
+    pub dials: Family<Outcome, Counter>,
+    /// Calls bridged to a second leg now.
+    pub bridges_active: Gauge,
     pub rtp_packets_sent: Counter,
     pub rtp_packets_received: Counter,
     /// Inbound packets missing by sequence number.
@@ -108,6 +113,18 @@ impl Metrics {
                 "call_failures",
                 "Calls refused or failed, by reason",
                 Family::default(),
+            ),
+            dials: register(
+                &mut r,
+                "dials",
+                "Calls placed through trunks, by DialCallStatus",
+                Family::default(),
+            ),
+            bridges_active: register(
+                &mut r,
+                "bridges_active",
+                "Calls bridged to a second leg",
+                Gauge::default(),
             ),
             sip_auth_failures: register(
                 &mut r,

@@ -149,6 +149,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         public_url: public_url.clone(),
         account_sid: credentials.account_sid.clone(),
     };
+    let outbound = outbound_trunks(&cfg, &ep.handle).await?;
     let calls = start_calls(
         &cfg,
         &runner,
@@ -157,6 +158,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         &messaging,
         &recordings,
         &credentials,
+        outbound,
     );
     tokio::spawn(dispatch(calls.clone(), ep.events));
     let api = build_api(
@@ -166,7 +168,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         runner,
         messaging,
         recordings,
-        &calls.sip,
+        &calls,
     );
     let metrics = start_metrics_listener(&cfg).await?;
     let (http_stop, stop) = tokio::sync::watch::channel(false);
@@ -433,7 +435,50 @@ fn start_media(cfg: &Config) -> Arc<MediaEngine> {
     })
 }
 
+/// The trunks calls may go out through, with their addresses resolved now (a trunk whose host
+/// does not resolve is logged and left out); None without `[[trunks]]`.
+async fn outbound_trunks(
+    cfg: &Config,
+    sip: &crate::sip::SipHandle,
+) -> anyhow::Result<Option<crate::call::outbound::Outbound>> {
+    use crate::call::outbound::{Outbound, OutboundTrunk};
+    if cfg.trunks.is_empty() {
+        return Ok(None);
+    }
+    let mut trunks = Vec::new();
+    for t in &cfg.trunks {
+        let Some(target) = trunk_target(t) else {
+            continue;
+        };
+        let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            _ => {
+                tracing::warn!(trunk = %t.name, %target, "trunk host does not resolve: no calls out through it");
+                continue;
+            }
+        };
+        let transport = trunk_transport(t, addr, sip)?;
+        // Our media address as the trunk must see it.
+        let media_ip = cfg.media.public_ip.unwrap_or_else(|| {
+            if cfg.media.rtp_bind.is_unspecified() {
+                endpoint::route_source(addr.ip()).unwrap_or(cfg.media.rtp_bind)
+            } else {
+                cfg.media.rtp_bind
+            }
+        });
+        let host = trunk_host(t).unwrap_or(&target).to_string();
+        trunks.push(OutboundTrunk::new(
+            t,
+            crate::sip::Peer { addr, transport },
+            host,
+            media_ip,
+        ));
+    }
+    Ok(Some(Outbound::new(trunks)))
+}
+
 /// Everything a call needs: media, prompts, recordings, the runner and the SIP handle.
+#[allow(clippy::too_many_arguments)]
 fn start_calls(
     cfg: &Config,
     runner: &crate::runner::Runner,
@@ -442,15 +487,26 @@ fn start_calls(
     messaging: &Messaging,
     recordings: &crate::call::recordings::Recordings,
     credentials: &Credentials,
+    outbound: Option<crate::call::outbound::Outbound>,
 ) -> Arc<CallServices> {
     let tts = Arc::new(Tts::new(&cfg.data_dir, &cfg.tts.command, cfg.tts.speed_wpm));
     if !tts.engine_available() {
         tracing::warn!(command = %cfg.tts.command, "text-to-speech engine not found: only pre-rendered prompts can be spoken (install espeak-ng)");
     }
+    let media = start_media(cfg);
+    let registry = Arc::new(Registry::default());
+    let legs = outbound.map(|outbound| {
+        Arc::new(crate::call::leg::Legs {
+            outbound,
+            sip: ep.handle.clone(),
+            media: media.clone(),
+            registry: registry.clone(),
+        })
+    });
     Arc::new(CallServices {
         messages: Some(messaging.inbound.clone()),
         sip: ep.handle.clone(),
-        media: start_media(cfg),
+        media,
         prompts: Arc::new(crate::call::prompts::Prompts::new(
             tts,
             runner.http.client().clone(),
@@ -459,7 +515,8 @@ fn start_calls(
         recordings: recordings.clone(),
         runner: runner.clone(),
         router,
-        registry: Arc::new(Registry::default()),
+        registry,
+        legs,
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
         draining: Default::default(),
@@ -478,7 +535,7 @@ fn build_api(
     runner: crate::runner::Runner,
     messaging: Messaging,
     recordings: crate::call::recordings::Recordings,
-    sip: &crate::sip::SipHandle,
+    calls: &CallServices,
 ) -> Arc<Api> {
     let webhook = Arc::new(Webhook::new(
         messaging.conversations,
@@ -495,7 +552,7 @@ fn build_api(
             .with_webhook(webhook)
             .with_recordings(recordings)
             .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none())
-            .with_trunks(&cfg.trunks, sip.clone()),
+            .with_trunks(&cfg.trunks, calls.sip.clone(), calls.legs.clone()),
     )
 }
 

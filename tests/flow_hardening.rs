@@ -308,7 +308,7 @@ async fn run_function_is_signed_and_the_token_never_leaves_for_foreign_urls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_call_to_on_a_call_records_why_on_its_step() {
+async fn connect_call_to_without_trunks_fails_and_records_why_on_its_step() {
     let flow = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/flows/connect-call.json"
@@ -326,11 +326,9 @@ async fn connect_call_to_on_a_call_records_why_on_its_step() {
                 .unwrap_or_else(|| panic!("no step for connect-call-to: {steps:?}"));
             assert_eq!(step.transitioned_to, "Ended");
             let error = step.error.as_deref().unwrap_or("");
-            assert!(
-                error.contains("connect-call-to is not available yet"),
-                "{error}"
-            );
-            assert_eq!(e.state["end_reason"]["kind"], "error", "{}", e.state);
+            // No trunk to call through: DialCallStatus=failed, and the step says why.
+            assert!(error.contains("needs a [[trunks]] entry"), "{error}");
+            assert_eq!(e.state["end_reason"]["kind"], "completed", "{}", e.state);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

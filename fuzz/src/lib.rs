@@ -157,6 +157,7 @@ pub fn sip_core(data: &[u8]) {
             caller_id: None,
             dial_allow: vec![],
             max_outbound: 10,
+            calls_per_second: 10,
             keepalive_secs: 0,
             tls_ca: None,
             srtp: switchboard::config::SrtpPolicy::Off,

@@ -55,6 +55,8 @@ pub struct Api {
     /// `[[trunks]]` as `/v2/Trunks` shows them, with their registrations from `sip`.
     trunks: Vec<trunks::TrunkSummary>,
     sip: Option<crate::sip::SipHandle>,
+    /// Calls out through the trunks (their counts in `/v2/Trunks`).
+    legs: Option<Arc<crate::call::leg::Legs>>,
 }
 
 impl Api {
@@ -78,17 +80,21 @@ impl Api {
             metrics: false,
             trunks: Vec::new(),
             sip: None,
+            legs: None,
         }
     }
 
-    /// Serve `/v2/Trunks`: these trunks, their registrations as `sip` keeps them.
+    /// Serve `/v2/Trunks`: these trunks, their registrations as `sip` keeps them, their calls
+    /// out as `legs` counts them.
     pub fn with_trunks(
         mut self,
         trunks: &[crate::config::TrunkConfig],
         sip: crate::sip::SipHandle,
+        legs: Option<Arc<crate::call::leg::Legs>>,
     ) -> Api {
         self.trunks = trunks.iter().map(trunks::TrunkSummary::from).collect();
         self.sip = Some(sip);
+        self.legs = legs;
         self
     }
 

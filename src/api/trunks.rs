@@ -67,6 +67,14 @@ pub async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
         .map(|t| {
             let state = states.iter().find(|(n, _)| *n == t.name).map(|(_, s)| s);
             let reached = reach.iter().find(|(n, _)| *n == t.name).map(|(_, r)| r);
+            let calls_out = api.legs.as_ref().map(|l| {
+                l.outbound
+                    .trunks()
+                    .iter()
+                    .find(|o| o.name == t.name)
+                    .map(|o| o.active())
+                    .unwrap_or(0)
+            });
             json!({
                 "name": t.name,
                 "uri": t.uri,
@@ -75,6 +83,7 @@ pub async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
                 "registration": if t.register { registration(state) } else { Value::Null },
                 "dial_allow": t.dial_allow,
                 "max_outbound": t.max_outbound,
+                "calls_out": calls_out,
                 "keepalive_secs": t.keepalive_secs,
                 // null until the first keep-alive is answered or times out (or without them).
                 "reachable": reached.map(|r| r.reachable),

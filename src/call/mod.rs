@@ -1,6 +1,9 @@
 //! Calls: the dispatcher that turns SIP events into calls, and each call's task, which runs
 //! its flow execution and performs voice effects on its media session.
 
+pub mod connect;
+pub mod leg;
+pub mod outbound;
 pub mod prompts;
 pub mod recordings;
 pub mod registry;

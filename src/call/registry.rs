@@ -33,9 +33,39 @@ pub enum CallSignal {
     Dtmf(char),
 }
 
+/// What signalling tells the call that placed an outbound leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegEvent {
+    /// 180, 183..., with the far end's early media session when it sent one.
+    Progress {
+        /// The provisional status.
+        status: u16,
+        /// Its SDP, when it carries one.
+        early_sdp: Option<String>,
+    },
+    /// Answered, with the far end's SDP.
+    Answered {
+        /// The SDP answer.
+        sdp: String,
+    },
+    /// Ended without an answer.
+    Failed {
+        /// The final status (408: no answer at all, 487: cancelled).
+        status: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// The far end hung up (BYE), or the dialog ended.
+    HungUp,
+    /// DTMF the far end sent in SIP INFO.
+    Dtmf(char),
+}
+
 #[derive(Default)]
 pub struct Registry {
     calls: Mutex<HashMap<String, (CallKey, mpsc::UnboundedSender<CallSignal>)>>,
+    /// Outbound legs by their own Call-ID, each with the call that follows it.
+    legs: Mutex<HashMap<String, mpsc::UnboundedSender<(String, LegEvent)>>>,
     /// Each answered call's media, for changes signalling makes (re-INVITE, UPDATE).
     media: Mutex<HashMap<String, crate::media::engine::MediaControl>>,
 }
@@ -86,13 +116,47 @@ impl Registry {
         }
     }
 
+    /// Follow an outbound leg: its SIP events go to `tx`, with its Call-ID, until
+    /// [`Self::remove_leg`].
+    pub fn insert_leg(&self, call_id: &str, tx: mpsc::UnboundedSender<(String, LegEvent)>) {
+        if let Ok(mut l) = self.legs.lock() {
+            l.insert(call_id.to_string(), tx);
+        }
+    }
+
+    /// Hand an event to the leg with this Call-ID; false when no leg has it.
+    pub fn leg_event(&self, call_id: &str, ev: LegEvent) -> bool {
+        self.legs
+            .lock()
+            .ok()
+            .and_then(|l| {
+                l.get(call_id)
+                    .map(|tx| tx.send((call_id.to_string(), ev)).is_ok())
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn remove_leg(&self, call_id: &str) {
+        if let Ok(mut l) = self.legs.lock() {
+            l.remove(call_id);
+        }
+        if let Ok(mut m) = self.media.lock() {
+            m.remove(call_id);
+        }
+    }
+
     /// The call's media is up: signalling may now move or hold it.
     pub fn attach_media(&self, call_id: &str, media: crate::media::engine::MediaControl) {
         let live = self
             .calls
             .lock()
             .map(|c| c.contains_key(call_id))
-            .unwrap_or(false);
+            .unwrap_or(false)
+            || self
+                .legs
+                .lock()
+                .map(|l| l.contains_key(call_id))
+                .unwrap_or(false);
         if let (true, Ok(mut m)) = (live, self.media.lock()) {
             m.insert(call_id.to_string(), media);
         }

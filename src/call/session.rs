@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::registry::{info_digit, CallKey, CallSignal, Registry};
+use super::registry::{info_digit, CallKey, CallSignal, LegEvent, Registry};
 use super::voice::VoiceChannel;
 use crate::flow::{ExecutionInit, Trigger};
 use crate::media::{Codec, MediaEngine, StreamParams};
@@ -37,6 +37,8 @@ pub struct CallServices {
     pub account_sid: String,
     /// The API auth token: TwiML requests are signed with it, as Twilio signs its webhooks.
     pub auth_token: String,
+    /// Calls out through trunks (second legs); None without `[[trunks]]`.
+    pub legs: Option<Arc<super::leg::Legs>>,
 }
 
 /// Consume SIP events for the life of the process.
@@ -45,12 +47,18 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
         match ev {
             Event::Invite(inv) => on_invite(&svc, *inv),
             Event::Cancelled { call_id } | Event::Bye { call_id } => {
-                tracing::info!(%call_id, "caller hung up");
-                svc.registry.signal(&call_id, CallSignal::Hangup);
+                if svc.registry.leg_event(&call_id, LegEvent::HungUp) {
+                    tracing::info!(%call_id, "far end hung up");
+                } else {
+                    tracing::info!(%call_id, "caller hung up");
+                    svc.registry.signal(&call_id, CallSignal::Hangup);
+                }
             }
             Event::Ended { call_id, reason } => {
                 tracing::info!(%call_id, ?reason, "dialog ended");
-                svc.registry.signal(&call_id, CallSignal::Hangup);
+                if !svc.registry.leg_event(&call_id, LegEvent::HungUp) {
+                    svc.registry.signal(&call_id, CallSignal::Hangup);
+                }
             }
             Event::Info {
                 call_id,
@@ -59,7 +67,9 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
             } => {
                 if let Some(d) = info_digit(&content_type, &body) {
                     tracing::info!(%call_id, digit = %d, "DTMF via SIP INFO");
-                    svc.registry.signal(&call_id, CallSignal::Dtmf(d));
+                    if !svc.registry.leg_event(&call_id, LegEvent::Dtmf(d)) {
+                        svc.registry.signal(&call_id, CallSignal::Dtmf(d));
+                    }
                 }
             }
             Event::Acked { call_id } => tracing::debug!(%call_id, "ACK"),
@@ -106,8 +116,29 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
             | Event::Registered { .. }
             | Event::TrunkRegistration { .. }
             | Event::TrunkReachability { .. } => {}
-            // Outbound calls come with the second leg; nothing places them yet.
-            Event::DialProgress { .. } | Event::DialAnswered { .. } | Event::DialFailed { .. } => {}
+            Event::DialProgress {
+                call_id,
+                status,
+                early_sdp,
+            } => {
+                svc.registry
+                    .leg_event(&call_id, LegEvent::Progress { status, early_sdp });
+            }
+            Event::DialAnswered { call_id, sdp } => {
+                if !svc.registry.leg_event(&call_id, LegEvent::Answered { sdp }) {
+                    // Its call is gone (the caller left as it answered): end it.
+                    tracing::info!(%call_id, "far end answered a call nobody waits for; hanging up");
+                    svc.sip.send(Command::Hangup { call_id });
+                }
+            }
+            Event::DialFailed {
+                call_id,
+                status,
+                reason,
+            } => {
+                svc.registry
+                    .leg_event(&call_id, LegEvent::Failed { status, reason });
+            }
         }
     }
 }
@@ -264,6 +295,7 @@ async fn run_call(
         call_params: &params,
         flow_sid: &flow.sid,
         auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
+        legs: svc.legs.as_deref(),
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

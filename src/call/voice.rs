@@ -17,7 +17,7 @@ use crate::media::{tones, Clip, MediaSession};
 use crate::runner::Medium;
 
 /// Studio's `loop: 0` means "until the caller hangs up"; Twilio caps it at 1,000 repetitions.
-const LOOP_FOREVER: u32 = 1000;
+pub(super) const LOOP_FOREVER: u32 = 1000;
 const BEEP_HZ: f64 = 1000.0;
 const BEEP_MS: u32 = 400;
 
@@ -35,6 +35,8 @@ pub struct VoiceChannel<'a> {
     pub call_params: &'a serde_json::Map<String, serde_json::Value>,
     pub flow_sid: &'a str,
     pub auth: Option<(&'a str, &'a str)>,
+    /// Second legs through trunks (connect-call-to), when any trunk is configured.
+    pub legs: Option<&'a super::leg::Legs>,
     pub hung_up: bool,
 }
 
@@ -85,7 +87,7 @@ impl VoiceChannel<'_> {
     }
 
     /// The caller hung up: stop what plays and report the hangup to the flow.
-    fn caller_left(&mut self) -> Outcome {
+    pub(super) fn caller_left(&mut self) -> Outcome {
         self.hung_up = true;
         self.media.stop_playout();
         Outcome::Hangup
@@ -389,6 +391,7 @@ impl Medium for VoiceChannel<'_> {
             Effect::SayPlay(p) => Some(self.say_play(p).await),
             Effect::Gather(g) => Some(self.gather(g).await),
             Effect::Record(r) => Some(self.record(r).await),
+            Effect::Connect(c) => Some(self.connect(c).await),
             Effect::Redirect(r) => {
                 let env = crate::twiml::RedirectEnv {
                     http: self.http,

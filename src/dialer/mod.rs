@@ -280,23 +280,10 @@ fn load_clip(path: &Path) -> Result<Arc<Clip>, CallerError> {
 }
 
 fn sdp_offer(ip: IpAddr, port: u16, codecs: &[Codec]) -> String {
-    let kind = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let mut pts = String::new();
-    let mut maps = String::new();
-    for c in codecs {
-        let pt = match c {
-            Codec::Pcmu => 0,
-            Codec::Pcma => 8,
-            Codec::G722 => 9,
-        };
-        pts.push_str(&format!("{pt} "));
-        maps.push_str(&format!("a=rtpmap:{pt} {}/8000\r\n", c.rtpmap_name()));
-    }
-    let session = rand::random::<u32>();
-    format!(
-        "v=0\r\no=switchboard-call {session} {session} IN {kind} {ip}\r\ns=switchboard call\r\n\
-         c=IN {kind} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}101\r\n{maps}\
-         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+    sdp::offer(
+        codecs,
+        SocketAddr::new(ip, port),
+        rand::random::<u32>() as u64,
     )
 }
 

@@ -89,6 +89,9 @@ pub struct Connect {
     pub caller_id: Option<String>,
     /// Seconds to ring before giving up.
     pub timeout_secs: u32,
+    /// Longest time connected, in seconds (Studio `time_limit`; 0: Studio's 4 hours).
+    #[serde(default)]
+    pub time_limit_secs: u32,
     /// Record the bridged call.
     pub record: bool,
     /// SIP URI to dial for `sip`.
@@ -129,6 +132,24 @@ pub struct Redirect {
     pub method: String,
     /// Seconds the TwiML may run before the widget times out.
     pub timeout_secs: u32,
+}
+
+/// How a connected (connect-call-to) or outgoing (make-outgoing-call-v2) call went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DialResult {
+    /// `DialCallStatus` (`completed`, `busy`, `no-answer`, `failed`, ...).
+    pub status: String,
+    /// The other leg's call SID.
+    pub sid: Option<String>,
+    /// How long the other leg was connected.
+    pub duration_secs: Option<u32>,
+    /// `AnsweredBy`, when machine detection ran.
+    pub answered_by: Option<String>,
+    /// The recording of the bridged call.
+    pub recording_url: Option<String>,
+    /// Why no call was connected (a refused target, an unreachable trunk), for the step.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Request body of an HTTP widget.
@@ -353,18 +374,7 @@ pub enum Outcome {
         error: String,
     },
     /// The connected or outgoing call ended.
-    Dial {
-        /// `DialCallStatus` (`completed`, `busy`, `no-answer`, `failed`, ...).
-        status: String,
-        /// The other leg's call SID.
-        sid: Option<String>,
-        /// How long the other leg was connected.
-        duration_secs: Option<u32>,
-        /// `AnsweredBy`, when machine detection ran.
-        answered_by: Option<String>,
-        /// The recording of the bridged call.
-        recording_url: Option<String>,
-    },
+    Dial(Box<DialResult>),
     /// The TwiML redirected back to the flow.
     RedirectReturned {
         /// The parameters of the return request.

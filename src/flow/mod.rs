@@ -29,8 +29,8 @@ pub(crate) mod widgets;
 
 pub use definition::{Condition, Flags, FlowDefinition, State, Transition};
 pub use effect::{
-    Connect, Effect, EndReason, Gather, GatherInput, HttpAuth, HttpBody, HttpRequest, Message,
-    Outcome, OutgoingCall, Prompt, Record, Redirect, RunSubflow,
+    Connect, DialResult, Effect, EndReason, Gather, GatherInput, HttpAuth, HttpBody, HttpRequest,
+    Message, Outcome, OutgoingCall, Prompt, Record, Redirect, RunSubflow,
 };
 pub use engine::{
     Advance, Engine, Execution, ExecutionInit, ExecutionStatus, Flow, FlowError, Step, Trigger,

@@ -142,7 +142,8 @@ pub fn ulaw_to_linear(byte: u8) -> i16 {
     (if sign != 0 { -magnitude } else { magnitude }) as i16
 }
 
-pub(crate) fn linear_to_alaw(sample: i16) -> u8 {
+/// Encode one 16-bit sample as G.711 A-law.
+pub fn linear_to_alaw(sample: i16) -> u8 {
     let s = sample as i32;
     let (sign, mag) = if s >= 0 { (0x80, s) } else { (0x00, -s - 1) };
     let mag = mag.min(0x7FFF);
@@ -166,7 +167,8 @@ fn segment_alaw(mag: i32) -> i32 {
     e
 }
 
-pub(crate) fn alaw_to_linear(byte: u8) -> i16 {
+/// Decode one G.711 A-law byte.
+pub fn alaw_to_linear(byte: u8) -> i16 {
     let b = (byte ^ 0x55) as i32;
     let sign = b & 0x80;
     let exp = (b >> 4) & 0x07;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::bridge::{Relay, SharedInlet};
 use super::codec::{Codec, Decoder};
 use super::dtmf::Rfc4733Receiver;
 use super::goertzel::InbandDtmf;
@@ -138,6 +139,10 @@ struct StreamState {
     sending: bool,
     /// Frames timed so far, sent or held: the inbound side is read on each one.
     frames: u64,
+    /// Bridged: where what this stream receives goes (the other leg's inlet).
+    relay: Option<Relay>,
+    /// Bridged: what the other leg relays to this stream, played when no prompt is queued.
+    inlet: Option<SharedInlet>,
 }
 
 struct Stream {
@@ -242,6 +247,18 @@ impl Stream {
     /// `out` None skips it.
     fn fill(&self, st: &mut StreamState, mut out: Option<&mut [u8]>) -> Frame {
         let frame = st.frame;
+        if st.queue.is_empty() {
+            let mut digit = None;
+            if let Some(Ok(mut inlet)) = st.inlet.as_ref().map(|i| i.lock()) {
+                digit = inlet.next_digit();
+                if digit.is_none() && inlet.take(out.as_deref_mut(), frame) {
+                    return Frame::Audio;
+                }
+            }
+            if let Some(d) = digit {
+                self.queue_relayed_digit(st, d);
+            }
+        }
         let mut written = 0;
         while written < frame {
             let ts_now = st.rtp.timestamp();
@@ -325,6 +342,32 @@ impl Stream {
             o[written..].copy_from_slice(&silence[written..frame]);
         }
         Frame::Audio
+    }
+}
+
+impl Stream {
+    /// A digit the other leg of a bridge pressed: an RFC 4733 event when this leg negotiated
+    /// telephone-event, else the tone itself in this leg's codec. (Queued with id 0, which no
+    /// call waits for.)
+    fn queue_relayed_digit(&self, st: &mut StreamState, digit: char) {
+        let item = if st.telephone_event.is_some() {
+            Item::Digits {
+                digits: VecDeque::from([digit]),
+                current: None,
+                pause_frames: 0,
+            }
+        } else {
+            let mut pcm = super::tones::dtmf_tone(digit, 8000, DIGIT_MS, -10.0).unwrap_or_default();
+            pcm.extend(super::tones::silence(DIGIT_GAP_MS, 8000));
+            let mut audio = Vec::with_capacity(pcm.len());
+            st.codec.encode(&pcm, &mut audio);
+            Item::Audio {
+                audio: audio.into(),
+                loops_left: 1,
+                pos: 0,
+            }
+        };
+        st.queue.push_back(PlayItem { id: 0, item });
     }
 }
 
@@ -500,6 +543,51 @@ impl MediaSession {
             stream: self.stream.clone(),
         }
     }
+
+    /// Relay what this stream receives to `other` (one way, as for early media), transcoded
+    /// into `other`'s codec; digits go as RFC 4733 events or in-band tones, whichever `other`
+    /// can carry. `other` plays relayed audio whenever it has no prompt queued.
+    pub fn relay_to(&self, other: &MediaSession) {
+        // Never two state locks at once (see media::bridge): take the inlet, then link.
+        let target = other.stream.state.lock().ok().map(|mut st| {
+            let inlet = st.inlet.get_or_insert_with(SharedInlet::default).clone();
+            (st.codec, inlet)
+        });
+        let Some((to, inlet)) = target else {
+            return;
+        };
+        if let Ok(mut st) = self.stream.state.lock() {
+            st.relay = Some(Relay::new(st.codec, to, inlet));
+        }
+    }
+
+    /// Bridge two streams both ways.
+    pub fn bridge(&self, other: &MediaSession) {
+        self.relay_to(other);
+        other.relay_to(self);
+    }
+
+    /// Stop relaying what this stream receives, and stop playing what was relayed to it.
+    pub fn unbridge(&self) {
+        if let Ok(mut st) = self.stream.state.lock() {
+            st.relay = None;
+            st.inlet = None;
+        }
+    }
+
+    /// Relayed audio this stream dropped (bytes, the far leg ran fast) and frames it padded
+    /// with silence (the far leg ran late or lost packets) while bridged.
+    pub fn bridge_stats(&self) -> (u64, u64) {
+        self.stream
+            .state
+            .lock()
+            .ok()
+            .and_then(|st| {
+                let i = st.inlet.as_ref()?.lock().ok()?;
+                Some((i.dropped, i.underruns))
+            })
+            .unwrap_or((0, 0))
+    }
 }
 
 impl Drop for MediaSession {
@@ -612,6 +700,8 @@ impl MediaEngine {
                 },
                 packets_sent: 0,
                 packets_received: 0,
+                relay: None,
+                inlet: None,
             }),
             closed: AtomicBool::new(false),
             events: tx,
@@ -705,6 +795,9 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
     }
     if Some(pkt.payload_type) == st.telephone_event {
         if let Some(digit) = st.dtmf.on_packet(pkt.timestamp, pkt.payload) {
+            if let Some(r) = st.relay.as_mut() {
+                r.push_digit(digit);
+            }
             let _ = stream.events.send(MediaEvent::Dtmf {
                 digit,
                 source: DtmfSource::Rfc4733,
@@ -714,6 +807,9 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
     }
     if pkt.payload_type != audio_pt {
         return true; // comfort noise and anything we did not negotiate
+    }
+    if let Some(r) = st.relay.as_mut() {
+        r.push_audio(pkt.payload);
     }
     let inb = &mut st.inbound;
     if let Some(det) = inb.inband.as_mut() {

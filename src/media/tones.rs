@@ -92,6 +92,22 @@ pub(crate) fn beep(freq_hz: f64, duration_ms: u32, sample_rate: u32) -> Vec<i16>
         .collect()
 }
 
+/// One cadence of North American ringback (ANSI T1.401): 440 + 480 Hz for 2 s, then 4 s of
+/// silence; played in a loop while a second leg rings.
+pub fn ringback(sample_rate: u32) -> Vec<i16> {
+    let on = samples_for(2000, sample_rate);
+    let a = amplitude(-19.0);
+    let rate = sample_rate.max(1) as f64;
+    let mut pcm: Vec<i16> = (0..on)
+        .map(|i| {
+            let t = i as f64 / rate;
+            (a * ((2.0 * PI * 440.0 * t).sin() + (2.0 * PI * 480.0 * t).sin())).round() as i16
+        })
+        .collect();
+    pcm.extend(silence(4000, sample_rate));
+    pcm
+}
+
 /// `duration_ms` of silence at `sample_rate`.
 pub fn silence(duration_ms: u32, sample_rate: u32) -> Vec<i16> {
     vec![0; samples_for(duration_ms, sample_rate)]

@@ -375,9 +375,7 @@ fn unavailable(effect: &Effect, medium: &str) -> String {
         Effect::Gather(_) => "gather-input-on-call",
         Effect::Record(_) => "record-voicemail",
         Effect::Redirect(_) => "add-twiml-redirect",
-        Effect::Connect(_) => {
-            return "connect-call-to is not available yet: Switchboard cannot connect a caller to another party (no outbound leg or bridge); the execution ends here".into()
-        }
+        Effect::Connect(_) => "connect-call-to",
         Effect::OutgoingCall(_) => {
             return "make-outgoing-call-v2 is not available yet: Switchboard cannot place outbound calls from a flow".into()
         }
@@ -648,13 +646,16 @@ mod tests {
             to: "+1".into(),
             caller_id: None,
             timeout_secs: 30,
+            time_limit_secs: 0,
             record: false,
             sip_endpoint: None,
             sip_username: None,
             sip_password: None,
         });
-        assert!(unavailable(&connect, "voice call")
-            .starts_with("connect-call-to is not available yet: "));
+        assert_eq!(
+            unavailable(&connect, "messaging conversation"),
+            "connect-call-to needs a voice call; this execution runs in a messaging conversation"
+        );
         let say = Effect::SayPlay(crate::flow::Prompt::default());
         assert_eq!(
             unavailable(&say, "messaging conversation"),

@@ -411,6 +411,12 @@ pub enum Command {
         /// Our address as the trunk sees it.
         local: SocketAddr,
     },
+    /// The driver could not open a connection to `addr` (TCP or TLS): calls still waiting for
+    /// an answer from it fail at once (503) instead of at timer B.
+    TransportFailed {
+        /// The trunk address that refused or timed out.
+        addr: SocketAddr,
+    },
     /// Send OPTIONS keep-alives to a trunk, from our `local` address (filled in by the driver).
     Keepalive {
         /// The trunk, where and how often.
@@ -676,6 +682,12 @@ impl SipCore {
             },
             DialEvent::Answered(a) => {
                 self.schedule(now + TIMER_64T1, call_id, TimerKind::DialForget);
+                // Offers the far end makes later in the dialog are answered against this.
+                let local_sdp = self
+                    .dials
+                    .get(call_id)
+                    .and_then(|d| super::sdp::settled(d.offer(), &a.sdp).ok())
+                    .unwrap_or_default();
                 self.dialogs.insert(
                     call_id.to_string(),
                     Dialog {
@@ -696,7 +708,7 @@ impl SipCore {
                         remote_target: a.remote_target.clone(),
                         route_set: a.route_set.clone(),
                         last_response: Vec::new(),
-                        local_sdp: String::new(),
+                        local_sdp,
                         retransmit_interval: T1,
                         local_cseq: a.cseq,
                         bye: None,
@@ -1674,6 +1686,17 @@ impl SipCore {
                 let call_id = k.call_id().to_string();
                 self.keepalives.insert(call_id.clone(), k);
                 self.keepalive_step(&call_id, Some(first), None);
+            }
+            Command::TransportFailed { addr } => {
+                let failed: Vec<(String, DialEvent)> = self
+                    .dials
+                    .iter_mut()
+                    .filter(|(_, d)| d.peer().addr == addr)
+                    .filter_map(|(id, d)| Some((id.clone(), d.transport_failed()?)))
+                    .collect();
+                for (id, ev) in failed {
+                    self.dial_step(now, &id, Vec::new(), Some(ev));
+                }
             }
             Command::UnregisterAll => {
                 let ids: Vec<String> = self.registrations.keys().cloned().collect();
@@ -2822,6 +2845,7 @@ mod tests {
             caller_id: None,
             dial_allow: vec![],
             max_outbound: 10,
+            calls_per_second: 10,
             keepalive_secs: 0,
             tls_ca: None,
             srtp: crate::config::SrtpPolicy::Off,

@@ -174,6 +174,11 @@ impl Dial {
         self.local
     }
 
+    /// Our SDP offer.
+    pub(crate) fn offer(&self) -> &str {
+        &self.spec.sdp
+    }
+
     /// Whether we asked to stop this call (ring time, hang-up).
     pub(crate) fn cancelled(&self) -> bool {
         self.cancelling
@@ -183,6 +188,19 @@ impl Dial {
     pub(crate) fn owns(&self, r: &Response) -> bool {
         (r.cseq_method == "INVITE" && r.branch.as_deref() == Some(self.branch.as_str()))
             || (r.cseq_method == "CANCEL" && self.cancel.as_ref().is_some_and(|c| c.matches(r)))
+    }
+
+    /// The trunk cannot be reached (the connection was refused): before any answer, the call
+    /// fails as if the trunk had answered 503 (RFC 3261 §8.1.3.1).
+    pub(crate) fn transport_failed(&mut self) -> Option<DialEvent> {
+        if self.phase != Phase::Calling {
+            return None;
+        }
+        self.phase = Phase::Done;
+        Some(DialEvent::Failed {
+            status: 503,
+            reason: "cannot connect to the trunk".into(),
+        })
     }
 
     /// The first INVITE.

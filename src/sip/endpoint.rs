@@ -465,6 +465,7 @@ pub async fn start(
         ev: ev_tx,
         routes: HashMap::new(),
         pending: pending.clone(),
+        failed: cmd_tx.clone(),
     };
     tokio::spawn(driver.run(cmd_rx, in_rx));
     Ok(Endpoint {
@@ -501,6 +502,8 @@ struct Driver {
     ev: mpsc::UnboundedSender<Event>,
     routes: HashMap<IpAddr, IpAddr>,
     pending: Pending,
+    /// Back into our own command queue: connections to trunks that could not be opened.
+    failed: mpsc::UnboundedSender<Command>,
 }
 
 impl Driver {
@@ -619,6 +622,7 @@ impl Driver {
         c.waiting.insert(addr, vec![data]);
         drop(c);
         let (connector, shared) = (self.connector.clone(), self.shared.clone());
+        let failed = self.failed.clone();
         tokio::spawn(async move {
             let limit = shared.limits.header_timeout;
             let opened = tokio::time::timeout(limit, open_stream(addr, how)).await;
@@ -654,12 +658,14 @@ impl Driver {
                     if let Ok(mut c) = connector.lock() {
                         c.waiting.remove(&addr);
                     }
+                    let _ = failed.send(Command::TransportFailed { addr });
                 }
                 Err(_) => {
                     tracing::warn!(peer = %addr, "connecting to trunk timed out");
                     if let Ok(mut c) = connector.lock() {
                         c.waiting.remove(&addr);
                     }
+                    let _ = failed.send(Command::TransportFailed { addr });
                 }
             }
         });

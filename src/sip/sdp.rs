@@ -339,6 +339,59 @@ pub fn answer(n: &Negotiated, local: SocketAddr, session_id: u64) -> String {
     )
 }
 
+/// Our offer for a call we place: one audio stream with `codecs` in our preference order,
+/// RFC 4733 telephone-event (101), 20 ms packets, `sendrecv`.
+pub fn offer(codecs: &[Codec], local: SocketAddr, session_id: u64) -> String {
+    let ip_kind = if local.is_ipv4() { "IP4" } else { "IP6" };
+    let ip = local.ip();
+    let mut pts = String::new();
+    let mut maps = String::new();
+    for c in codecs {
+        let pt = match c {
+            Codec::Pcmu => 0,
+            Codec::Pcma => 8,
+            Codec::G722 => 9,
+        };
+        pts.push_str(&format!("{pt} "));
+        maps.push_str(&format!(
+            "a=rtpmap:{pt} {}/{}\r\n",
+            c.rtpmap_name(),
+            c.rtp_clock_rate()
+        ));
+    }
+    format!(
+        "v=0\r\no=switchboard {session_id} {session_id} IN {ip_kind} {ip}\r\ns=switchboard\r\n\
+         c=IN {ip_kind} {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP {pts}101\r\n{maps}\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n",
+        port = local.port()
+    )
+}
+
+/// Our side of a session we offered, narrowed to what the far end's `answer` accepted (its
+/// codec, telephone-event, ptime): what later offers inside the dialog are answered against.
+pub fn settled(offer: &str, answer_sdp: &str) -> Result<String, SdpError> {
+    let mine = parse_streams(offer)?;
+    let audio = mine
+        .iter()
+        .skip(1)
+        .find(|s| s.is_audio())
+        .ok_or(SdpError::OwnSession)?;
+    let ip = audio.ip.or(mine[0].ip).ok_or(SdpError::OwnSession)?;
+    let id = offer
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("o="))
+        .and_then(|o| o.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(1);
+    let mut n = negotiate(answer_sdp, &[Codec::Pcmu, Codec::Pcma, Codec::G722])?;
+    // Their answer's direction is theirs; ours mirrors it.
+    n.direction = match n.direction {
+        Direction::SendOnly => Direction::RecvOnly,
+        Direction::RecvOnly => Direction::SendOnly,
+        d => d,
+    };
+    Ok(answer(&n, SocketAddr::new(ip, audio.port), id))
+}
+
 /// What a new offer inside a dialog (re-INVITE, UPDATE) changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reanswer {

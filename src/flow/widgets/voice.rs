@@ -6,7 +6,8 @@ use serde_json::{json, Map, Value};
 use super::{PropError, Props, Resolution};
 use crate::flow::context::trigger_call;
 use crate::flow::effect::{
-    Connect, Effect, Gather, GatherInput, Outcome, OutgoingCall, Prompt, Record, Redirect,
+    Connect, DialResult, Effect, Gather, GatherInput, Outcome, OutgoingCall, Prompt, Record,
+    Redirect,
 };
 
 /// Studio's longest voicemail (seconds).
@@ -56,6 +57,7 @@ pub(crate) fn effect(props: &Props<'_>) -> Result<Effect, PropError> {
             to: props.text_or_empty("to")?,
             caller_id: props.text("caller_id")?,
             timeout_secs: props.u32_or("timeout", 30)?,
+            time_limit_secs: props.u32_or("time_limit", 14_400)?,
             record: props.bool_or("record", false)?,
             sip_endpoint: props.text("sip_endpoint")?,
             sip_username: props.text("sip_username")?,
@@ -163,16 +165,15 @@ pub(crate) fn resolve(
             Resolution::published(event, with_call(context, m))
         }
         ("record-voicemail", Outcome::NoAudio | Outcome::Timeout) => Resolution::event("noAudio"),
-        (
-            "connect-call-to",
-            Outcome::Dial {
+        ("connect-call-to", Outcome::Dial(d)) => {
+            let DialResult {
                 status,
                 sid,
                 duration_secs,
                 recording_url,
+                error,
                 ..
-            },
-        ) => {
+            } = *d;
             let mut m = map(&[
                 ("DialCallStatus", json!(status)),
                 ("DialCallSid", json!(sid.unwrap_or_default())),
@@ -184,17 +185,19 @@ pub(crate) fn resolve(
             if let Some(r) = recording_url {
                 m.insert("RecordingUrl".into(), json!(r));
             }
-            Resolution::published("callCompleted", m)
+            Resolution {
+                error,
+                ..Resolution::published("callCompleted", m)
+            }
         }
-        (
-            "make-outgoing-call-v2",
-            Outcome::Dial {
+        ("make-outgoing-call-v2", Outcome::Dial(d)) => {
+            let DialResult {
                 status,
                 sid,
                 answered_by,
+                error,
                 ..
-            },
-        ) => {
+            } = *d;
             let event = match status.as_str() {
                 "answered" | "in-progress" | "completed" => "answered",
                 "busy" => "busy",
@@ -208,7 +211,10 @@ pub(crate) fn resolve(
             if let Some(a) = answered_by {
                 m.insert("AnsweredBy".into(), json!(a));
             }
-            Resolution::published(event, m)
+            Resolution {
+                error,
+                ..Resolution::published(event, m)
+            }
         }
         ("make-outgoing-call-v2", Outcome::Timeout) => Resolution::event("noAnswer"),
         ("add-twiml-redirect", Outcome::RedirectReturned { params }) => {

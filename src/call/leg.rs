@@ -1,0 +1,243 @@
+//! A call we place (a second leg): routed through a trunk, offered, followed by its own Call-ID
+//! until it ends, with its media started from the far end's answer (or its early media).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::outbound::{Outbound, Refusal, Route};
+use super::registry::{LegEvent, Registry};
+use crate::media::engine::Ports;
+use crate::media::{Codec, MediaEngine, MediaSession, StreamParams};
+use crate::sip::dial::DialSpec;
+use crate::sip::sdp;
+use crate::sip::{Command, SipHandle};
+use crate::store::new_sid;
+
+/// Codecs we offer a far end, in our preference order.
+const OFFER: &[Codec] = &[Codec::Pcmu, Codec::Pcma, Codec::G722];
+
+/// What placing legs needs: the trunks, signalling, media, and the registry that routes each
+/// leg's SIP events back to the call that placed it.
+pub struct Legs {
+    /// The trunks calls may go out through.
+    pub outbound: Outbound,
+    /// Signalling.
+    pub sip: SipHandle,
+    /// RTP.
+    pub media: Arc<MediaEngine>,
+    /// Where each leg's events are routed by Call-ID.
+    pub registry: Arc<Registry>,
+}
+
+/// Why a leg could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum LegError {
+    /// Dial rules refused the target.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// No RTP port.
+    #[error("no RTP port for the call: {0}")]
+    Media(#[from] crate::media::engine::MediaError),
+    /// The RTP socket has no address.
+    #[error("RTP socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Whom to call, and how.
+pub struct LegRequest<'a> {
+    /// A number or a SIP URI.
+    pub target: &'a str,
+    /// Caller ID (the From user); the trunk's `caller_id` when None.
+    pub caller_id: Option<&'a str>,
+    /// Ring time before we CANCEL.
+    pub ring_timeout: Duration,
+    /// Digest credentials for this call (connect-call-to's `sip_username`/`sip_password`);
+    /// the trunk's own when None.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Events of one call's legs: each with its leg's Call-ID.
+pub type LegEvents = mpsc::UnboundedReceiver<(String, LegEvent)>;
+
+/// One leg, from the INVITE to its end. Dropping it hangs it up (CANCEL or BYE) unless it
+/// already ended, and stops following it.
+pub struct Leg {
+    /// Its SIP Call-ID.
+    pub call_id: String,
+    /// Its call SID (`DialCallSid`).
+    pub sid: String,
+    /// Whom it called.
+    pub target: String,
+    route: Route,
+    ports: Option<Ports>,
+    media: Option<MediaSession>,
+    sip: SipHandle,
+    engine: Arc<MediaEngine>,
+    registry: Arc<Registry>,
+    ended: bool,
+    answered_at: Option<Instant>,
+}
+
+impl Legs {
+    /// Place a call: route it, take an RTP port, send the INVITE. Its events arrive on `events`.
+    pub fn place(
+        &self,
+        req: &LegRequest<'_>,
+        events: &mpsc::UnboundedSender<(String, LegEvent)>,
+    ) -> Result<Leg, LegError> {
+        let unreachable: Vec<String> = self
+            .sip
+            .trunk_reachability()
+            .into_iter()
+            .filter(|(_, r)| !r.reachable)
+            .map(|(name, _)| name)
+            .collect();
+        let route = self
+            .outbound
+            .route(req.target, &unreachable, Instant::now())?;
+        let ports = self.media.allocate()?;
+        let local_rtp = SocketAddr::new(route.trunk.media_ip, ports.rtp.local_addr()?.port());
+        let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
+        let from_user = req
+            .caller_id
+            .map(str::to_string)
+            .or_else(|| route.trunk.caller_id.clone())
+            .unwrap_or_else(|| "switchboard".into());
+        let spec = DialSpec {
+            call_id: call_id.clone(),
+            peer: route.trunk.peer,
+            request_uri: route.request_uri.clone(),
+            from_user,
+            sdp: sdp::offer(OFFER, local_rtp, rand::random::<u32>() as u64),
+            credentials: req
+                .credentials
+                .clone()
+                .or_else(|| route.trunk.credentials.clone()),
+            ring_timeout: req.ring_timeout,
+            redirect_hosts: vec![route.trunk.host.clone()],
+        };
+        // Follow it before the INVITE leaves, so no answer can overtake us.
+        self.registry.insert_leg(&call_id, events.clone());
+        tracing::info!(%call_id, target = %req.target, trunk = %route.trunk.name, request_uri = %route.request_uri, "placing a call");
+        self.sip.send(Command::Dial {
+            local: route.trunk.peer.addr, // replaced by the driver
+            spec: Box::new(spec),
+        });
+        Ok(Leg {
+            call_id,
+            sid: new_sid("CA"),
+            target: req.target.to_string(),
+            route,
+            ports: Some(ports),
+            media: None,
+            sip: self.sip.clone(),
+            engine: self.media.clone(),
+            registry: self.registry.clone(),
+            ended: false,
+            answered_at: None,
+        })
+    }
+}
+
+impl Leg {
+    /// The trunk it went out through.
+    pub fn trunk(&self) -> &str {
+        &self.route.trunk.name
+    }
+
+    /// Start (or move) its media to the far end's session: its answer or early media. Err
+    /// when that SDP names nothing we can send to.
+    pub fn start_media(&mut self, remote_sdp: &str) -> Result<&MediaSession, sdp::SdpError> {
+        let n = sdp::negotiate(remote_sdp, OFFER)?;
+        if let Some(m) = &self.media {
+            m.control().set_remote(n.remote_rtp);
+        } else if let Some(ports) = self.ports.take() {
+            let params = StreamParams {
+                remote: n.remote_rtp,
+                codec: n.codec,
+                payload_type: n.payload_type,
+                telephone_event: n.telephone_event,
+                ptime_ms: n.ptime_ms,
+                label: self.call_id.clone(),
+            };
+            match self.engine.start(ports, params) {
+                Ok(m) => {
+                    self.registry.attach_media(&self.call_id, m.control());
+                    tracing::info!(call_id = %self.call_id, codec = ?n.codec, remote_rtp = %n.remote_rtp, "far end media");
+                    self.media = Some(m);
+                }
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call_id, error = %e, "far end media failed to start");
+                    return Err(sdp::SdpError::NoConnection);
+                }
+            }
+        }
+        self.media.as_ref().ok_or(sdp::SdpError::NoConnection)
+    }
+
+    /// Its media, once started.
+    pub fn media(&self) -> Option<&MediaSession> {
+        self.media.as_ref()
+    }
+
+    /// Its media, to play to it.
+    pub fn media_mut(&mut self) -> Option<&mut MediaSession> {
+        self.media.as_mut()
+    }
+
+    /// Its media's events (digits it sent, prompts played to it), once started.
+    pub async fn media_event(&mut self) -> Option<crate::media::engine::MediaEvent> {
+        match self.media.as_mut() {
+            Some(m) => m.events.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The far end answered now.
+    pub fn answered(&mut self) {
+        self.answered_at = Some(Instant::now());
+    }
+
+    /// Whole seconds since the answer (`DialCallDuration`).
+    pub fn duration_secs(&self) -> Option<u32> {
+        self.answered_at.map(|a| a.elapsed().as_secs() as u32)
+    }
+
+    /// It ended on the far side (BYE, final failure): nothing to hang up.
+    pub fn ended(&mut self) {
+        self.ended = true;
+    }
+
+    /// End it from our side: CANCEL while it rings, BYE once answered.
+    pub fn hangup(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.sip.send(Command::Hangup {
+                call_id: self.call_id.clone(),
+            });
+        }
+    }
+}
+
+impl Drop for Leg {
+    fn drop(&mut self) {
+        self.hangup();
+        if let Some(m) = &self.media {
+            m.unbridge();
+        }
+        self.registry.remove_leg(&self.call_id);
+    }
+}
+
+/// `DialCallStatus` for a leg that ended without an answer (Twilio's names).
+pub fn dial_status(status: u16) -> &'static str {
+    match status {
+        486 | 600 | 603 => "busy",
+        // Cancelled at the ring timeout, or the far end itself gave up ringing.
+        487 | 480 => "no-answer",
+        _ => "failed",
+    }
+}

@@ -1,0 +1,368 @@
+//! Which trunk may place a call to whom. Nothing dials out except through a configured trunk:
+//! a number only through a trunk whose `dial_allow` matches it, a SIP URI only when its host is
+//! a trunk's own; each trunk holds at most `max_outbound` calls out at once and starts at most
+//! `calls_per_second` of them. A refusal names the target and the rule that refused it.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::sip::Peer;
+
+/// A trunk calls may go out through, with its address resolved.
+pub struct OutboundTrunk {
+    /// Its `[[trunks]]` name.
+    pub name: String,
+    /// Where the INVITE goes.
+    pub peer: Peer,
+    /// `host[:port]` of its `uri`, as written: the Request-URI's host, and the only place a
+    /// redirect may send the call.
+    pub host: String,
+    /// Digest credentials for its challenges.
+    pub credentials: Option<(String, String)>,
+    /// Its default caller ID.
+    pub caller_id: Option<String>,
+    /// The address our SDP offers for media towards it.
+    pub media_ip: IpAddr,
+    dial_allow: Vec<String>,
+    max_outbound: usize,
+    calls_per_second: u32,
+    active: AtomicUsize,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl OutboundTrunk {
+    /// A trunk from its settings and resolved address.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &crate::config::TrunkConfig,
+        peer: Peer,
+        host: String,
+        media_ip: IpAddr,
+    ) -> OutboundTrunk {
+        let credentials = match (&cfg.username, &cfg.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        };
+        OutboundTrunk {
+            name: cfg.name.clone(),
+            peer,
+            host,
+            credentials,
+            caller_id: cfg.caller_id.clone(),
+            media_ip,
+            dial_allow: cfg.dial_allow.clone(),
+            max_outbound: cfg.max_outbound,
+            calls_per_second: cfg.calls_per_second,
+            active: AtomicUsize::new(0),
+            bucket: Mutex::new((cfg.calls_per_second as f64, Instant::now())),
+        }
+    }
+
+    /// Calls out through this trunk now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    fn allows(&self, number: &str) -> bool {
+        self.dial_allow.iter().any(|p| pattern_matches(p, number))
+    }
+
+    /// Take one call slot and one token of the rate limit.
+    fn admit(self: &Arc<Self>, now: Instant) -> Result<Slot, Refusal> {
+        if self.calls_per_second > 0 {
+            let Ok(mut b) = self.bucket.lock() else {
+                return Err(Refusal::Rate(self.name.clone(), self.calls_per_second));
+            };
+            let rate = self.calls_per_second as f64;
+            let (tokens, at) = *b;
+            let tokens =
+                (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate);
+            if tokens < 1.0 {
+                *b = (tokens, now);
+                return Err(Refusal::Rate(self.name.clone(), self.calls_per_second));
+            }
+            *b = (tokens - 1.0, now);
+        }
+        let taken = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_outbound).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(Slot(self.clone())),
+            Err(_) => Err(Refusal::Full(self.name.clone(), self.max_outbound)),
+        }
+    }
+}
+
+/// One call slot on a trunk, given back when dropped.
+pub struct Slot(Arc<OutboundTrunk>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a call was not placed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Not a phone number (digits, with an optional leading `+`).
+    #[error("{0:?} is not a phone number or SIP URI that can be dialled")]
+    BadTarget(String),
+    /// No trunk's `dial_allow` matches the number.
+    #[error("no trunk may dial {0}: no dial_allow pattern matches it")]
+    NotAllowed(String),
+    /// The URI's host is no configured trunk.
+    #[error("refused to dial {0}: its host is not a configured trunk")]
+    UnknownHost(String),
+    /// The trunk holds `max_outbound` calls.
+    #[error("trunk {0:?} already holds its max_outbound of {1} calls")]
+    Full(String, usize),
+    /// The trunk's call-rate limit.
+    #[error("trunk {0:?} is over its limit of {1} new calls per second")]
+    Rate(String, u32),
+    /// The trunk does not answer its keep-alives.
+    #[error("trunk {0:?} is unreachable (it does not answer OPTIONS)")]
+    Unreachable(String),
+}
+
+/// Where a call goes: the trunk, the Request-URI, and the slot it holds.
+pub struct Route {
+    /// The trunk it goes through.
+    pub trunk: Arc<OutboundTrunk>,
+    /// Whom we INVITE: `sip:+15551234@trunk-host`.
+    pub request_uri: String,
+    /// Held for the life of the call.
+    pub _slot: Slot,
+}
+
+/// The trunks calls may go out through, in configuration order.
+#[derive(Default)]
+pub struct Outbound {
+    trunks: Vec<Arc<OutboundTrunk>>,
+}
+
+impl Outbound {
+    /// From resolved trunks.
+    pub fn new(trunks: Vec<OutboundTrunk>) -> Outbound {
+        Outbound {
+            trunks: trunks.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The trunks.
+    pub fn trunks(&self) -> &[Arc<OutboundTrunk>] {
+        &self.trunks
+    }
+
+    /// Route a number (`+15551234`, spaces and dashes allowed) or a SIP URI whose host is a
+    /// trunk's. `unreachable` names trunks known not to answer, which are skipped.
+    pub fn route(
+        &self,
+        target: &str,
+        unreachable: &[String],
+        now: Instant,
+    ) -> Result<Route, Refusal> {
+        let target = target.trim();
+        if target.to_ascii_lowercase().starts_with("sip:") {
+            return self.route_uri(target, unreachable, now);
+        }
+        let number = normalise(target).ok_or_else(|| Refusal::BadTarget(target.into()))?;
+        let mut first_refusal = None;
+        for t in self.trunks.iter().filter(|t| t.allows(&number)) {
+            if unreachable.contains(&t.name) {
+                first_refusal.get_or_insert(Refusal::Unreachable(t.name.clone()));
+                continue;
+            }
+            match t.admit(now) {
+                Ok(slot) => {
+                    return Ok(Route {
+                        trunk: t.clone(),
+                        request_uri: format!("sip:{number}@{}", t.host),
+                        _slot: slot,
+                    })
+                }
+                Err(r) => {
+                    first_refusal.get_or_insert(r);
+                }
+            }
+        }
+        Err(first_refusal.unwrap_or(Refusal::NotAllowed(number)))
+    }
+
+    fn route_uri(&self, uri: &str, unreachable: &[String], now: Instant) -> Result<Route, Refusal> {
+        let host = uri_host(uri).ok_or_else(|| Refusal::BadTarget(uri.into()))?;
+        let trunk = self
+            .trunks
+            .iter()
+            .find(|t| same_host(&t.host, &host))
+            .ok_or_else(|| Refusal::UnknownHost(uri.into()))?;
+        if unreachable.contains(&trunk.name) {
+            return Err(Refusal::Unreachable(trunk.name.clone()));
+        }
+        let slot = trunk.admit(now)?;
+        // Headers and anything after `?` are the caller's to set, not the URI's.
+        let request_uri = uri.split('?').next().unwrap_or(uri).to_string();
+        Ok(Route {
+            trunk: trunk.clone(),
+            request_uri,
+            _slot: slot,
+        })
+    }
+}
+
+/// A number as dialled: digits with an optional leading `+`; spaces, dashes, dots and
+/// brackets dropped.
+fn normalise(number: &str) -> Option<String> {
+    let n: String = number
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = n.strip_prefix('+').unwrap_or(&n);
+    (!digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(n)
+}
+
+/// A `dial_allow` pattern: a number, or a prefix ending in `*` (`*` alone: any number).
+fn pattern_matches(pattern: &str, number: &str) -> bool {
+    let p = pattern.trim();
+    match p.strip_suffix('*') {
+        Some(prefix) => number.starts_with(prefix),
+        None => p == number,
+    }
+}
+
+/// `host[:port]` of a SIP URI, lower-cased.
+fn uri_host(uri: &str) -> Option<String> {
+    let rest = uri.trim();
+    let rest = rest.get(4..)?; // "sip:"
+    let rest = rest.split([';', '?', '>']).next()?;
+    let host = rest.rsplit('@').next()?;
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Two `host[:port]` naming the same place (5060 when no port is written).
+fn same_host(a: &str, b: &str) -> bool {
+    let with_port = |h: &str| -> String {
+        let h = h.to_ascii_lowercase();
+        let has_port = if h.starts_with('[') {
+            h.contains("]:")
+        } else {
+            h.rsplit_once(':')
+                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        };
+        if has_port {
+            h
+        } else {
+            format!("{h}:5060")
+        }
+    };
+    with_port(a) == with_port(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::Transport;
+    use std::time::Duration;
+
+    fn trunk(name: &str, host: &str, allow: &[&str], max: usize, cps: u32) -> OutboundTrunk {
+        let cfg: crate::config::TrunkConfig = serde_json::from_value(serde_json::json!({
+            "name": name, "uri": format!("sip:{host}"), "dial_allow": allow,
+            "max_outbound": max, "calls_per_second": cps,
+        }))
+        .unwrap();
+        OutboundTrunk::new(
+            &cfg,
+            Peer {
+                addr: "127.0.0.1:5080".parse().unwrap(),
+                transport: Transport::Udp,
+            },
+            host.into(),
+            "127.0.0.1".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn numbers_go_only_where_dial_allow_says() {
+        let out = Outbound::new(vec![
+            trunk("us", "us.example", &["+1*"], 10, 0),
+            trunk("uk", "uk.example:5070", &["+44*", "+15550000"], 10, 0),
+        ]);
+        let now = Instant::now();
+        let r = out.route("+1 (555) 123-4567", &[], now).unwrap();
+        assert_eq!(r.trunk.name, "us");
+        assert_eq!(r.request_uri, "sip:+15551234567@us.example");
+        let r = out.route("+442071234567", &[], now).unwrap();
+        assert_eq!(r.request_uri, "sip:+442071234567@uk.example:5070");
+        assert_eq!(
+            out.route("+33123456789", &[], now).err(),
+            Some(Refusal::NotAllowed("+33123456789".into()))
+        );
+        assert!(matches!(
+            out.route("+1555; rm -rf", &[], now),
+            Err(Refusal::BadTarget(_))
+        ));
+        assert!(matches!(
+            out.route("", &[], now),
+            Err(Refusal::BadTarget(_))
+        ));
+        // An unreachable trunk is skipped.
+        assert_eq!(
+            out.route("+15551234567", &["us".into()], now).err(),
+            Some(Refusal::Unreachable("us".into()))
+        );
+        // No dial_allow: nothing.
+        let none = Outbound::new(vec![trunk("closed", "c.example", &[], 10, 0)]);
+        assert!(matches!(
+            none.route("+15551234567", &[], now),
+            Err(Refusal::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn sip_uris_only_to_trunk_hosts() {
+        let out = Outbound::new(vec![trunk("pbx", "pbx.example", &[], 10, 0)]);
+        let now = Instant::now();
+        let r = out
+            .route("sip:desk@PBX.example:5060;transport=udp", &[], now)
+            .unwrap();
+        assert_eq!(r.trunk.name, "pbx");
+        assert_eq!(r.request_uri, "sip:desk@PBX.example:5060;transport=udp");
+        assert_eq!(
+            out.route("sip:desk@evil.example", &[], now).err(),
+            Some(Refusal::UnknownHost("sip:desk@evil.example".into()))
+        );
+        assert!(out.route("sip:desk@pbx.example:5070", &[], now).is_err());
+    }
+
+    #[test]
+    fn max_outbound_and_call_rate_hold() {
+        let out = Outbound::new(vec![trunk("t", "t.example", &["*"], 2, 0)]);
+        let now = Instant::now();
+        let a = out.route("100", &[], now).unwrap();
+        let _b = out.route("101", &[], now).unwrap();
+        assert_eq!(
+            out.route("102", &[], now).err(),
+            Some(Refusal::Full("t".into(), 2))
+        );
+        drop(a);
+        assert_eq!(out.trunks()[0].active(), 1);
+        assert!(out.route("102", &[], now).is_ok());
+
+        let limited = Outbound::new(vec![trunk("r", "r.example", &["*"], 100, 5)]);
+        let ok = (0..20)
+            .filter_map(|_| limited.route("100", &[], now).ok())
+            .count();
+        assert_eq!(ok, 5, "a burst of the rate, then refusals");
+        let later = now + Duration::from_millis(250);
+        assert!(limited.route("100", &[], later).is_ok(), "tokens refill");
+        assert_eq!(
+            limited.route("100", &[], later).err(),
+            Some(Refusal::Rate("r".into(), 5))
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! The second leg: a caller reaches connect-call-to, the gateway places a call through a trunk
+//! (SIPp as the carrier's far end) and bridges the two, transcoding PCMU to PCMA; busy, no
+//! answer, a number no trunk may dial and a trunk that cannot be reached each end the dial
+//! with their `DialCallStatus`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn scenario(name: &str) -> String {
+    format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn flow() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/connect-to-carrier.json")
+}
+
+/// A free UDP port on loopback (even, so SIPp's RTCP can take the next one).
+fn free_port() -> u16 {
+    loop {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = s.local_addr().unwrap().port();
+        if p % 2 == 0 && p < 60000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Where the SIPp package keeps its sample RTP captures.
+fn sipp_pcap(name: &str) -> PathBuf {
+    let dir = std::env::var("SIPP_PCAP_DIR").unwrap_or_else(|_| "/usr/share/sip-tester".into());
+    Path::new(&dir).join(name)
+}
+
+/// SIPp as the carrier's far end (a UAS on `port`, its media on `media_port`), in `dir`.
+fn carrier(dir: &Path, scenario_file: &str, port: u16, media_port: u16) -> Child {
+    Command::new("sipp")
+        .current_dir(dir)
+        .args(["-sf", &scenario(scenario_file)])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &media_port.to_string()])
+        .args(["-m", "1", "-timeout", "60s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg", "-trace_err"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp")
+}
+
+/// Wait for SIPp to finish and show its trace when it failed.
+fn finished(mut sipp: Child, dir: &Path, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = sipp.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > limit {
+            let _ = sipp.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if code != Some(0) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.to_string_lossy().ends_with(".log") {
+                eprintln!(
+                    "{}:\n{}",
+                    p.display(),
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                );
+            }
+        }
+    }
+    code
+}
+
+fn gateway(tmp: &Path, trunks: &str) -> (Gateway, PathBuf) {
+    let cfg = tmp.join("switchboard.toml");
+    std::fs::write(&cfg, trunks).unwrap();
+    let log = tmp.join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.join("data"),
+        Some(&flow()),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    (gw, log)
+}
+
+async fn api_get(gw: &Gateway, path: &str) -> Value {
+    switchboard::web::plain_client()
+        .get(format!("{}{path}", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn tone(secs: f64) -> Vec<i16> {
+    (0..(8000.0 * secs) as usize)
+        .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / 8000.0).sin()) as i16)
+        .collect()
+}
+
+/// Capture what arrives at `port` on loopback: each UDP payload (RTP) as bytes.
+fn capture(port: u16) -> Child {
+    let mut c = Command::new("tshark")
+        .args(["-i", "lo", "-l", "-n", "-a", "duration:60"])
+        .args([
+            "-f",
+            &format!("udp and dst host 127.0.0.1 and dst port {port}"),
+        ])
+        .args(["-T", "fields", "-e", "udp.payload"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tshark");
+    let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        if line.contains("Capturing on") {
+            break;
+        }
+        line.clear();
+    }
+    c
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_transcoded() {
+    if !peer_available("sipp") || !peer_available("tshark") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sipp_dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap();
+    std::fs::copy(sipp_pcap("g711a.pcap"), sipp_dir.join("g711a.pcap"))
+        .expect("SIPp's g711a.pcap (package sip-tester)");
+    let (port, media_port) = (free_port(), free_port());
+    let heard_by_far_end = capture(media_port);
+    let sipp = carrier(
+        &sipp_dir,
+        "carrier-answers-plays-hangs-up.xml",
+        port,
+        media_port,
+    );
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    // The caller comes in through the trunk (trusted by address); the flow connects them to
+    // their own number, which this trunk may dial.
+    let mut phone = Phone::dial(gw.sip, "+15557770001", Offer::Rfc4733).await;
+    let start = Instant::now();
+    phone.send_audio(&tone(7.0)).await;
+    phone.wait_bye(Duration::from_secs(30)).await;
+    let code = tokio::task::spawn_blocking({
+        let dir = sipp_dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the far end) failed");
+
+    // The caller heard the far end's speech (PCMA from the pcap, transcoded to PCMU): loud
+    // frames well after the ringback, which stops at the answer.
+    let frames = phone.heard.lock().unwrap().audio_frames();
+    let speech = frames
+        .iter()
+        .filter(|(t, f)| {
+            let at = t.duration_since(start);
+            at > Duration::from_millis(2500) && at < Duration::from_millis(6500) && rms(f) > 300.0
+        })
+        .count();
+    assert!(
+        speech > 50,
+        "{speech} loud frames from the far end in 2.5..6.5 s\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // The far end received the caller's tone as PCMA.
+    unsafe { libc::kill(heard_by_far_end.id() as i32, libc::SIGINT) };
+    let out = heard_by_far_end.wait_with_output().unwrap();
+    let packets: Vec<Vec<u8>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(hex)
+        .filter(|p| p.len() > 12)
+        .collect();
+    let loud = packets
+        .iter()
+        .filter(|p| p[1] & 0x7F == 8)
+        .filter(|p| {
+            let pcm: Vec<i16> = p[12..]
+                .iter()
+                .map(|&b| switchboard::media::codec::alaw_to_linear(b))
+                .collect();
+            rms(&pcm) > 2000.0
+        })
+        .count();
+    assert!(
+        loud > 150,
+        "{loud} of {} packets to the far end carried the caller's tone in PCMA",
+        packets.len()
+    );
+
+    // The step shows how the dial went.
+    let sid = switchboard::routing::LoadedFlow::from_file(&flow())
+        .unwrap()
+        .sid;
+    let execs = api_get(&gw, &format!("/v2/Flows/{sid}/Executions")).await;
+    let esid = execs["executions"][0]["sid"].as_str().unwrap().to_string();
+    let steps = api_get(&gw, &format!("/v2/Flows/{sid}/Executions/{esid}/Steps")).await;
+    let step = steps["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "connect")
+        .cloned()
+        .unwrap_or_else(|| panic!("no connect step: {steps}"));
+    assert_eq!(step["transitioned_to"], "after", "{step}");
+    let ctx = api_get(
+        &gw,
+        &format!(
+            "/v2/Flows/{sid}/Executions/{esid}/Steps/{}/Context",
+            step["sid"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let w = &ctx["context"]["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "completed", "{ctx}");
+    assert!(
+        w["DialCallSid"].as_str().unwrap().starts_with("CA"),
+        "{ctx}"
+    );
+    let secs: u32 = w["DialCallDuration"].as_str().unwrap().parse().unwrap();
+    assert!((7..=10).contains(&secs), "DialCallDuration {secs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_no_answer_refused_and_unreachable_each_end_with_their_status() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (busy_dir, ring_dir) = (tmp.path().join("busy"), tmp.path().join("ring"));
+    std::fs::create_dir_all(&busy_dir).unwrap();
+    std::fs::create_dir_all(&ring_dir).unwrap();
+    let (busy_port, ring_port) = (free_port(), free_port());
+    // Nothing listens here: connecting over TCP is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let busy = carrier(&busy_dir, "carrier-busy.xml", busy_port, free_port());
+    let ringing = carrier(
+        &ring_dir,
+        "carrier-rings-no-answer.xml",
+        ring_port,
+        free_port(),
+    );
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"busy\"\nuri = \"sip:127.0.0.1:{busy_port}\"\ninbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555888*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"ringing\"\nuri = \"sip:127.0.0.1:{ring_port}\"\ndial_allow = [\"+1555999*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"down\"\nuri = \"sip:127.0.0.1:{down_port};transport=tcp\"\ndial_allow = [\"+1555666*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let cases = [
+        ("+15558880001", "busy", None),
+        ("+15559990001", "no-answer", None),
+        ("+15556660001", "failed", Some("503")),
+        (
+            "+442071234567",
+            "failed",
+            Some("no trunk may dial +442071234567"),
+        ),
+    ];
+    for (caller, _, _) in &cases {
+        let phone = Phone::dial(gw.sip, caller, Offer::Rfc4733).await;
+        phone.wait_bye(Duration::from_secs(30)).await;
+    }
+    let execs = executions(&gw, &flow()).await;
+    for (caller, status, error) in cases {
+        let (_, steps) = execs
+            .iter()
+            .find(|(e, _)| e.contact == caller)
+            .unwrap_or_else(|| panic!("no execution for {caller}"));
+        let step = steps.iter().find(|s| s.name == "connect").unwrap();
+        assert_eq!(step.event, "callCompleted");
+        assert_eq!(
+            step.context["widgets"]["connect"]["DialCallStatus"],
+            status,
+            "{caller}: {}\n{}",
+            step.context,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        match error {
+            Some(e) => assert!(
+                step.error.as_deref().unwrap_or("").contains(e),
+                "{caller}: step error {:?}",
+                step.error
+            ),
+            None => assert_eq!(step.error, None, "{caller}"),
+        }
+    }
+    for (sipp, dir) in [(busy, &busy_dir), (ringing, &ring_dir)] {
+        let dir = dir.clone();
+        let code =
+            tokio::task::spawn_blocking(move || finished(sipp, &dir, Duration::from_secs(20)))
+                .await
+                .unwrap();
+        assert_eq!(code, Some(0), "a SIPp far end failed");
+    }
+    // The refusal is in the log with the number it refused.
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("refused to dial") && text.contains("+442071234567"),
+        "no log line for the refusal"
+    );
+}
