@@ -168,7 +168,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         runner,
         messaging,
         recordings,
-        &calls,
+        calls.clone(),
     );
     let metrics = start_metrics_listener(&cfg).await?;
     let (http_stop, stop) = tokio::sync::watch::channel(false);
@@ -535,7 +535,7 @@ fn build_api(
     runner: crate::runner::Runner,
     messaging: Messaging,
     recordings: crate::call::recordings::Recordings,
-    calls: &CallServices,
+    calls: Arc<CallServices>,
 ) -> Arc<Api> {
     let webhook = Arc::new(Webhook::new(
         messaging.conversations,
@@ -552,7 +552,7 @@ fn build_api(
             .with_webhook(webhook)
             .with_recordings(recordings)
             .with_metrics(cfg.metrics.enabled && cfg.metrics.bind.is_none())
-            .with_trunks(&cfg.trunks, calls.sip.clone(), calls.legs.clone()),
+            .with_calls(&cfg.trunks, calls),
     )
 }
 

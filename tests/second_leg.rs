@@ -338,3 +338,201 @@ async fn busy_no_answer_refused_and_unreachable_each_end_with_their_status() {
         "no log line for the refusal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twilio_library_starts_an_execution_that_calls_out_and_the_callee_hears_the_reminder() {
+    if !peer_available("sipp") || !peer_available("tshark") || !peer_available("python3") {
+        return;
+    }
+    let python_has_twilio = Command::new("python3")
+        .args(["-c", "import twilio"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_has_twilio {
+        assert_ne!(
+            std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref(),
+            Ok("1"),
+            "the twilio Python library is required: python3 -m pip install 'twilio>=9,<10'"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sipp_dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap();
+    let (port, media_port) = (free_port(), free_port());
+    let heard = capture(media_port);
+    let sipp = carrier(
+        &sipp_dir,
+        "carrier-answers-waits-for-bye.xml",
+        port,
+        media_port,
+    );
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        None,
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    let out = tokio::task::spawn_blocking({
+        let url = gw.base_url();
+        move || {
+            Command::new("python3")
+                .arg(format!(
+                    "{}/tests/python/outgoing_call.py",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+                .env("SWITCHBOARD_URL", url)
+                .env("SWITCHBOARD_ACCOUNT_SID", ACCOUNT_SID)
+                .env("SWITCHBOARD_AUTH_TOKEN", AUTH_TOKEN)
+                .env("SWITCHBOARD_TO", "+15557770002")
+                .output()
+                .expect("run python3")
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "python client failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let code = tokio::task::spawn_blocking({
+        let dir = sipp_dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the callee) failed");
+    unsafe { libc::kill(heard.id() as i32, libc::SIGINT) };
+    let out = heard.wait_with_output().unwrap();
+    let loud = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(hex)
+        .filter(|p| p.len() > 12 && p[1] & 0x7F == 0)
+        .filter(|p| {
+            let pcm: Vec<i16> = p[12..]
+                .iter()
+                .map(|&b| switchboard::media::codec::ulaw_to_linear(b))
+                .collect();
+            rms(&pcm) > 300.0
+        })
+        .count();
+    // The reminder is a few seconds of speech.
+    assert!(loud > 50, "{loud} loud PCMU packets reached the callee");
+}
+
+async fn api_post(gw: &Gateway, path: &str, form: &[(&str, &str)]) -> Value {
+    let resp = switchboard::web::plain_client()
+        .post(format!("{}{path}", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_execution_calling_a_number_no_trunk_may_dial_takes_failed_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:9\"\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &tmp.path().join("data"),
+        None,
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+    );
+    let definition = serde_json::json!({
+        "states": [
+            {"name": "Trigger", "type": "trigger", "properties": {},
+             "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall"},
+                             {"event": "incomingRequest", "next": "call_user"}]},
+            {"name": "call_user", "type": "make-outgoing-call-v2",
+             "properties": {"from": "{{flow.channel.address}}", "to": "{{contact.channel.address}}", "timeout": 5},
+             "transitions": [{"event": "answered"}, {"event": "busy"}, {"event": "noAnswer"}, {"event": "failed"}]}
+        ],
+        "initial_state": "Trigger",
+        "flags": {"allow_concurrent_calls": true}
+    })
+    .to_string();
+    let flow = api_post(
+        &gw,
+        "/v2/Flows",
+        &[
+            ("FriendlyName", "calls"),
+            ("Status", "published"),
+            ("Definition", &definition),
+        ],
+    )
+    .await;
+    let fsid = flow["sid"].as_str().unwrap().to_string();
+    let exec = api_post(
+        &gw,
+        &format!("/v2/Flows/{fsid}/Executions"),
+        &[("To", "+33123456789"), ("From", "+15550001111")],
+    )
+    .await;
+    let esid = exec["sid"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        let steps = api_get(&gw, &format!("/v2/Flows/{fsid}/Executions/{esid}/Steps")).await;
+        if let Some(step) = steps["steps"].as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s["transitioned_from"] == "call_user")
+                .cloned()
+        }) {
+            let ctx = api_get(
+                &gw,
+                &format!(
+                    "/v2/Flows/{fsid}/Executions/{esid}/Steps/{}/Context",
+                    step["sid"].as_str().unwrap()
+                ),
+            )
+            .await;
+            assert_eq!(
+                ctx["context"]["widgets"]["call_user"]["CallStatus"], "failed",
+                "{ctx}"
+            );
+            let execs = executions_by_sid(&gw, &esid).await;
+            assert_eq!(execs.0, "failed", "the event taken");
+            assert!(
+                execs.1.contains("no trunk may dial +33123456789"),
+                "step error {:?}",
+                execs.1
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("make-outgoing-call-v2 did not finish");
+}
+
+/// The event and error of the make-outgoing-call step, from the store.
+async fn executions_by_sid(gw: &Gateway, esid: &str) -> (String, String) {
+    let url = format!(
+        "sqlite://{}?mode=rw",
+        gw.data_dir.join("switchboard.db").display()
+    );
+    let store = switchboard::store::Store::open(&url).await.unwrap();
+    let steps = store.steps(esid).await.unwrap();
+    let s = steps.iter().find(|s| s.name == "call_user").unwrap();
+    (s.event.clone(), s.error.clone().unwrap_or_default())
+}

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use super::flows::compiled;
 use super::paging::{page, PageRequest};
 use super::{twilio_date, Api};
+use crate::call::outgoing::OutgoingChannel;
 use crate::flow::{ExecutionInit, Trigger};
 use crate::messaging::{session_key, MessagingChannel};
 use crate::routing::LoadedFlow;
@@ -150,7 +151,14 @@ pub async fn create(
         let mut channel = MessagingChannel {
             sink: task_api.sink.clone(),
         };
-        let result = task_api.runner.start(&flow, new, &mut channel).await;
+        // With trunks, the execution may place a call (make-outgoing-call-v2) and go on on it.
+        let result = match &task_api.calls {
+            Some(calls) => {
+                let mut outgoing = OutgoingChannel::new(channel, calls.clone(), &flow.sid);
+                task_api.runner.start(&flow, new, &mut outgoing).await
+            }
+            None => task_api.runner.start(&flow, new, &mut channel).await,
+        };
         task_api
             .running
             .lock()

@@ -55,8 +55,9 @@ pub struct Api {
     /// `[[trunks]]` as `/v2/Trunks` shows them, with their registrations from `sip`.
     trunks: Vec<trunks::TrunkSummary>,
     sip: Option<crate::sip::SipHandle>,
-    /// Calls out through the trunks (their counts in `/v2/Trunks`).
-    legs: Option<Arc<crate::call::leg::Legs>>,
+    /// Calls: REST executions place theirs through them (make-outgoing-call-v2), and
+    /// `/v2/Trunks` counts the calls out.
+    calls: Option<Arc<crate::call::CallServices>>,
 }
 
 impl Api {
@@ -80,21 +81,20 @@ impl Api {
             metrics: false,
             trunks: Vec::new(),
             sip: None,
-            legs: None,
+            calls: None,
         }
     }
 
-    /// Serve `/v2/Trunks`: these trunks, their registrations as `sip` keeps them, their calls
-    /// out as `legs` counts them.
-    pub fn with_trunks(
+    /// Serve `/v2/Trunks` (these trunks, their registrations and calls out) and let REST
+    /// executions place calls through `calls`.
+    pub fn with_calls(
         mut self,
         trunks: &[crate::config::TrunkConfig],
-        sip: crate::sip::SipHandle,
-        legs: Option<Arc<crate::call::leg::Legs>>,
+        calls: Arc<crate::call::CallServices>,
     ) -> Api {
         self.trunks = trunks.iter().map(trunks::TrunkSummary::from).collect();
-        self.sip = Some(sip);
-        self.legs = legs;
+        self.sip = Some(calls.sip.clone());
+        self.calls = Some(calls);
         self
     }
 

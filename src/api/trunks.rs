@@ -67,7 +67,7 @@ pub async fn list(State(api): State<Arc<Api>>) -> Json<Value> {
         .map(|t| {
             let state = states.iter().find(|(n, _)| *n == t.name).map(|(_, s)| s);
             let reached = reach.iter().find(|(n, _)| *n == t.name).map(|(_, r)| r);
-            let calls_out = api.legs.as_ref().map(|l| {
+            let calls_out = api.calls.as_ref().and_then(|c| c.legs.as_ref()).map(|l| {
                 l.outbound
                     .trunks()
                     .iter()

@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod leg;
 pub mod outbound;
+pub mod outgoing;
 pub mod prompts;
 pub mod recordings;
 pub mod registry;
