@@ -536,3 +536,121 @@ async fn executions_by_sid(gw: &Gateway, esid: &str) -> (String, String) {
     let s = steps.iter().find(|s| s.name == "call_user").unwrap();
     (s.event.clone(), s.error.clone().unwrap_or_default())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twiml_dial_bridges_the_caller_and_requests_its_action_with_the_outcome() {
+    if !peer_available("sipp") {
+        return;
+    }
+    use axum::routing::post;
+    let tmp = tempfile::tempdir().unwrap();
+    let sipp_dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&sipp_dir).unwrap();
+    std::fs::copy(sipp_pcap("g711a.pcap"), sipp_dir.join("g711a.pcap"))
+        .expect("SIPp's g711a.pcap (package sip-tester)");
+    // The TwiML app: <Dial> with an action; the action hands the call back to the flow.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new()
+        .route(
+            "/dial",
+            post(|| async {
+                "<Response><Dial action=\"/after\" timeout=\"5\"><Number>+15557770004</Number></Dial>\
+                 <Say>not reached</Say></Response>"
+            }),
+        )
+        .route(
+            "/after",
+            post(move |body: String| {
+                let tx = seen_tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "<Response><Redirect>?FlowEvent=return</Redirect></Response>"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let flow_text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
+    )
+    .unwrap()
+    .replace("{{TWIML_URL}}", &format!("http://{http}/dial"));
+    let flow_path = tmp.path().join("twiml-dial.json");
+    std::fs::write(&flow_path, flow_text).unwrap();
+
+    let (port, media_port) = (free_port(), free_port());
+    let sipp = carrier(
+        &sipp_dir,
+        "carrier-answers-plays-hangs-up.xml",
+        port,
+        media_port,
+    );
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow_path),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    let phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
+    let start = Instant::now();
+    let after = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the <Dial> action was not requested\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    let form: std::collections::HashMap<String, String> =
+        reqwest::Url::parse(&format!("http://x/?{after}"))
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+    assert_eq!(
+        form.get("DialCallStatus").map(String::as_str),
+        Some("completed"),
+        "{form:?}"
+    );
+    assert!(form["DialCallSid"].starts_with("CA"), "{form:?}");
+    let secs: u32 = form["DialCallDuration"].parse().unwrap();
+    assert!((7..=10).contains(&secs), "DialCallDuration {secs}");
+    assert!(
+        form.contains_key("CallSid"),
+        "the call's own parameters too"
+    );
+    // Back in the flow: "Goodbye", then the gateway hangs up.
+    phone.wait_bye(Duration::from_secs(15)).await;
+    let code = tokio::task::spawn_blocking({
+        let dir = sipp_dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the far end) failed");
+    // And the caller heard the far end while bridged.
+    let frames = phone.heard.lock().unwrap().audio_frames();
+    let speech = frames
+        .iter()
+        .filter(|(t, f)| {
+            let at = t.duration_since(start);
+            at > Duration::from_millis(2500) && at < Duration::from_millis(6500) && rms(f) > 300.0
+        })
+        .count();
+    assert!(speech > 50, "{speech} loud frames from the far end");
+}

@@ -132,6 +132,7 @@ struct FakeOps {
     log: Vec<String>,
     gathers: VecDeque<Outcome>,
     records: VecDeque<Outcome>,
+    dials: VecDeque<Outcome>,
     /// What say_play answers (AudioComplete when None).
     say_outcome: Option<Outcome>,
     /// Pauses really wait.
@@ -181,9 +182,34 @@ impl VoiceOps for FakeOps {
         Outcome::AudioComplete
     }
 
+    async fn dial(&mut self, c: &switchboard::flow::Connect) -> Outcome {
+        self.log.push(format!(
+            "dial:{}|{}|sip={:?}|timeout={}|caller_id={:?}|digits={:?}|star={}",
+            c.noun,
+            c.to,
+            c.sip_endpoint,
+            c.timeout_secs,
+            c.caller_id,
+            c.send_digits,
+            c.hangup_on_star
+        ));
+        self.dials.pop_front().unwrap_or(Outcome::Hangup)
+    }
+
     fn hangup(&mut self) {
         self.log.push("hangup".into());
     }
+}
+
+fn dialled(status: &str, sid: Option<&str>, secs: Option<u32>) -> Outcome {
+    Outcome::Dial(Box::new(switchboard::flow::DialResult {
+        status: status.into(),
+        sid: sid.map(str::to_string),
+        duration_secs: secs,
+        answered_by: None,
+        recording_url: None,
+        error: None,
+    }))
 }
 
 fn call() -> Map<String, Value> {
@@ -316,6 +342,63 @@ async fn gather_digits_request_the_action_and_its_twiml_returns_to_the_flow() {
     assert_eq!(seen[1].path, "/menu");
     assert_eq!(seen[1].method, "POST");
     assert_eq!(seen[1].form.get("Digits").map(String::as_str), Some("1"));
+    assert!(seen[1].signed);
+}
+
+#[tokio::test]
+async fn dial_requests_its_action_with_the_dial_call_status_and_without_one_goes_on() {
+    let app = App::start().await;
+    app.serve(
+        "/start",
+        r#"<Response>
+            <Dial timeout="9" callerId="+15550009" hangupOnStar="true">
+              <Number sendDigits="1#">+15551230001</Number><Number>+15551230002</Number>
+            </Dial>
+            <Say>Back from the first call</Say>
+            <Dial action="/after" method="GET"><Sip username="u" password="p">sip:desk@pbx.example</Sip></Dial>
+            <Say>not reached</Say>
+        </Response>"#,
+    )
+    .serve(
+        "/after",
+        "<Response><Redirect>?FlowEvent=return&amp;done=1</Redirect></Response>",
+    );
+    let mut ops = FakeOps {
+        dials: [
+            dialled("busy", None, None),
+            dialled("completed", Some("CA42"), Some(17)),
+        ]
+        .into(),
+        ..FakeOps::default()
+    };
+    let params = returned(run(&mut ops, &app.url("/start"), Limits::default()).await);
+    assert_eq!(params["done"], "1");
+    assert_eq!(
+        ops.log,
+        vec![
+            "dial:number-multi|+15551230001,+15551230002|sip=None|timeout=9|caller_id=Some(\"+15550009\")|digits=Some(\"1#\")|star=true",
+            "say:Back from the first call",
+            "dial:sip||sip=Some(\"sip:desk@pbx.example\")|timeout=30|caller_id=None|digits=None|star=false",
+        ]
+    );
+    let seen = app.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        (seen[1].path.as_str(), seen[1].method.as_str()),
+        ("/after", "GET")
+    );
+    assert_eq!(
+        seen[1].query.get("DialCallStatus").map(String::as_str),
+        Some("completed")
+    );
+    assert_eq!(
+        seen[1].query.get("DialCallSid").map(String::as_str),
+        Some("CA42")
+    );
+    assert_eq!(
+        seen[1].query.get("DialCallDuration").map(String::as_str),
+        Some("17")
+    );
     assert!(seen[1].signed);
 }
 
@@ -585,7 +668,10 @@ async fn invalid_twiml_fails_naming_the_verb_and_position() {
     )
     .serve("/html", "<html><body>Hello</body></html>")
     .serve("/broken-xml", "<Response><Say>hi</Response>")
-    .serve("/dial", "<Response><Dial>+1555</Dial></Response>");
+    .serve(
+        "/enqueue",
+        "<Response><Enqueue>support</Enqueue></Response>",
+    );
     let mut ops = FakeOps::default();
     let err = failed(run(&mut ops, &app.url("/start"), Limits::default()).await);
     assert!(
@@ -600,9 +686,9 @@ async fn invalid_twiml_fails_naming_the_verb_and_position() {
     );
     let err = failed(run(&mut ops, &app.url("/broken-xml"), Limits::default()).await);
     assert!(err.contains("malformed XML"), "{err}");
-    let err = failed(run(&mut ops, &app.url("/dial"), Limits::default()).await);
+    let err = failed(run(&mut ops, &app.url("/enqueue"), Limits::default()).await);
     assert!(
-        err.contains("<Dial>") && err.contains("not supported"),
+        err.contains("<Enqueue>") && err.contains("not supported"),
         "{err}"
     );
 }

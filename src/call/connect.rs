@@ -228,6 +228,12 @@ impl VoiceChannel<'_> {
             return not_connected("failed", Some("the far end's media did not start".into()));
         };
         self.media.bridge(far);
+        if let (Some(digits), Some(m)) = (
+            c.send_digits.as_deref().filter(|d| !d.trim().is_empty()),
+            leg.media_mut(),
+        ) {
+            m.send_digits(digits);
+        }
         let metrics = crate::metrics::get();
         metrics.bridges_active.inc();
         tracing::info!(call_id = %self.call_id, leg = %leg.call_id, trunk = %leg.trunk(), target = %leg.target, "bridged");
@@ -239,6 +245,7 @@ impl VoiceChannel<'_> {
         let caller_left = loop {
             tokio::select! {
                 sig = self.signals.recv() => match sig {
+                    Some(CallSignal::Dtmf('*')) if c.hangup_on_star => break false,
                     Some(CallSignal::Dtmf(d)) => {
                         if let Some(m) = leg.media_mut() {
                             m.send_digits(&d.to_string());
@@ -246,8 +253,13 @@ impl VoiceChannel<'_> {
                     }
                     Some(CallSignal::Hangup) | None => break true,
                 },
-                ev = self.media.events.recv() => if ev.is_none() {
-                    break true;
+                ev = self.media.events.recv() => match ev {
+                    None => break true,
+                    Some(MediaEvent::Dtmf { digit: '*', .. }) if c.hangup_on_star => {
+                        tracing::info!(call_id = %self.call_id, leg = %leg.call_id, "caller pressed * (hangupOnStar)");
+                        break false;
+                    }
+                    Some(_) => {}
                 },
                 ev = leg.media_event() => if let Some(MediaEvent::Dtmf { .. }) = ev {
                     // Relayed by the media engine itself.
@@ -308,6 +320,8 @@ mod tests {
             sip_endpoint: None,
             sip_username: None,
             sip_password: None,
+            send_digits: None,
+            hangup_on_star: false,
         }
     }
 

@@ -438,6 +438,10 @@ impl crate::twiml::VoiceOps for VoiceChannel<'_> {
         }
     }
 
+    async fn dial(&mut self, c: &crate::flow::Connect) -> Outcome {
+        self.connect(c).await
+    }
+
     fn hangup(&mut self) {
         // The flow ends on the Hangup outcome that follows; the call then sends its BYE.
         self.media.stop_playout();

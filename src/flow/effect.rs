@@ -100,6 +100,13 @@ pub struct Connect {
     pub sip_username: Option<String>,
     /// SIP digest password for `sip`.
     pub sip_password: Option<String>,
+    /// DTMF sent to the other party once it answers (TwiML `<Number sendDigits>`).
+    #[serde(default)]
+    pub send_digits: Option<String>,
+    /// The caller pressing `*` ends the other leg, and the caller goes on (TwiML
+    /// `hangupOnStar`).
+    #[serde(default)]
+    pub hangup_on_star: bool,
 }
 
 /// make-outgoing-call: place a call from a REST-triggered execution.

@@ -651,6 +651,8 @@ mod tests {
             sip_endpoint: None,
             sip_username: None,
             sip_password: None,
+            send_digits: None,
+            hangup_on_star: false,
         });
         assert_eq!(
             unavailable(&connect, "messaging conversation"),

@@ -13,8 +13,10 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::client::{fetch, resolve, TwimlError};
-use super::parse::{parse, GatherPrompt, GatherVerb, Method, Pause, Play, RecordVerb, Say, Verb};
-use crate::flow::effect::{Gather, GatherInput, Outcome, Prompt, Record, Redirect};
+use super::parse::{
+    parse, DialNoun, DialVerb, GatherPrompt, GatherVerb, Method, Pause, Play, RecordVerb, Say, Verb,
+};
+use crate::flow::effect::{Connect, Gather, GatherInput, Outcome, Prompt, Record, Redirect};
 
 /// Studio's longest (and default) wait for control to come back, in seconds.
 pub const MAX_REDIRECT_SECS: u32 = 14_400;
@@ -30,6 +32,9 @@ pub trait VoiceOps: Send {
     fn record(&mut self, r: &Record) -> impl Future<Output = Outcome> + Send;
     /// Silence for `d`; `Hangup` if the caller hangs up meanwhile, else anything else.
     fn pause(&mut self, d: Duration) -> impl Future<Output = Outcome> + Send;
+    /// Connect the caller to another party (`<Dial>`): `Dial` when the dialled call ended or
+    /// never connected, `Hangup` when the caller left, `Failed` when it cannot be placed at all.
+    fn dial(&mut self, c: &Connect) -> impl Future<Output = Outcome> + Send;
     /// End the call from our side (`<Hangup/>`, `<Reject/>`, a document that ends).
     fn hangup(&mut self);
 }
@@ -102,6 +107,66 @@ pub async fn run_redirect<V: VoiceOps>(
             }
         }
     }
+}
+
+/// What a `<Dial>` asks the voice channel to do: several numbers ring at once; a `<Sip>` or
+/// `<Client>` is dialled on its own (the first noun when nouns of different kinds are mixed).
+fn dial_connect(d: &DialVerb) -> Connect {
+    let mut c = Connect {
+        noun: "number".into(),
+        to: String::new(),
+        caller_id: d.caller_id.clone(),
+        timeout_secs: d.timeout_secs,
+        time_limit_secs: d.time_limit_secs,
+        record: d.record,
+        sip_endpoint: None,
+        sip_username: None,
+        sip_password: None,
+        send_digits: None,
+        hangup_on_star: d.hangup_on_star,
+    };
+    let numbers: Vec<&str> = d
+        .nouns
+        .iter()
+        .filter_map(|n| match n {
+            DialNoun::Number { number, .. } => Some(number.as_str()),
+            _ => None,
+        })
+        .collect();
+    match d.nouns.first() {
+        Some(DialNoun::Number { send_digits, .. }) if numbers.len() == d.nouns.len() => {
+            c.noun = if numbers.len() > 1 {
+                "number-multi".into()
+            } else {
+                "number".into()
+            };
+            c.to = numbers.join(",");
+            c.send_digits = send_digits.clone();
+        }
+        Some(DialNoun::Number {
+            number,
+            send_digits,
+        }) => {
+            c.to = number.clone();
+            c.send_digits = send_digits.clone();
+        }
+        Some(DialNoun::Sip {
+            uri,
+            username,
+            password,
+        }) => {
+            c.noun = "sip".into();
+            c.sip_endpoint = Some(uri.clone());
+            c.sip_username = username.clone();
+            c.sip_password = password.clone();
+        }
+        Some(DialNoun::Client(name)) => {
+            c.noun = "client".into();
+            c.to = name.clone();
+        }
+        None => {}
+    }
+    c
 }
 
 /// The call's parameters as strings (AccountSid from `auth` when the call has none).
@@ -272,6 +337,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
                     method: r.method,
                     extra: Vec::new(),
                 })),
+                Verb::Dial(d) => self.dial(doc, d).await?,
                 Verb::Hangup | Verb::Reject { .. } => {
                     self.ops.hangup();
                     Some(Next::Done(Outcome::Hangup))
@@ -367,6 +433,44 @@ impl<V: VoiceOps> Run<'_, '_, V> {
             g.method,
             extra,
         )?)))
+    }
+
+    async fn dial(&mut self, doc: &Url, d: DialVerb) -> Result<Option<Next>, TwimlError> {
+        let connect = dial_connect(&d);
+        let Some(outcome) = bounded(self.deadline, self.ops.dial(&connect)).await else {
+            return Ok(timed_out());
+        };
+        match outcome {
+            Outcome::Dial(r) => {
+                let mut extra = vec![("DialCallStatus".to_string(), r.status.clone())];
+                if let Some(sid) = &r.sid {
+                    extra.push(("DialCallSid".into(), sid.clone()));
+                }
+                if let Some(secs) = r.duration_secs {
+                    extra.push(("DialCallDuration".into(), secs.to_string()));
+                }
+                if let Some(url) = &r.recording_url {
+                    extra.push(("RecordingUrl".into(), url.clone()));
+                }
+                match d.action.as_deref() {
+                    Some(action) => Ok(Some(Next::Fetch(self.action(
+                        doc,
+                        Some(action),
+                        d.method,
+                        extra,
+                    )?))),
+                    // Without `action`, Twilio goes on with the next verb.
+                    None => Ok(None),
+                }
+            }
+            Outcome::Hangup => Ok(Some(Next::Done(Outcome::Hangup))),
+            Outcome::Failed { error } => Ok(Some(Next::Done(Outcome::Failed {
+                error: format!("TwiML <Dial>: {error}"),
+            }))),
+            other => Ok(Some(Next::Done(Outcome::Failed {
+                error: format!("TwiML <Dial>: unexpected outcome {other:?}"),
+            }))),
+        }
     }
 
     async fn record(&mut self, doc: &Url, r: RecordVerb) -> Result<Option<Next>, TwimlError> {

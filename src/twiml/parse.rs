@@ -94,6 +94,14 @@ pub enum ParseError {
         /// Where.
         at: Position,
     },
+    /// `<Dial>` (or one of its nouns) without anyone to dial.
+    #[error("<{verb}> at {at} names nobody to dial")]
+    NothingToDial {
+        /// `Dial`, `Number`, `Sip` or `Client`.
+        verb: String,
+        /// Where.
+        at: Position,
+    },
     /// More elements open at once than the limit.
     #[error("document nests elements deeper than {limit} levels (at {at})")]
     TooDeep {
@@ -233,6 +241,54 @@ pub struct RecordVerb {
     pub recording_status_callback: Option<String>,
 }
 
+/// `<Dial>`: connect the caller to another party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DialVerb {
+    /// Requested when the dialled call ends; None: the document goes on with the next verb.
+    pub action: Option<String>,
+    /// How `action` is requested.
+    pub method: Method,
+    /// Seconds to ring (default 30).
+    pub timeout_secs: u32,
+    /// `callerId`: the caller ID the other party sees.
+    pub caller_id: Option<String>,
+    /// `record`: record the bridged call (`record-from-answer`, `record-from-ringing`, `true`).
+    pub record: bool,
+    /// `timeLimit`: longest time connected, seconds (default 14,400).
+    pub time_limit_secs: u32,
+    /// `hangupOnStar`: the caller pressing `*` ends the other leg and goes on.
+    pub hangup_on_star: bool,
+    /// `answerOnBridge` (the caller is already answered here: accepted, no effect).
+    pub answer_on_bridge: bool,
+    /// `ringTone` (accepted; the caller hears North American ringback).
+    pub ring_tone: Option<String>,
+    /// Whom to ring: the nested nouns, or the bare number the element holds.
+    pub nouns: Vec<DialNoun>,
+}
+
+/// A party `<Dial>` rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialNoun {
+    /// `<Number sendDigits>` or a bare number.
+    Number {
+        /// The number.
+        number: String,
+        /// `sendDigits`: DTMF sent once it answers.
+        send_digits: Option<String>,
+    },
+    /// `<Sip username password>uri</Sip>`.
+    Sip {
+        /// The SIP URI.
+        uri: String,
+        /// Digest username.
+        username: Option<String>,
+        /// Digest password.
+        password: Option<String>,
+    },
+    /// `<Client>name</Client>`.
+    Client(String),
+}
+
 /// `<Redirect method>url</Redirect>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectVerb {
@@ -257,6 +313,8 @@ pub enum Verb {
     Record(RecordVerb),
     /// `<Redirect>`.
     Redirect(RedirectVerb),
+    /// `<Dial>`.
+    Dial(DialVerb),
     /// `<Hangup>`.
     Hangup,
     /// `<Reject>`.
@@ -268,7 +326,6 @@ pub enum Verb {
 
 /// Twilio voice verbs this interpreter knows of but does not run.
 const UNSUPPORTED: &[&str] = &[
-    "Dial",
     "Enqueue",
     "Leave",
     "Connect",
@@ -296,6 +353,8 @@ struct Open {
     at: Position,
     text: String,
     prompts: Vec<GatherPrompt>,
+    /// The nouns of a `<Dial>`.
+    nouns: Vec<DialNoun>,
     /// An SSML element inside `<Say>`: its text belongs to the `<Say>`.
     ssml: bool,
 }
@@ -435,6 +494,17 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
             check_verb(&name, at)?;
             false
         }
+        Some(parent) if parent.name == "Dial" => {
+            if !matches!(name.as_str(), "Number" | "Sip" | "Client") {
+                check_verb(&name, at)?;
+                return Err(ParseError::BadNesting {
+                    parent: parent.name.clone(),
+                    child: name,
+                    at,
+                });
+            }
+            false
+        }
         Some(parent) if parent.name == "Gather" => {
             if !matches!(name.as_str(), "Say" | "Play" | "Pause") {
                 check_verb(&name, at)?;
@@ -474,6 +544,7 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
         at,
         text: String::new(),
         prompts: Vec::new(),
+        nouns: Vec::new(),
         ssml,
     })
 }
@@ -481,7 +552,8 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
 /// Whether `name` is a verb we run (Ok) or an error naming it.
 fn check_verb(name: &str, at: Position) -> Result<(), ParseError> {
     match name {
-        "Say" | "Play" | "Pause" | "Gather" | "Record" | "Redirect" | "Hangup" | "Reject" => Ok(()),
+        "Say" | "Play" | "Pause" | "Gather" | "Record" | "Redirect" | "Dial" | "Hangup"
+        | "Reject" => Ok(()),
         n if UNSUPPORTED.contains(&n) => Err(ParseError::UnsupportedVerb {
             verb: n.to_string(),
             at,
@@ -505,6 +577,11 @@ fn close(open: Open, stack: &mut [Open], verbs: &mut Vec<Verb>) -> Result<bool, 
         }
         parent.text.push_str(&open.text);
         parent.text.push(' ');
+        return Ok(false);
+    }
+    if parent.name == "Dial" {
+        let noun = dial_noun(&open)?;
+        parent.nouns.push(noun);
         return Ok(false);
     }
     let verb = build(open)?;
@@ -580,6 +657,34 @@ impl Attrs<'_> {
             Some(v) => Method::parse(v).ok_or_else(|| self.invalid("method", v, "GET or POST")),
         }
     }
+}
+
+/// A noun inside `<Dial>`.
+fn dial_noun(open: &Open) -> Result<DialNoun, ParseError> {
+    let a = Attrs {
+        verb: &open.name,
+        at: open.at,
+        attrs: &open.attrs,
+    };
+    let text = open.text.trim().to_string();
+    if text.is_empty() {
+        return Err(ParseError::NothingToDial {
+            verb: open.name.clone(),
+            at: open.at,
+        });
+    }
+    Ok(match open.name.as_str() {
+        "Number" => DialNoun::Number {
+            number: text,
+            send_digits: a.text("sendDigits"),
+        },
+        "Sip" => DialNoun::Sip {
+            uri: text,
+            username: a.text("username"),
+            password: a.get("password").map(str::to_string),
+        },
+        _ => DialNoun::Client(text),
+    })
 }
 
 fn build(open: Open) -> Result<Verb, ParseError> {
@@ -664,6 +769,36 @@ fn build(open: Open) -> Result<Verb, ParseError> {
             Verb::Redirect(RedirectVerb {
                 url: text.to_string(),
                 method: a.method()?,
+            })
+        }
+        "Dial" => {
+            let mut nouns = open.nouns;
+            if nouns.is_empty() && !text.is_empty() {
+                nouns.push(DialNoun::Number {
+                    number: text.to_string(),
+                    send_digits: None,
+                });
+            }
+            if nouns.is_empty() {
+                return Err(ParseError::NothingToDial {
+                    verb: "Dial".into(),
+                    at: open.at,
+                });
+            }
+            Verb::Dial(DialVerb {
+                action: a.text("action"),
+                method: a.method()?,
+                timeout_secs: a.u32_or("timeout", 30)?,
+                caller_id: a.text("callerId"),
+                record: a.text("record").is_some_and(|r| {
+                    let r = r.to_ascii_lowercase();
+                    r == "true" || r.starts_with("record-from")
+                }),
+                time_limit_secs: a.u32_or("timeLimit", 14_400)?,
+                hangup_on_star: a.bool_or("hangupOnStar", false)?,
+                answer_on_bridge: a.bool_or("answerOnBridge", false)?,
+                ring_tone: a.text("ringTone"),
+                nouns,
             })
         }
         "Hangup" => Verb::Hangup,
@@ -857,12 +992,68 @@ mod tests {
 
     #[test]
     fn known_but_unsupported_verbs_say_so() {
-        let err = parse("<Response><Dial>+15551234567</Dial></Response>").expect_err("dial");
+        let err = parse("<Response><Enqueue>support</Enqueue></Response>").expect_err("enqueue");
         assert!(
-            matches!(&err, ParseError::UnsupportedVerb { verb, .. } if verb == "Dial"),
+            matches!(&err, ParseError::UnsupportedVerb { verb, .. } if verb == "Enqueue"),
+            "{err:?}"
+        );
+        let err = parse("<Response><Dial><Conference>room</Conference></Dial></Response>")
+            .expect_err("conference");
+        assert!(
+            matches!(&err, ParseError::UnsupportedVerb { verb, .. } if verb == "Conference"),
             "{err:?}"
         );
         assert!(err.to_string().contains("not supported"), "{err}");
+    }
+
+    #[test]
+    fn dial_with_nouns_and_attributes() {
+        let doc = r#"<Response>
+  <Dial action="/after" method="GET" timeout="12" callerId="+15550001" record="record-from-answer"
+        timeLimit="60" hangupOnStar="true">
+    <Number sendDigits="ww12#">+15551230001</Number>
+    <Sip username="u" password="p">sip:desk@pbx.example</Sip>
+    <Client>alice</Client>
+  </Dial>
+  <Dial>+1 555 123 0002</Dial>
+</Response>"#;
+        let verbs = parse(doc).unwrap();
+        let Verb::Dial(d) = &verbs[0] else {
+            panic!("{verbs:?}")
+        };
+        assert_eq!(d.action.as_deref(), Some("/after"));
+        assert_eq!(d.method, Method::Get);
+        assert_eq!((d.timeout_secs, d.time_limit_secs), (12, 60));
+        assert!(d.record && d.hangup_on_star && !d.answer_on_bridge);
+        assert_eq!(d.caller_id.as_deref(), Some("+15550001"));
+        assert_eq!(
+            d.nouns,
+            vec![
+                DialNoun::Number {
+                    number: "+15551230001".into(),
+                    send_digits: Some("ww12#".into())
+                },
+                DialNoun::Sip {
+                    uri: "sip:desk@pbx.example".into(),
+                    username: Some("u".into()),
+                    password: Some("p".into())
+                },
+                DialNoun::Client("alice".into()),
+            ]
+        );
+        let Verb::Dial(bare) = &verbs[1] else {
+            panic!("{verbs:?}")
+        };
+        assert_eq!(
+            bare.nouns,
+            vec![DialNoun::Number {
+                number: "+1 555 123 0002".into(),
+                send_digits: None
+            }]
+        );
+        assert_eq!((bare.timeout_secs, bare.action.clone()), (30, None));
+        assert!(parse("<Response><Dial></Dial></Response>").is_err());
+        assert!(parse("<Response><Dial><Say>x</Say></Dial></Response>").is_err());
     }
 
     #[test]

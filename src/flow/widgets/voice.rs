@@ -62,6 +62,8 @@ pub(crate) fn effect(props: &Props<'_>) -> Result<Effect, PropError> {
             sip_endpoint: props.text("sip_endpoint")?,
             sip_username: props.text("sip_username")?,
             sip_password: props.text("sip_password")?,
+            send_digits: None,
+            hangup_on_star: false,
         }),
         "make-outgoing-call-v2" => Effect::OutgoingCall(OutgoingCall {
             from: props.text_or_empty("from")?,
