@@ -66,26 +66,8 @@ mkdir -p "$work/bin"
 cp "$TARGET_DIR/release/switchboard" "$TARGET_DIR/release/examples/rtp-baseline" "$work/bin/"
 SB=$work/bin/switchboard
 BASE=$work/bin/rtp-baseline
-TICK=$(getconf CLK_TCK)
-
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-
-# measure PID DELAY WINDOW NAME: CPU (% of one core) and RSS of PID over the window.
-measure() {
-  local pid=$1 delay=$2 window=$3 name=$4 t0 t1 c0 c1
-  sleep "$delay"
-  c0=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
-  sleep "$window"
-  rss_kb "$pid" > "$work/$name.rss"
-  c1=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
-  # A process that ended inside the window gives no figure rather than a wrong one.
-  if [ -e "/proc/$pid/stat" ]; then
-    python3 -c "print(round(100 * ($c1 - $c0) / $TICK / ($t1 - $t0), 2))" > "$work/$name.cpu"
-  else
-    echo "run.sh: $name ended inside the measurement window" >&2
-  fi
-}
+# shellcheck source=benches/load/lib.sh
+. benches/load/lib.sh
 
 # capture PORT SECONDS NAME: inter-packet intervals (ms) of packets sent from PORT on lo.
 capture() {
@@ -93,42 +75,8 @@ capture() {
     -T fields -e frame.time_relative > "$work/$3.pcap.txt" 2>/dev/null || true
 }
 
-start_gateway() {
-  local dir=$work/gw-$1
-  mkdir -p "$dir"
-  printf '[sip]\nmax_calls = %d\n[media]\nrtp_port_min = 20000\nrtp_port_max = 39999\n' \
-    $((CAP * 2 + 100)) > "$dir/config.toml"
-  RUST_LOG=$GW_LOG "$SB" serve --config "$dir/config.toml" --sip-bind 127.0.0.1:0 \
-    --http-bind 127.0.0.1:0 --data-dir "$dir" --flow "$FLOW" > "$dir/stdout" 2> "$dir/log" &
-  GW=$!
-  pids+=("$GW")
-  for _ in $(seq 100); do
-    grep -q 'switchboard ready' "$dir/stdout" 2>/dev/null && break
-    sleep 0.1
-  done
-  GW_PORT=$(sed -n 's/.*sip_udp=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$dir/stdout")
-  [ -n "$GW_PORT" ] || { echo "run.sh: gateway did not start:" >&2; cat "$dir/log" >&2; exit 1; }
-  sleep 1
-  rss_kb "$GW" > "$work/gw-$1.rss0"
-}
-
-stop_gateway() { kill "$GW" 2>/dev/null || true; wait "$GW" 2>/dev/null || true; }
-
-rate_for() { python3 -c "print(max(1.0, round($1 / $RAMP, 1)))"; }
-
-# sb_call NAME CALLS [extra args]: a `switchboard call` run against the current gateway (its
-# --max-duration bounds it); its pid goes to $work/NAME.pid.
-sb_call() {
-  local name=$1 calls=$2 p; shift 2
-  "$SB" call "sip:ivr@127.0.0.1:$GW_PORT" \
-    --calls "$calls" --concurrency "$calls" --rate "$(rate_for "$calls")" \
-    --max-duration "$((RAMP + CALL_SECS + 60))s" "$@" \
-    > "$work/$name.out" 2> "$work/$name.err" &
-  p=$!
-  echo "$p" > "$work/$name.pid"
-  wait "$p" || true
-  tail -n 1 "$work/$name.out" > "$work/$name.json"
-}
+start_gateway() { gateway_start "$1" "$FLOW" 20000 39999 $((CAP * 2 + 100)); }
+stop_gateway() { gateway_stop "$GW"; }
 
 echo "a. raw baseline: $N sockets" >&2
 "$BASE" "$N" $((WINDOW + 6)) > "$work/base.out" &
@@ -142,7 +90,7 @@ wait "$bpid" || true
 
 echo "b. gateway + SIPp: $N concurrent calls" >&2
 start_gateway sipp
-sipp_rate=$(rate_for "$N")
+sipp_rate=$(rate_for "$N" "$RAMP")
 (cd "$work" && timeout $((RAMP + CALL_SECS + 90)) sipp -sf "$OLDPWD/$SCENARIOS/press-1-wait-for-bye.xml" \
    -s ivr "127.0.0.1:$GW_PORT" -m "$N" -l "$N" -r "$sipp_rate" -mp 16000 -nostdin \
    -timeout $((RAMP + CALL_SECS + 60)) -timeout_error -trace_screen -screen_file "$work/sipp.screen" \
@@ -154,7 +102,7 @@ stop_gateway
 
 echo "c. gateway + switchboard call: $N concurrent calls" >&2
 start_gateway call
-sb_call call "$N" --dtmf 1 --dtmf-after 2s --require-audio &
+sb_call call "sip:ivr@127.0.0.1:$GW_PORT" "$N" "$RAMP" "$CALL_SECS" --dtmf 1 --dtmf-after 2s --require-audio &
 cpid=$!; pids+=("$cpid")
 sleep 1
 lg=$(cat "$work/call.pid" 2>/dev/null || echo "")
@@ -185,7 +133,7 @@ echo "e. stepped run: ${steps[*]} calls" >&2
 : > "$work/steps.txt"
 for s in "${steps[@]}"; do
   start_gateway "step$s"
-  sb_call "step$s" "$s" --dtmf 1 --dtmf-after 2s --require-audio
+  sb_call "step$s" "sip:ivr@127.0.0.1:$GW_PORT" "$s" "$RAMP" "$CALL_SECS" --dtmf 1 --dtmf-after 2s --require-audio
   stop_gateway
   echo "$s $work/step$s.json" >> "$work/steps.txt"
   ok=$(python3 -c "import json,sys; s=json.load(open('$work/step$s.json'))['summary']; print(int(s['failed']==0 and s['completed']==$s and s['audio']['without']==0))" 2>/dev/null || echo 0)

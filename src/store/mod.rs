@@ -431,6 +431,10 @@ impl Store {
         let store = self.clone();
         tokio::spawn(async move {
             let node = store.node.as_deref().unwrap_or("standalone").to_string();
+            // A probe that errors means the database refuses writes: unavailable at once. One
+            // that is only slow (a busy machine, a long group commit) must be slow three times
+            // running before calls are refused for it.
+            let mut slow = 0u32;
             loop {
                 let low = floor.as_ref().and_then(|f| {
                     let free = disk::free_bytes(&f.dir).ok()?;
@@ -446,8 +450,19 @@ impl Store {
                     match tokio::time::timeout(period.max(std::time::Duration::from_secs(1)), probe)
                         .await
                     {
-                        Ok(Ok(_)) => Health::Available,
-                        _ => Health::DatabaseUnavailable,
+                        Ok(Ok(_)) => {
+                            slow = 0;
+                            Health::Available
+                        }
+                        Ok(Err(_)) => Health::DatabaseUnavailable,
+                        Err(_) => {
+                            slow += 1;
+                            if slow >= 3 {
+                                Health::DatabaseUnavailable
+                            } else {
+                                store.health()
+                            }
+                        }
                     }
                 };
                 if let (Some(free), true) = (low, store.health() != Health::DiskLow) {
