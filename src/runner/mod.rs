@@ -377,7 +377,7 @@ fn unavailable(effect: &Effect, medium: &str) -> String {
         Effect::Redirect(_) => "add-twiml-redirect",
         Effect::Connect(_) => "connect-call-to",
         Effect::OutgoingCall(_) => {
-            return "make-outgoing-call-v2 is not available yet: Switchboard cannot place outbound calls from a flow".into()
+            return format!("make-outgoing-call-v2 places the call of a REST execution (incomingRequest); this execution runs in a {medium}")
         }
         Effect::SendMessage(_) | Effect::SendAndWait { .. } => {
             let widget = if matches!(effect, Effect::SendMessage(_)) {
@@ -450,6 +450,15 @@ mod tests {
                 Effect::Gather(_) => Some(Outcome::Timeout),
                 Effect::Record(_) => Some(Outcome::NoAudio),
                 Effect::Redirect(_) => Some(Outcome::RedirectReturned { params: Map::new() }),
+                // As a call with a trunk performs it: the far end answered and hung up.
+                Effect::Connect(_) => Some(Outcome::Dial(Box::new(crate::flow::DialResult {
+                    status: "completed".into(),
+                    sid: Some("CA1".into()),
+                    duration_secs: Some(3),
+                    answered_by: None,
+                    recording_url: None,
+                    error: None,
+                }))),
                 _ => None,
             }
         }
@@ -487,7 +496,7 @@ mod tests {
         ("say-play", Runs, Ends),
         ("gather-input-on-call", Runs, Ends),
         ("record-voicemail", Runs, Ends),
-        ("connect-call-to", Ends, Ends),
+        ("connect-call-to", Runs, Ends),
         ("make-outgoing-call-v2", Fails, Fails),
         ("add-twiml-redirect", Runs, Fails),
         ("send-message", Fails, Runs),
