@@ -254,6 +254,28 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
     );
     let secs: u32 = w["DialCallDuration"].as_str().unwrap().parse().unwrap();
     assert!((7..=10).contains(&secs), "DialCallDuration {secs}");
+
+    // record: both sides in one stereo WAV, the caller's tone left, the far end's speech right.
+    let url = w["RecordingUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no RecordingUrl: {ctx}"));
+    let sid = url.rsplit('/').next().unwrap();
+    let wav = gw.data_dir.join("recordings").join(format!("{sid}.wav"));
+    let r = hound::WavReader::open(&wav).unwrap();
+    assert_eq!((r.spec().channels, r.spec().sample_rate), (2, 8000));
+    let samples: Vec<i16> = r.into_samples::<i16>().map(Result::unwrap).collect();
+    let left: Vec<i16> = samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = samples.iter().skip(1).step_by(2).copied().collect();
+    let secs = left.len() as f64 / 8000.0;
+    assert!((6.0..11.0).contains(&secs), "{secs} s recorded");
+    assert!(
+        rms(&left[8000..40000]) > 2000.0,
+        "the caller's tone on the left"
+    );
+    assert!(
+        rms(&right[8000..40000]) > 300.0,
+        "the far end's speech on the right"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,4 +675,71 @@ async fn twiml_dial_bridges_the_caller_and_requests_its_action_with_the_outcome(
         })
         .count();
     assert!(speech > 50, "{speech} loud frames from the far end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_that_challenges_our_invite_gets_the_trunk_credentials() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, media_port) = (free_port(), free_port());
+    let sipp = Command::new("sipp")
+        .current_dir(&dir)
+        .args(["-sf", &scenario("carrier-challenges-invite.xml")])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-mp", &media_port.to_string()])
+        .args(["-m", "2", "-timeout", "60s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg", "-trace_err"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp");
+    // Two trunks to the same carrier: one with its credentials, one with a wrong password.
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"good\"\nuri = \"sip:127.0.0.1:{port}\"\ninbound_from = [\"127.0.0.1/32\"]\n\
+             username = \"acct\"\npassword = \"secret\"\ndial_allow = [\"+1555444*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"bad\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             username = \"acct\"\npassword = \"wrong\"\ndial_allow = [\"+1555445*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    for caller in ["+15554440001", "+15554450001"] {
+        let phone = Phone::dial(gw.sip, caller, Offer::Rfc4733).await;
+        phone.wait_bye(Duration::from_secs(30)).await;
+    }
+    let code = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the authenticating carrier) failed");
+    let execs = executions(&gw, &flow()).await;
+    let widget = |caller: &str| {
+        let (_, steps) = execs.iter().find(|(e, _)| e.contact == caller).unwrap();
+        let step = steps.iter().find(|s| s.name == "connect").unwrap().clone();
+        (step.context["widgets"]["connect"].clone(), step.error)
+    };
+    let (good, error) = widget("+15554440001");
+    assert_eq!(
+        good["DialCallStatus"],
+        "completed",
+        "{good}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(error, None);
+    let (bad, error) = widget("+15554450001");
+    assert_eq!(bad["DialCallStatus"], "failed", "{bad}");
+    assert!(
+        error.unwrap_or_default().contains("403"),
+        "the step says the carrier refused"
+    );
+    // The password is not in the log.
+    assert!(!std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("secret"));
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::leg::{dial_status, Leg, LegEvents, LegRequest};
 use super::registry::{CallSignal, LegEvent};
+use super::stereo::{Side, StereoMixer};
 use super::voice::VoiceChannel;
 use crate::flow::{Connect, DialResult, Outcome};
 use crate::media::engine::MediaEvent;
@@ -242,8 +243,24 @@ impl VoiceChannel<'_> {
             n => n.min(MAX_TIME_LIMIT_SECS),
         };
         let until = Instant::now() + Duration::from_secs(limit as u64);
+        let mut taping = c.record.then(|| self.start_taping(&leg)).flatten();
+        // The two taps apart from the recorder, so both can be awaited at once.
+        let (mut left, mut right) = match taping.as_mut() {
+            Some(t) => (t.left.take(), t.right.take()),
+            None => (None, None),
+        };
         let caller_left = loop {
             tokio::select! {
+                Some(frame) = tap_frame(left.as_mut()) => {
+                    if let (Some(t), Some(tap)) = (taping.as_mut(), left.as_ref()) {
+                        t.add(Side::Left, &frame, tap.sample_rate);
+                    }
+                }
+                Some(frame) = tap_frame(right.as_mut()) => {
+                    if let (Some(t), Some(tap)) = (taping.as_mut(), right.as_ref()) {
+                        t.add(Side::Right, &frame, tap.sample_rate);
+                    }
+                }
                 sig = self.signals.recv() => match sig {
                     Some(CallSignal::Dtmf('*')) if c.hangup_on_star => break false,
                     Some(CallSignal::Dtmf(d)) => {
@@ -281,6 +298,13 @@ impl VoiceChannel<'_> {
             }
         };
         self.media.unbridge();
+        let recording_url = match taping.take() {
+            Some(mut t) => {
+                (t.left, t.right) = (left.take(), right.take());
+                self.finish_taping(t, &leg)
+            }
+            None => None,
+        };
         if let Some(m) = leg.media() {
             m.unbridge();
             let (dropped, padded) = self.media.bridge_stats();
@@ -299,9 +323,88 @@ impl VoiceChannel<'_> {
             sid: Some(leg.sid.clone()),
             duration_secs: duration,
             answered_by: None,
-            recording_url: None,
+            recording_url,
             error: None,
         }))
+    }
+
+    /// `record`: tap both legs into a stereo recording (left the caller, right the other
+    /// party). A recording that cannot start is logged; the call goes on unrecorded.
+    fn start_taping(&self, leg: &Leg) -> Option<Taping> {
+        let far = leg.media()?;
+        let rec = match self.recordings.start_stereo(8000, self.call_sid) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(call_id = %self.call_id, error = %e, "cannot record the bridged call");
+                return None;
+            }
+        };
+        Some(Taping {
+            rec,
+            mixer: StereoMixer::default(),
+            left: Some(self.media.tap()),
+            right: Some(far.tap()),
+            failed: false,
+        })
+    }
+
+    /// Stop recording and save it atomically; its URL, or None (logged) when it failed.
+    fn finish_taping(&self, mut t: Taping, leg: &Leg) -> Option<String> {
+        self.media.untap();
+        if let Some(m) = leg.media() {
+            m.untap();
+        }
+        // Frames still in flight belong to the recording too.
+        for (side, tap) in [(Side::Left, t.left.take()), (Side::Right, t.right.take())] {
+            if let Some(mut tap) = tap {
+                while let Ok(f) = tap.frames.try_recv() {
+                    t.mixer.push(side, &f, tap.sample_rate);
+                }
+            }
+        }
+        let (l, r) = t.mixer.flush();
+        if t.failed || t.rec.write_stereo(&l, &r).is_err() {
+            tracing::error!(call_id = %self.call_id, "recording of the bridged call failed; discarded");
+            self.recordings.discard(t.rec);
+            return None;
+        }
+        match self.recordings.finish(t.rec, false, self.call_sid) {
+            Ok(saved) => {
+                tracing::info!(call_id = %self.call_id, recording = %saved.sid, seconds = saved.duration_secs, "bridged call recorded");
+                Some(saved.url)
+            }
+            Err(e) => {
+                tracing::error!(call_id = %self.call_id, error = %e, "recording of the bridged call could not be saved");
+                None
+            }
+        }
+    }
+}
+
+/// A bridged call being recorded.
+struct Taping {
+    rec: super::recordings::Recorder,
+    mixer: StereoMixer,
+    left: Option<crate::media::engine::Tap>,
+    right: Option<crate::media::engine::Tap>,
+    failed: bool,
+}
+
+impl Taping {
+    fn add(&mut self, side: Side, frame: &[i16], rate: u32) {
+        self.mixer.push(side, frame, rate);
+        let (l, r) = self.mixer.take();
+        if !l.is_empty() && !self.failed && self.rec.write_stereo(&l, &r).is_err() {
+            self.failed = true;
+        }
+    }
+}
+
+/// The next frame of a tap, or never when there is none.
+async fn tap_frame(tap: Option<&mut crate::media::engine::Tap>) -> Option<Vec<i16>> {
+    match tap {
+        Some(t) => t.frames.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod prompts;
 pub mod recordings;
 pub mod registry;
 pub mod session;
+pub mod stereo;
 pub mod voice;
 
 pub use registry::{CallSignal, Registry};

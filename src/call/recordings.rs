@@ -41,6 +41,9 @@ pub struct Recorder {
     tmp: PathBuf,
     writer: Option<hound::WavWriter<BufWriter<File>>>,
     rate: u32,
+    /// 1, or 2 for a bridged call (left: the caller, right: the other party).
+    channels: u16,
+    /// Sample frames written (one sample per channel each).
     samples: u64,
 }
 
@@ -64,6 +67,20 @@ impl Recordings {
     /// Start recording `call_sid` at `rate` Hz into a temporary file (named for the call, so a
     /// recording cut off by a crash can be recovered for it at the next start).
     pub fn start(&self, rate: u32, call_sid: &str) -> Result<Recorder, RecordingError> {
+        self.start_with(rate, 1, call_sid)
+    }
+
+    /// Start a two-channel recording of a bridged call (see [`Recorder::write_stereo`]).
+    pub fn start_stereo(&self, rate: u32, call_sid: &str) -> Result<Recorder, RecordingError> {
+        self.start_with(rate, 2, call_sid)
+    }
+
+    fn start_with(
+        &self,
+        rate: u32,
+        channels: u16,
+        call_sid: &str,
+    ) -> Result<Recorder, RecordingError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RecordingError::Io { path, source }
@@ -79,7 +96,7 @@ impl Recordings {
         ));
         let file = File::create(&tmp).map_err(io(&tmp))?;
         let spec = hound::WavSpec {
-            channels: 1,
+            channels,
             sample_rate: rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
@@ -89,6 +106,7 @@ impl Recordings {
             tmp,
             writer: Some(writer),
             rate,
+            channels,
             samples: 0,
         })
     }
@@ -103,7 +121,7 @@ impl Recordings {
         if let Some(w) = rec.writer.take() {
             w.finalize()?;
         }
-        if trim {
+        if trim && rec.channels == 1 {
             let pcm: Vec<i16> = hound::WavReader::open(&rec.tmp)?
                 .into_samples::<i16>()
                 .collect::<Result<_, _>>()?;
@@ -137,10 +155,10 @@ impl Recordings {
             "account_sid": self.account_sid,
             "call_sid": call_sid,
             "duration": duration_secs.to_string(),
-            "channels": 1,
+            "channels": rec.channels,
             "sample_rate": rec.rate,
             "status": "completed",
-            "source": "RecordVerb",
+            "source": if rec.channels == 2 { "DialVerb" } else { "RecordVerb" },
             "media_format": "wav",
             "date_created": created,
             "date_updated": created,
@@ -236,18 +254,21 @@ impl Recordings {
             path: tmp.to_path_buf(),
             source,
         })?;
-        let Some((rate, data)) = unfinished_wav_pcm16(&bytes) else {
+        let Some((rate, channels, data)) = unfinished_wav_pcm16(&bytes) else {
             return Ok(None);
         };
+        let frame = 2 * channels as usize;
+        let data = &data[..data.len() - data.len() % frame];
         let pcm: Vec<i16> = data
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
             .collect();
-        if (pcm.len() as f64) < rate as f64 * MIN_RECOVERED_SECS {
+        let frames = pcm.len() / channels as usize;
+        if (frames as f64) < rate as f64 * MIN_RECOVERED_SECS {
             return Ok(None);
         }
         let spec = hound::WavSpec {
-            channels: 1,
+            channels,
             sample_rate: rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
@@ -261,36 +282,39 @@ impl Recordings {
             tmp: tmp.to_path_buf(),
             writer: None,
             rate,
-            samples: pcm.len() as u64,
+            channels,
+            samples: frames as u64,
         };
         self.finish(rec, false, call_sid).map(Some)
     }
 }
 
-/// Sample rate and PCM bytes of a mono 16-bit WAV whose sizes may be unwritten: the data
-/// chunk runs to the end of the file.
-fn unfinished_wav_pcm16(b: &[u8]) -> Option<(u32, &[u8])> {
+/// Sample rate, channels (1 or 2) and PCM bytes of a 16-bit WAV whose sizes may be unwritten:
+/// the data chunk runs to the end of the file.
+fn unfinished_wav_pcm16(b: &[u8]) -> Option<(u32, u16, &[u8])> {
     if b.len() < 12 || &b[0..4] != b"RIFF" || &b[8..12] != b"WAVE" {
         return None;
     }
     let mut at = 12;
-    let mut rate = None;
+    let mut fmt = None;
     while at + 8 <= b.len() {
         let id = &b[at..at + 4];
         let size = u32::from_le_bytes([b[at + 4], b[at + 5], b[at + 6], b[at + 7]]) as usize;
         let body = at + 8;
         if id == b"data" {
             let data = &b[body..];
-            return rate.map(|r| (r, &data[..data.len() & !1]));
+            return fmt.map(|(r, c)| (r, c, &data[..data.len() & !1]));
         }
         if id == b"fmt " {
             let f = b.get(body..body.checked_add(16)?)?;
             let channels = u16::from_le_bytes([f[2], f[3]]);
             let bits = u16::from_le_bytes([f[14], f[15]]);
-            if channels != 1 || bits != 16 {
+            if !(channels == 1 || channels == 2) || bits != 16 {
                 return None;
             }
-            rate = Some(u32::from_le_bytes([f[4], f[5], f[6], f[7]])).filter(|r| *r > 0);
+            fmt = Some(u32::from_le_bytes([f[4], f[5], f[6], f[7]]))
+                .filter(|r| *r > 0)
+                .map(|r| (r, channels));
         }
         at = body.checked_add(size)?.checked_add(size & 1)?;
     }
@@ -313,6 +337,18 @@ impl Recorder {
                 w.write_sample(s)?;
             }
             self.samples += pcm.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Two channels of the same length, interleaved (a stereo recorder).
+    pub fn write_stereo(&mut self, left: &[i16], right: &[i16]) -> Result<(), RecordingError> {
+        if let Some(w) = self.writer.as_mut() {
+            for (&l, &r) in left.iter().zip(right) {
+                w.write_sample(l)?;
+                w.write_sample(r)?;
+            }
+            self.samples += left.len().min(right.len()) as u64;
         }
         Ok(())
     }
