@@ -501,6 +501,7 @@ fn start_calls(
             sip: ep.handle.clone(),
             media: media.clone(),
             registry: registry.clone(),
+            public_ip: cfg.media.public_ip,
         })
     });
     Arc::new(CallServices {

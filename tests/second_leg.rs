@@ -743,3 +743,147 @@ async fn a_carrier_that_challenges_our_invite_gets_the_trunk_credentials() {
         .unwrap_or_default()
         .contains("secret"));
 }
+
+/// A mono 8 kHz WAV of a sine at `hz` for `secs`.
+fn tone_wav(path: &Path, hz: f64, secs: u32) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    for i in 0..8000 * secs {
+        let v = 8000.0 * (2.0 * std::f64::consts::PI * hz * i as f64 / 8000.0).sin();
+        w.write_sample(v as i16).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
+    if !peer_available("baresip") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/connect-to-client.json");
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        "[[users]]\nusername = \"alice\"\npassword = \"wonderland\"\n\
+         [[trunks]]\nname = \"pstn\"\nuri = \"sip:127.0.0.1:9\"\ninbound_from = [\"127.0.0.1/32\"]\nkeepalive_secs = 0\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    // baresip as alice's desk phone: registers with digest, answers by itself, plays a tone
+    // as its microphone and writes what it hears to a WAV.
+    let conf = tmp.path().join("baresip");
+    let rec = tmp.path().join("heard");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::create_dir_all(&rec).unwrap();
+    let mic = tmp.path().join("tone.wav");
+    tone_wav(&mic, 600.0, 20);
+    let port = free_port();
+    std::fs::write(
+        conf.join("config"),
+        format!(
+            "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
+             audio_player sndfile,{rec}\naudio_source aufile,{mic}\naudio_alert sndfile,{rec}\n\
+             module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
+             module sndfile.so\nmodule menu.so\nmodule account.so\nsnd_path {rec}\n",
+            rec = rec.display(),
+            mic = mic.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        conf.join("accounts"),
+        format!(
+            "<sip:alice@{}>;auth_pass=wonderland;regint=60;answermode=auto\n",
+            gw.sip
+        ),
+    )
+    .unwrap();
+    let baresip = tokio::task::spawn_blocking({
+        let conf = conf.clone();
+        move || {
+            Command::new("baresip")
+                .arg("-f")
+                .arg(&conf)
+                .args(["-t", "14"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run baresip")
+        }
+    });
+    let registered = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("user registered")
+    {
+        assert!(
+            registered.elapsed() < Duration::from_secs(8),
+            "baresip did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
+    let start = Instant::now();
+    phone.send_audio(&tone(5.0)).await;
+    phone.hangup().await;
+    let out = baresip.await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("Call established"), "baresip: {said}");
+    // The caller heard alice's tone through the bridge.
+    let frames = phone.heard.lock().unwrap().audio_frames();
+    let loud = frames
+        .iter()
+        .filter(|(t, f)| t.duration_since(start) > Duration::from_secs(2) && rms(f) > 2000.0)
+        .count();
+    assert!(
+        loud > 50,
+        "{loud} loud frames from alice's phone\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    // And alice heard the caller.
+    let heard = std::fs::read_dir(&rec)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .expect("baresip's recording of what it heard");
+    let samples: Vec<i16> = hound::WavReader::open(&heard)
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap_or(0))
+        .collect();
+    assert!(rms(&samples) > 1000.0, "alice heard rms {}", rms(&samples));
+    // baresip un-registered as it quit: the same flow now says alice cannot be reached.
+    let phone = Phone::dial(gw.sip, "+15550101", Offer::Rfc4733).await;
+    phone.wait_bye(Duration::from_secs(10)).await;
+    let execs = executions(&gw, &flow).await;
+    let (_, steps) = execs
+        .iter()
+        .find(|(e, _)| e.contact == "+15550101")
+        .unwrap();
+    let step = steps.iter().find(|s| s.name == "connect").unwrap();
+    assert_eq!(
+        step.context["widgets"]["connect"]["DialCallStatus"],
+        "failed"
+    );
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("\"alice\" is not registered"),
+        "{:?}",
+        step.error
+    );
+}

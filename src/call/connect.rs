@@ -50,12 +50,14 @@ fn targets(c: &Connect) -> Result<Vec<String>, String> {
                 .unwrap_or(&c.to);
             list(uri).into_iter().take(1).collect()
         }
-        "client" => {
-            return Err(format!(
-                "cannot connect to client {:?}: dialling registered phones is not supported yet",
-                c.to
-            ))
-        }
+        "client" => list(&c.to)
+            .into_iter()
+            .take(1)
+            .map(|n| {
+                let n = n.strip_prefix("client:").unwrap_or(&n).trim().to_string();
+                format!("client:{n}")
+            })
+            .collect(),
         "conference" => {
             return Err(format!(
                 "cannot connect to conference {:?}: conferences are not supported yet",
@@ -445,6 +447,13 @@ mod tests {
         assert!(targets(&connect("conference", "room"))
             .unwrap_err()
             .contains("conference"));
-        assert!(targets(&connect("client", "alice")).is_err());
+        assert_eq!(
+            targets(&connect("client", "alice")).unwrap(),
+            ["client:alice"]
+        );
+        assert_eq!(
+            targets(&connect("client", "client:bob")).unwrap(),
+            ["client:bob"]
+        );
     }
 }

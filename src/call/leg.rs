@@ -30,6 +30,19 @@ pub struct Legs {
     pub media: Arc<MediaEngine>,
     /// Where each leg's events are routed by Call-ID.
     pub registry: Arc<Registry>,
+    /// `[media] public_ip`: the address our SDP names, when set.
+    pub public_ip: Option<std::net::IpAddr>,
+}
+
+/// Where one INVITE goes, however it was chosen.
+struct Destination {
+    peer: crate::sip::Peer,
+    request_uri: String,
+    media_ip: std::net::IpAddr,
+    credentials: Option<(String, String)>,
+    caller_id: Option<String>,
+    redirect_hosts: Vec<String>,
+    via: String,
 }
 
 /// Why a leg could not be placed.
@@ -71,7 +84,10 @@ pub struct Leg {
     pub sid: String,
     /// Whom it called.
     pub target: String,
-    route: Route,
+    /// The trunk route (None for a registered phone, which needs no trunk).
+    _route: Option<Route>,
+    /// Whom it went to: a trunk's name or `client:NAME`.
+    via: String,
     ports: Option<Ports>,
     media: Option<MediaSession>,
     sip: SipHandle,
@@ -95,42 +111,73 @@ impl Legs {
             .filter(|(_, r)| !r.reachable)
             .map(|(name, _)| name)
             .collect();
-        let route = self
-            .outbound
-            .route(req.target, &unreachable, Instant::now())?;
         let ports = self.media.allocate()?;
-        let local_rtp = SocketAddr::new(route.trunk.media_ip, ports.rtp.local_addr()?.port());
+        let port = ports.rtp.local_addr()?.port();
+        let (route, dest) = match req.target.strip_prefix("client:") {
+            Some(user) => {
+                // A registered phone: only where its own REGISTER came from.
+                let loc = self
+                    .sip
+                    .locate_user(user)
+                    .ok_or_else(|| Refusal::NotRegistered(user.to_string()))?;
+                let dest = Destination {
+                    peer: loc.peer,
+                    request_uri: loc.contact,
+                    media_ip: self.public_ip.unwrap_or(loc.local.ip()),
+                    credentials: None,
+                    caller_id: None,
+                    redirect_hosts: Vec::new(),
+                    via: req.target.to_string(),
+                };
+                (None, dest)
+            }
+            None => {
+                let route = self
+                    .outbound
+                    .route(req.target, &unreachable, Instant::now())?;
+                let t = &route.trunk;
+                let dest = Destination {
+                    peer: t.peer,
+                    request_uri: route.request_uri.clone(),
+                    media_ip: t.media_ip,
+                    credentials: t.credentials.clone(),
+                    caller_id: t.caller_id.clone(),
+                    redirect_hosts: vec![t.host.clone()],
+                    via: t.name.clone(),
+                };
+                (Some(route), dest)
+            }
+        };
+        let local_rtp = SocketAddr::new(dest.media_ip, port);
         let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
         let from_user = req
             .caller_id
             .map(str::to_string)
-            .or_else(|| route.trunk.caller_id.clone())
+            .or(dest.caller_id)
             .unwrap_or_else(|| "switchboard".into());
         let spec = DialSpec {
             call_id: call_id.clone(),
-            peer: route.trunk.peer,
-            request_uri: route.request_uri.clone(),
+            peer: dest.peer,
+            request_uri: dest.request_uri.clone(),
             from_user,
             sdp: sdp::offer(OFFER, local_rtp, rand::random::<u32>() as u64),
-            credentials: req
-                .credentials
-                .clone()
-                .or_else(|| route.trunk.credentials.clone()),
+            credentials: req.credentials.clone().or(dest.credentials),
             ring_timeout: req.ring_timeout,
-            redirect_hosts: vec![route.trunk.host.clone()],
+            redirect_hosts: dest.redirect_hosts,
         };
         // Follow it before the INVITE leaves, so no answer can overtake us.
         self.registry.insert_leg(&call_id, events.clone());
-        tracing::info!(%call_id, target = %req.target, trunk = %route.trunk.name, request_uri = %route.request_uri, "placing a call");
+        tracing::info!(%call_id, target = %req.target, via = %dest.via, request_uri = %dest.request_uri, "placing a call");
         self.sip.send(Command::Dial {
-            local: route.trunk.peer.addr, // replaced by the driver
+            local: dest.peer.addr, // replaced by the driver
             spec: Box::new(spec),
         });
         Ok(Leg {
             call_id,
             sid: new_sid("CA"),
             target: req.target.to_string(),
-            route,
+            _route: route,
+            via: dest.via,
             ports: Some(ports),
             media: None,
             sip: self.sip.clone(),
@@ -143,9 +190,9 @@ impl Legs {
 }
 
 impl Leg {
-    /// The trunk it went out through.
+    /// The trunk it went out through, or `client:NAME`.
     pub fn trunk(&self) -> &str {
-        &self.route.trunk.name
+        &self.via
     }
 
     /// Start (or move) its media to the far end's session: its answer or early media. Err

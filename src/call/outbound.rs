@@ -124,6 +124,9 @@ pub enum Refusal {
     /// The trunk's call-rate limit.
     #[error("trunk {0:?} is over its limit of {1} new calls per second")]
     Rate(String, u32),
+    /// `client:NAME`: no live registration of that `[[users]]` phone.
+    #[error("client {0:?} is not registered: no phone of that user is reachable now")]
+    NotRegistered(String),
     /// The trunk does not answer its keep-alives.
     #[error("trunk {0:?} is unreachable (it does not answer OPTIONS)")]
     Unreachable(String),

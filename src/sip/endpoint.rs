@@ -39,6 +39,21 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<(u16, String)>>>>;
 type TrunkStates = Arc<Mutex<std::collections::BTreeMap<String, RegistrationState>>>;
 /// Whether each keep-alive trunk answers, by trunk name.
 type TrunkReach = Arc<Mutex<std::collections::BTreeMap<String, Reachability>>>;
+/// Each registered user's latest binding, for calls to it (`client:NAME`).
+type Located = Arc<Mutex<HashMap<String, UserLocation>>>;
+
+/// Where a registered `[[users]]` phone can be called now: its latest binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLocation {
+    /// Where its REGISTER came from (INVITEs to it go there).
+    pub peer: Peer,
+    /// Its Contact URI (the Request-URI of an INVITE to it).
+    pub contact: String,
+    /// Our address as it sees us.
+    pub local: SocketAddr,
+    /// When the binding lapses.
+    pub expires_at: Instant,
+}
 
 /// Handle the call layer uses to drive signalling.
 #[derive(Clone)]
@@ -47,6 +62,7 @@ pub struct SipHandle {
     pending: Pending,
     trunks: TrunkStates,
     reach: TrunkReach,
+    located: Located,
     connector: SharedConnector,
     next_id: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -109,6 +125,12 @@ impl SipHandle {
             local: spec.peer.addr, // replaced by the driver
             spec: Box::new(spec),
         });
+    }
+
+    /// Where the registered user `user` can be called, when it has a live binding.
+    pub fn locate_user(&self, user: &str) -> Option<UserLocation> {
+        let l = self.located.lock().ok()?.get(user).cloned()?;
+        (l.expires_at > Instant::now()).then_some(l)
     }
 
     /// Whether each keep-alive trunk answers (trunks not heard from yet are missing).
@@ -448,11 +470,13 @@ pub async fn start(
     let pending: Pending = Arc::default();
     let trunks: TrunkStates = Arc::default();
     let reach: TrunkReach = Arc::default();
+    let located: Located = Arc::default();
     let connector: SharedConnector = Arc::default();
     let driver = Driver {
         connector: connector.clone(),
         shared: shared_for_driver,
         reach: reach.clone(),
+        located: located.clone(),
         advertise: cfg.advertise,
         trunks: trunks.clone(),
         log,
@@ -474,6 +498,7 @@ pub async fn start(
             pending,
             trunks,
             reach,
+            located,
             connector,
             next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
         },
@@ -489,6 +514,7 @@ struct Driver {
     /// What connections we open share with those we accept (framing, limits, writers).
     shared: TcpShared,
     reach: TrunkReach,
+    located: Located,
     /// `[sip] public_addr`: our address in every message, whatever the socket's.
     advertise: Option<SocketAddr>,
     trunks: TrunkStates,
@@ -750,12 +776,31 @@ impl Driver {
                         t.insert(trunk, state);
                     }
                 }
-                Output::Event(Event::Registered { user, contacts }) => match contacts.first() {
-                    Some((contact, secs)) => {
-                        tracing::info!(%user, %contact, expires = secs, bindings = contacts.len(), "user registered")
+                Output::Event(Event::Registered { user, contacts }) => {
+                    match contacts.first() {
+                        Some((contact, secs)) => {
+                            tracing::info!(%user, %contact, expires = secs, bindings = contacts.len(), "user registered")
+                        }
+                        None => tracing::info!(%user, "user unregistered"),
                     }
-                    None => tracing::info!(%user, "user unregistered"),
-                },
+                    let latest = self
+                        .core
+                        .bindings(Instant::now(), &user)
+                        .first()
+                        .map(|b| (b.peer, b.contact.clone(), b.expires_at));
+                    let location = latest.map(|(peer, contact, expires_at)| UserLocation {
+                        local: self.local_for(peer.addr.ip()),
+                        peer,
+                        contact,
+                        expires_at,
+                    });
+                    if let Ok(mut l) = self.located.lock() {
+                        match location {
+                            Some(loc) => l.insert(user, loc),
+                            None => l.remove(&user),
+                        };
+                    }
+                }
                 Output::Banned(ban) => {
                     // One line per ban: bans are long, so these cannot flood.
                     tracing::warn!(source = %ban.ip, failures = ban.failures, secs = ban.secs, "SIP source banned: its traffic is dropped");
