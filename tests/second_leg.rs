@@ -887,3 +887,106 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
         step.error
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_detection_tells_a_person_from_an_answering_machine() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The two far ends are gateways too: one answers "Hello?", one plays a voicemail greeting
+    // and a beep (TTS by espeak-ng, as a caller would hear them).
+    let person = Gateway::start_in(
+        &tmp.path().join("person"),
+        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/answers-hello.json")),
+        &[],
+    );
+    let beep = tmp.path().join("beep.wav");
+    tone_wav(&beep, 1000.0, 1);
+    let machine_flow = tmp.path().join("voicemail-greeting.json");
+    std::fs::write(
+        &machine_flow,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/voicemail-greeting.json"),
+        )
+        .unwrap()
+        .replace("{{BEEP}}", beep.to_str().unwrap()),
+    )
+    .unwrap();
+    let machine = Gateway::start_in(&tmp.path().join("machine"), Some(&machine_flow), &[]);
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"person\"\nuri = \"sip:{}\"\ndial_allow = [\"+15550000010\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"machine\"\nuri = \"sip:{}\"\ndial_allow = [\"+15550000020\"]\nkeepalive_secs = 0\n",
+            person.sip, machine.sip
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &tmp.path().join("data"),
+        None,
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+    );
+    let definition = serde_json::json!({
+        "states": [
+            {"name": "Trigger", "type": "trigger", "properties": {},
+             "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall"},
+                             {"event": "incomingRequest", "next": "call_user"}]},
+            {"name": "call_user", "type": "make-outgoing-call-v2",
+             "properties": {"from": "{{flow.channel.address}}", "to": "{{contact.channel.address}}",
+                            "timeout": 10, "machine_detection": "DetectMessageEnd"},
+             "transitions": [{"event": "answered"}, {"event": "busy"}, {"event": "noAnswer"}, {"event": "failed"}]}
+        ],
+        "initial_state": "Trigger",
+        "flags": {"allow_concurrent_calls": true}
+    })
+    .to_string();
+    let flow = api_post(
+        &gw,
+        "/v2/Flows",
+        &[
+            ("FriendlyName", "amd"),
+            ("Status", "published"),
+            ("Definition", &definition),
+        ],
+    )
+    .await;
+    let fsid = flow["sid"].as_str().unwrap().to_string();
+    for (to, expect) in [
+        ("+15550000010", "human"),
+        ("+15550000020", "machine_end_beep"),
+    ] {
+        let exec = api_post(
+            &gw,
+            &format!("/v2/Flows/{fsid}/Executions"),
+            &[("To", to), ("From", "+15550001111")],
+        )
+        .await;
+        let esid = exec["sid"].as_str().unwrap().to_string();
+        let mut answered_by = Value::Null;
+        for _ in 0..300 {
+            let steps = api_get(&gw, &format!("/v2/Flows/{fsid}/Executions/{esid}/Steps")).await;
+            if let Some(step) = steps["steps"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|s| s["transitioned_from"] == "call_user")
+                    .cloned()
+            }) {
+                let ctx = api_get(
+                    &gw,
+                    &format!(
+                        "/v2/Flows/{fsid}/Executions/{esid}/Steps/{}/Context",
+                        step["sid"].as_str().unwrap()
+                    ),
+                )
+                .await;
+                answered_by = ctx["context"]["widgets"]["call_user"]["AnsweredBy"].clone();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(answered_by, expect, "calling {to}");
+    }
+}

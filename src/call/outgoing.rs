@@ -14,6 +14,7 @@ use super::registry::{CallKey, CallSignal, LegEvent};
 use super::session::CallServices;
 use super::voice::VoiceChannel;
 use crate::flow::{DialResult, Effect, Outcome, OutgoingCall};
+use crate::media::amd::{Amd, AnsweredBy};
 use crate::runner::Medium;
 
 /// Longest ring time Studio allows (seconds).
@@ -152,14 +153,32 @@ impl<M: Medium> OutgoingChannel<M> {
         }
         crate::metrics::outcome(&crate::metrics::get().dials, "answered");
         let sid = leg.sid.clone();
-        self.call = Some(Answered {
+        let mut call = Answered {
             leg,
             signals,
             params,
             hung_up: false,
             registry,
-        });
-        dial("in-progress", Some(sid), None)
+        };
+        let answered_by = match o.machine_detection.as_deref().map(str::to_ascii_lowercase) {
+            Some(m) if m == "enable" || m == "detectmessageend" => {
+                let who = detect_machine(&mut call, m == "detectmessageend").await;
+                tracing::info!(call_id = %call.leg.call_id, answered_by = who.as_str(), "answering machine detection");
+                call.params.insert("AnsweredBy".into(), json!(who.as_str()));
+                Some(who.as_str().to_string())
+            }
+            _ => None,
+        };
+        let hung_up = call.hung_up;
+        self.call = Some(call);
+        if hung_up {
+            return dial("completed", Some(sid), None);
+        }
+        let mut out = dial("in-progress", Some(sid), None);
+        if let Outcome::Dial(d) = &mut out {
+            d.answered_by = answered_by;
+        }
+        out
     }
 
     /// A voice effect on the answered call.
@@ -192,6 +211,42 @@ impl<M: Medium> OutgoingChannel<M> {
         }
         out
     }
+}
+
+/// Listen to the first seconds of the answered call (Studio's `machine_detection`).
+async fn detect_machine(call: &mut Answered, detect_end: bool) -> AnsweredBy {
+    let Some(mut tap) = call.leg.media().map(|m| m.tap()) else {
+        return AnsweredBy::Unknown;
+    };
+    let mut amd = Amd::new(tap.sample_rate, detect_end);
+    let until = Instant::now() + Duration::from_secs(31);
+    let who = loop {
+        tokio::select! {
+            frame = tap.frames.recv() => match frame {
+                Some(f) => {
+                    if let Some(who) = amd.push(&f) {
+                        break who;
+                    }
+                }
+                None => break amd.finish(),
+            },
+            sig = call.signals.recv() => match sig {
+                Some(CallSignal::Dtmf(_)) => {}
+                Some(CallSignal::Hangup) | None => {
+                    call.hung_up = true;
+                    break amd.finish();
+                }
+            },
+            _ = tokio::time::sleep_until(until) => break amd.finish(),
+        }
+    };
+    if call.hung_up {
+        call.leg.ended();
+    }
+    if let Some(m) = call.leg.media() {
+        m.untap();
+    }
+    who
 }
 
 fn dial(status: &str, sid: Option<String>, error: Option<String>) -> Outcome {

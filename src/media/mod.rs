@@ -1,5 +1,6 @@
 //! Media: RTP streams, codecs, pacing, DTMF and prompts (TTS and files).
 
+pub mod amd;
 pub(crate) mod bridge;
 pub(crate) mod clip;
 pub mod codec;
