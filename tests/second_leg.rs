@@ -990,3 +990,112 @@ async fn machine_detection_tells_a_person_from_an_answering_machine() {
         assert_eq!(answered_by, expect, "calling {to}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twiml_refer_transfers_the_call_and_reports_the_notify_status() {
+    if !peer_available("sipp") {
+        return;
+    }
+    use axum::routing::post;
+    let tmp = tempfile::tempdir().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new()
+        .route(
+            "/dial",
+            post(|| async {
+                "<Response><Refer action=\"/after\"><Sip>sip:+15557770009@pbx.example</Sip></Refer></Response>"
+            }),
+        )
+        .route(
+            "/after",
+            post(move |body: String| {
+                let tx = seen_tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "<Response><Hangup/></Response>"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let flow_path = tmp.path().join("twiml-refer.json");
+    std::fs::write(
+        &flow_path,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
+        )
+        .unwrap()
+        .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:9\"\ninbound_from = [\"127.0.0.1/32\"]\n\
+         dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n",
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow_path),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sipp = Command::new("sipp")
+        .current_dir(&dir)
+        .args(["-sf", &scenario("caller-accepts-refer.xml"), "-s", "ivr"])
+        .arg(gw.sip.to_string())
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-mp",
+            &free_port().to_string(),
+        ])
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg", "-trace_err"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp");
+    let after = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the <Refer> action was not requested\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
+        .unwrap();
+    let form: std::collections::HashMap<String, String> =
+        reqwest::Url::parse(&format!("http://x/?{after}"))
+            .unwrap()
+            .query_pairs()
+            .into_owned()
+            .collect();
+    assert_eq!(
+        form.get("ReferCallStatus").map(String::as_str),
+        Some("completed"),
+        "{form:?}"
+    );
+    assert_eq!(
+        form.get("ReferSipResponseCode").map(String::as_str),
+        Some("200"),
+        "{form:?}"
+    );
+    let code = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the transferred caller) failed");
+}

@@ -196,6 +196,16 @@ impl VoiceOps for FakeOps {
         self.dials.pop_front().unwrap_or(Outcome::Hangup)
     }
 
+    async fn refer(&mut self, target: &str) -> switchboard::twiml::Transfer {
+        self.log.push(format!("refer:{target}"));
+        switchboard::twiml::Transfer {
+            completed: true,
+            sip_code: 200,
+            hung_up: false,
+            error: None,
+        }
+    }
+
     fn hangup(&mut self) {
         self.log.push("hangup".into());
     }

@@ -147,7 +147,7 @@ impl VoiceChannel<'_> {
         let answered = loop {
             tokio::select! {
                 sig = self.signals.recv() => match sig {
-                    Some(CallSignal::Dtmf(_)) => {}
+                    Some(CallSignal::Dtmf(_) | CallSignal::Transfer { .. }) => {}
                     Some(CallSignal::Hangup) | None => {
                         for l in &mut ringing {
                             l.hangup();
@@ -270,6 +270,7 @@ impl VoiceChannel<'_> {
                             m.send_digits(&d.to_string());
                         }
                     }
+                    Some(CallSignal::Transfer { .. }) => {}
                     Some(CallSignal::Hangup) | None => break true,
                 },
                 ev = self.media.events.recv() => match ev {

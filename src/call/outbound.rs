@@ -196,6 +196,51 @@ impl Outbound {
         Err(first_refusal.unwrap_or(Refusal::NotAllowed(number)))
     }
 
+    /// Whether a trunk could dial `target` (a number, `tel:` or a SIP URI whose user is a
+    /// number or whose host is a trunk's): what a transfer (REFER) must pass, since the
+    /// caller's side then dials it for us. Takes no call slot.
+    pub fn permits(&self, target: &str) -> Result<(), Refusal> {
+        let t = target.trim();
+        let lower = t.to_ascii_lowercase();
+        if let Some(number) = lower.strip_prefix("tel:") {
+            let n = normalise(number.split(';').next().unwrap_or(""))
+                .ok_or_else(|| Refusal::BadTarget(t.into()))?;
+            return self.any_allows(&n);
+        }
+        if lower.starts_with("sip:") || lower.starts_with("sips:") {
+            let host = uri_host(
+                t.strip_prefix("sips:")
+                    .map(|r| format!("sip:{r}"))
+                    .as_deref()
+                    .unwrap_or(t),
+            )
+            .ok_or_else(|| Refusal::BadTarget(t.into()))?;
+            if self.trunks.iter().any(|tr| same_host(&tr.host, &host)) {
+                return Ok(());
+            }
+            let user = t
+                .split_once(':')
+                .map(|(_, r)| r)
+                .and_then(|r| r.split_once('@'))
+                .map(|(u, _)| u)
+                .unwrap_or("");
+            return match normalise(user) {
+                Some(n) => self.any_allows(&n),
+                None => Err(Refusal::UnknownHost(t.into())),
+            };
+        }
+        let n = normalise(t).ok_or_else(|| Refusal::BadTarget(t.into()))?;
+        self.any_allows(&n)
+    }
+
+    fn any_allows(&self, number: &str) -> Result<(), Refusal> {
+        if self.trunks.iter().any(|t| t.allows(number)) {
+            Ok(())
+        } else {
+            Err(Refusal::NotAllowed(number.into()))
+        }
+    }
+
     fn route_uri(&self, uri: &str, unreachable: &[String], now: Instant) -> Result<Route, Refusal> {
         let host = uri_host(uri).ok_or_else(|| Refusal::BadTarget(uri.into()))?;
         let trunk = self
@@ -340,6 +385,23 @@ mod tests {
             Some(Refusal::UnknownHost("sip:desk@evil.example".into()))
         );
         assert!(out.route("sip:desk@pbx.example:5070", &[], now).is_err());
+    }
+
+    #[test]
+    fn transfers_only_to_what_a_trunk_may_dial() {
+        let out = Outbound::new(vec![trunk("us", "us.example", &["+1*"], 10, 0)]);
+        assert!(out.permits("sip:+15551234567@pbx.other.example").is_ok());
+        assert!(out.permits("tel:+15551234567").is_ok());
+        assert!(out.permits("sip:anyone@us.example").is_ok());
+        assert!(matches!(
+            out.permits("sip:+447700900123@pbx.other.example"),
+            Err(Refusal::NotAllowed(_))
+        ));
+        assert!(matches!(
+            out.permits("sip:desk@pbx.other.example"),
+            Err(Refusal::UnknownHost(_))
+        ));
+        assert!(out.permits("tel:+33123").is_err());
     }
 
     #[test]

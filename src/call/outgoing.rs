@@ -231,7 +231,7 @@ async fn detect_machine(call: &mut Answered, detect_end: bool) -> AnsweredBy {
                 None => break amd.finish(),
             },
             sig = call.signals.recv() => match sig {
-                Some(CallSignal::Dtmf(_)) => {}
+                Some(CallSignal::Dtmf(_) | CallSignal::Transfer { .. }) => {}
                 Some(CallSignal::Hangup) | None => {
                     call.hung_up = true;
                     break amd.finish();

@@ -31,6 +31,13 @@ pub enum CallSignal {
     Hangup,
     /// DTMF from SIP INFO.
     Dtmf(char),
+    /// How our REFER goes (see `sip::Event::Transfer`).
+    Transfer {
+        /// The REFER's answer, or the status a NOTIFY reports.
+        status: u16,
+        /// Final.
+        done: bool,
+    },
 }
 
 /// What signalling tells the call that placed an outbound leg.

@@ -111,6 +111,15 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 }
                 None => tracing::debug!(%call_id, "media update for a call without media"),
             },
+            Event::Transfer {
+                call_id,
+                status,
+                done,
+            } => {
+                tracing::info!(%call_id, status, done, "transfer progress");
+                svc.registry
+                    .signal(&call_id, CallSignal::Transfer { status, done });
+            }
             Event::MessageResult { .. } => {}
             Event::Refused { .. }
             | Event::Registered { .. }

@@ -46,6 +46,7 @@ enum Happening {
     Digit(char),
     HungUp,
     Audio(Vec<i16>),
+    Transfer(u16, bool),
     Deadline,
 }
 
@@ -79,6 +80,7 @@ impl VoiceChannel<'_> {
             },
             sig = self.signals.recv() => match sig {
                 Some(CallSignal::Dtmf(d)) => Happening::Digit(d),
+                Some(CallSignal::Transfer { status, done }) => Happening::Transfer(status, done),
                 Some(CallSignal::Hangup) | None => Happening::HungUp,
             },
             Some(frame) = audio => Happening::Audio(frame),
@@ -374,6 +376,75 @@ impl VoiceChannel<'_> {
     }
 }
 
+impl VoiceChannel<'_> {
+    /// TwiML `<Refer>`: ask the caller's side to call `target` instead (SIP REFER), and wait
+    /// for how it went. The target must be one a trunk may dial, as for any call out.
+    pub async fn refer(&mut self, target: &str) -> crate::twiml::Transfer {
+        use crate::twiml::Transfer;
+        let refused = |why: String| Transfer {
+            completed: false,
+            sip_code: 0,
+            hung_up: false,
+            error: Some(why),
+        };
+        let Some(legs) = self.legs else {
+            return refused(
+                "<Refer> needs a [[trunks]] entry whose dial_allow permits the target".into(),
+            );
+        };
+        if let Err(e) = legs.outbound.permits(target) {
+            tracing::warn!(call_id = %self.call_id, %target, error = %e, "refused to transfer");
+            return refused(e.to_string());
+        }
+        tracing::info!(call_id = %self.call_id, %target, "transferring the call (REFER)");
+        legs.sip.send(crate::sip::Command::Refer {
+            call_id: self.call_id.to_string(),
+            target: target.to_string(),
+        });
+        // The REFER's own answer comes within 32 s (timer F); the transfer itself, reported
+        // by NOTIFY, within a ring time.
+        let until = Instant::now() + Duration::from_secs(90);
+        let mut accepted = false;
+        loop {
+            match self.next(Some(until), None).await {
+                Happening::Transfer(status, done) => {
+                    if (200..300).contains(&status) && !done && !accepted {
+                        accepted = true; // 202: NOTIFYs follow
+                        continue;
+                    }
+                    if done {
+                        return Transfer {
+                            completed: (200..300).contains(&status),
+                            sip_code: status,
+                            hung_up: false,
+                            error: None,
+                        };
+                    }
+                }
+                Happening::HungUp => {
+                    self.hung_up = true;
+                    // Transferred: the caller's side hangs up on us once it is connected.
+                    return Transfer {
+                        completed: accepted,
+                        sip_code: if accepted { 200 } else { 0 },
+                        hung_up: true,
+                        error: None,
+                    };
+                }
+                Happening::Deadline => {
+                    return Transfer {
+                        completed: false,
+                        sip_code: 408,
+                        hung_up: false,
+                        error: None,
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Studio's `speech_timeout`: seconds of silence that end an utterance, or `auto` (1 s).
 fn speech_end(v: Option<&str>) -> Duration {
     v.and_then(|s| s.trim().parse::<f64>().ok())
@@ -440,6 +511,10 @@ impl crate::twiml::VoiceOps for VoiceChannel<'_> {
 
     async fn dial(&mut self, c: &crate::flow::Connect) -> Outcome {
         self.connect(c).await
+    }
+
+    async fn refer(&mut self, target: &str) -> crate::twiml::Transfer {
+        VoiceChannel::refer(self, target).await
     }
 
     fn hangup(&mut self) {

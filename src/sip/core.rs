@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::acl::{Acl, AclError};
+use super::client_tx::{ClientTx, TxTimer};
 use super::defence::{Ban, Defence, DefenceConfig, Verdict};
 use super::dial::{Dial, DialEvent, DialSpec};
 use super::keepalive::{Keepalive, KeepaliveSpec, Reachability};
@@ -328,6 +329,17 @@ pub enum Event {
         /// Its reason phrase, or ours.
         reason: String,
     },
+    /// How our transfer (REFER, RFC 3515) goes: the peer's answer to the REFER (202: accepted,
+    /// NOTIFYs follow; 4xx–6xx, or 408 without an answer: refused, `done`), then the status
+    /// line of each NOTIFY's `message/sipfrag` (`done` once it is final).
+    Transfer {
+        /// The dialog's Call-ID.
+        call_id: String,
+        /// The status: of the REFER's answer, or the one the NOTIFY reports.
+        status: u16,
+        /// Nothing more will come.
+        done: bool,
+    },
     /// A trunk started or stopped answering our OPTIONS keep-alives.
     TrunkReachability {
         /// The trunk's name.
@@ -410,6 +422,14 @@ pub enum Command {
         spec: Box<DialSpec>,
         /// Our address as the trunk sees it.
         local: SocketAddr,
+    },
+    /// Blind transfer (RFC 3515): ask the peer of a confirmed dialog to call `target` instead
+    /// (REFER with Refer-To); progress comes as [`Event::Transfer`].
+    Refer {
+        /// The dialog's Call-ID.
+        call_id: String,
+        /// The URI the peer is to call (`sip:…` or `tel:…`).
+        target: String,
     },
     /// The driver could not open a connection to `addr` (TCP or TLS): calls still waiting for
     /// an answer from it fail at once (503) instead of at timer B.
@@ -505,6 +525,8 @@ struct Dialog {
     session: Option<SessionTimer>,
     /// Our session refresh in flight: its method, bytes and retransmit interval.
     refresh: Option<OutRefresh>,
+    /// Our REFER in flight (a blind transfer), until its final answer.
+    refer: Option<ClientTx>,
 }
 
 #[derive(Debug)]
@@ -541,6 +563,8 @@ enum TimerKind {
     Dial,
     /// Forget a finished outbound INVITE (kept 64·T1 to acknowledge retransmitted answers).
     DialForget,
+    /// Resend our REFER, or give up on it.
+    ReferRetransmit,
     /// Resend our refresh, or give up on it.
     RefreshRetransmit,
 }
@@ -715,6 +739,7 @@ impl SipCore {
                         bye_deadline: None,
                         session: None,
                         refresh: None,
+                        refer: None,
                     },
                 );
                 if cancelled {
@@ -1026,7 +1051,8 @@ impl SipCore {
             }
             "MESSAGE" => self.on_message(now, peer, &req, &branch),
             "UPDATE" => self.on_update(now, peer, &req, &branch),
-            "REGISTER" | "SUBSCRIBE" | "NOTIFY" | "PUBLISH" | "REFER" | "PRACK" => {
+            "NOTIFY" => self.on_notify(now, peer, &req, &branch),
+            "REGISTER" | "SUBSCRIBE" | "PUBLISH" | "REFER" | "PRACK" => {
                 let extra = format!("Allow: {ALLOW}\r\n");
                 self.reply_cached(now, peer, &head, &branch, 405, "Method Not Allowed", &extra);
             }
@@ -1180,6 +1206,7 @@ impl SipCore {
                 bye_deadline: None,
                 session,
                 refresh: None,
+                refer: None,
             },
         );
         let _ = now;
@@ -1251,6 +1278,88 @@ impl SipCore {
         }
         if let Some(at) = refresh {
             self.schedule(at, call_id, TimerKind::SessionRefresh);
+        }
+    }
+
+    /// Send REFER in a confirmed dialog; a transfer already in flight, or no such dialog, is
+    /// reported as failed at once.
+    fn send_refer(&mut self, now: Instant, call_id: &str, target: &str) {
+        let server = self.cfg.server_name.clone();
+        let fail = |core: &mut SipCore, status| {
+            core.out.push_back(Output::Event(Event::Transfer {
+                call_id: call_id.to_string(),
+                status,
+                done: true,
+            }))
+        };
+        let Some(d) = self.dialogs.get_mut(call_id) else {
+            return fail(self, 481);
+        };
+        if d.refer.is_some() || d.state != State::Confirmed {
+            return fail(self, 491);
+        }
+        d.local_cseq += 1;
+        let us = format!("<sip:switchboard@{}>", host_port(d.local));
+        let extra = format!(
+            "Refer-To: <{target}>\r\nReferred-By: {us}\r\n{}",
+            contact_header(d.local, d.peer.transport)
+        );
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let data = build_in_dialog_on(d, "REFER", &extra, "", &server, &branch);
+        let tx = ClientTx::new(
+            now,
+            branch,
+            d.local_cseq,
+            data.clone(),
+            d.peer.transport == Transport::Udp,
+        );
+        let (peer, next) = (d.peer, tx.next_timer());
+        d.refer = Some(tx);
+        self.send(peer, data);
+        self.schedule(next, call_id, TimerKind::ReferRetransmit);
+    }
+
+    fn on_refer_response(&mut self, now: Instant, resp: &Response) {
+        let Some(d) = self.dialogs.get_mut(&resp.call_id) else {
+            return;
+        };
+        let Some(tx) = d.refer.as_mut().filter(|t| t.matches(resp)) else {
+            return;
+        };
+        if resp.status < 200 {
+            tx.provisional(now);
+            return;
+        }
+        d.refer = None;
+        self.out.push_back(Output::Event(Event::Transfer {
+            call_id: resp.call_id.clone(),
+            status: resp.status,
+            done: resp.status >= 300,
+        }));
+    }
+
+    /// NOTIFY inside a dialog: the progress of our transfer, as `message/sipfrag` (RFC 3515
+    /// §2.4.5). Outside a dialog there is no subscription of ours: 481.
+    fn on_notify(&mut self, now: Instant, peer: Peer, req: &Request, branch: &str) {
+        let head = Head::of(req);
+        if param(&req.to, "tag").is_none() || !self.dialogs.contains_key(&req.call_id) {
+            return self.reply_481(now, peer, &head, branch);
+        }
+        self.reply_cached(now, peer, &head, branch, 200, "OK", "");
+        let frag = String::from_utf8_lossy(&req.body);
+        let status = frag
+            .lines()
+            .next()
+            .and_then(|l| l.trim().strip_prefix("SIP/2.0 "))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (100..700).contains(c));
+        if let Some(status) = status {
+            self.out.push_back(Output::Event(Event::Transfer {
+                call_id: req.call_id.clone(),
+                status,
+                done: status >= 200,
+            }));
         }
     }
 
@@ -1558,6 +1667,10 @@ impl SipCore {
         {
             return;
         }
+        if resp.cseq_method == "REFER" {
+            self.on_refer_response(now, &resp);
+            return;
+        }
         if resp.cseq_method == "MESSAGE" && resp.status >= 200 {
             let branch = resp.branch.clone().unwrap_or_default();
             if let Some(tx) = self.messages.remove(&branch) {
@@ -1687,6 +1800,7 @@ impl SipCore {
                 self.keepalives.insert(call_id.clone(), k);
                 self.keepalive_step(&call_id, Some(first), None);
             }
+            Command::Refer { call_id, target } => self.send_refer(now, &call_id, &target),
             Command::TransportFailed { addr } => {
                 let failed: Vec<(String, DialEvent)> = self
                     .dials
@@ -1892,6 +2006,30 @@ impl SipCore {
                     .is_some_and(|at| at <= now);
                 if due {
                     self.send_refresh(now, call_id);
+                }
+            }
+            TimerKind::ReferRetransmit => {
+                let Some(tx) = d.refer.as_mut() else {
+                    return;
+                };
+                match tx.on_timer(now) {
+                    TxTimer::Resend(data) => {
+                        let (peer, next) = (d.peer, tx.next_timer());
+                        self.send(peer, data);
+                        self.schedule(next, call_id, TimerKind::ReferRetransmit);
+                    }
+                    TxTimer::TimedOut => {
+                        d.refer = None;
+                        self.out.push_back(Output::Event(Event::Transfer {
+                            call_id: call_id.to_string(),
+                            status: 408,
+                            done: true,
+                        }));
+                    }
+                    TxTimer::Nothing => {
+                        let next = tx.next_timer();
+                        self.schedule(next, call_id, TimerKind::ReferRetransmit);
+                    }
                 }
             }
             TimerKind::RefreshRetransmit => {
@@ -2213,6 +2351,18 @@ fn build_bye(d: &Dialog, server: &str) -> Vec<u8> {
 /// A request of ours inside dialog `d` at its current local CSeq, with `extra` header lines.
 fn build_in_dialog(d: &Dialog, method: &str, extra: &str, body: &str, server: &str) -> Vec<u8> {
     let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+    build_in_dialog_on(d, method, extra, body, server, &branch)
+}
+
+/// A request inside `d` on the given Via branch (a transaction we follow by it).
+fn build_in_dialog_on(
+    d: &Dialog,
+    method: &str,
+    extra: &str,
+    body: &str,
+    server: &str,
+    branch: &str,
+) -> Vec<u8> {
     let mut s = format!(
         "{method} {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n",
         d.remote_target,

@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use super::client::{fetch, resolve, TwimlError};
 use super::parse::{
-    parse, DialNoun, DialVerb, GatherPrompt, GatherVerb, Method, Pause, Play, RecordVerb, Say, Verb,
+    parse, DialNoun, DialVerb, GatherPrompt, GatherVerb, Method, Pause, Play, RecordVerb,
+    ReferVerb, Say, Verb,
 };
 use crate::flow::effect::{Connect, Gather, GatherInput, Outcome, Prompt, Record, Redirect};
 
@@ -35,8 +36,23 @@ pub trait VoiceOps: Send {
     /// Connect the caller to another party (`<Dial>`): `Dial` when the dialled call ended or
     /// never connected, `Hangup` when the caller left, `Failed` when it cannot be placed at all.
     fn dial(&mut self, c: &Connect) -> impl Future<Output = Outcome> + Send;
+    /// Hand the call to `target` (`<Refer>`, SIP REFER) and report how it went.
+    fn refer(&mut self, target: &str) -> impl Future<Output = Transfer> + Send;
     /// End the call from our side (`<Hangup/>`, `<Reject/>`, a document that ends).
     fn hangup(&mut self);
+}
+
+/// How a `<Refer>` went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    /// The caller's side reported the new call connected (NOTIFY 2xx).
+    pub completed: bool,
+    /// The last SIP status heard (the REFER's refusal or the NOTIFY's), 0 when none was sent.
+    pub sip_code: u16,
+    /// The caller's side hung up on us (as it does once transferred).
+    pub hung_up: bool,
+    /// Why no REFER was sent (a target no trunk may dial).
+    pub error: Option<String>,
 }
 
 /// Bounds of one redirect.
@@ -338,6 +354,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
                     extra: Vec::new(),
                 })),
                 Verb::Dial(d) => self.dial(doc, d).await?,
+                Verb::Refer(r) => self.refer(doc, r).await?,
                 Verb::Hangup | Verb::Reject { .. } => {
                     self.ops.hangup();
                     Some(Next::Done(Outcome::Hangup))
@@ -473,6 +490,36 @@ impl<V: VoiceOps> Run<'_, '_, V> {
         }
     }
 
+    async fn refer(&mut self, doc: &Url, r: ReferVerb) -> Result<Option<Next>, TwimlError> {
+        let Some(t) = bounded(self.deadline, self.ops.refer(&r.target)).await else {
+            return Ok(timed_out());
+        };
+        if let Some(error) = t.error {
+            return Ok(Some(Next::Done(Outcome::Failed {
+                error: format!("TwiML <Refer>: {error}"),
+            })));
+        }
+        let extra = vec![
+            (
+                "ReferCallStatus".to_string(),
+                if t.completed { "completed" } else { "failed" }.to_string(),
+            ),
+            ("ReferSipResponseCode".to_string(), t.sip_code.to_string()),
+        ];
+        match r.action.as_deref() {
+            Some(action) => {
+                let target = self.action(doc, Some(action), r.method, extra)?;
+                if t.hung_up {
+                    self.notify(&target).await;
+                    return Ok(Some(Next::Done(Outcome::Hangup)));
+                }
+                Ok(Some(Next::Fetch(target)))
+            }
+            None if t.hung_up => Ok(Some(Next::Done(Outcome::Hangup))),
+            None => Ok(None),
+        }
+    }
+
     async fn record(&mut self, doc: &Url, r: RecordVerb) -> Result<Option<Next>, TwimlError> {
         let max_length_secs = match r.max_length_secs {
             0 => 3600,
@@ -568,7 +615,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
 }
 
 /// Await a voice operation unless the redirect's time is up (None).
-async fn bounded(deadline: Instant, op: impl Future<Output = Outcome>) -> Option<Outcome> {
+async fn bounded<T>(deadline: Instant, op: impl Future<Output = T>) -> Option<T> {
     tokio::time::timeout_at(deadline, op).await.ok()
 }
 

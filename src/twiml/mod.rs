@@ -12,4 +12,4 @@ pub(crate) mod client;
 mod interpret;
 pub mod parse;
 
-pub use interpret::{run_redirect, Limits, RedirectEnv, VoiceOps};
+pub use interpret::{run_redirect, Limits, RedirectEnv, Transfer, VoiceOps};

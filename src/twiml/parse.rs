@@ -289,6 +289,17 @@ pub enum DialNoun {
     Client(String),
 }
 
+/// `<Refer><Sip>uri</Sip></Refer>`: a blind transfer of the call by SIP REFER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferVerb {
+    /// Requested once the transfer ended; None: the document goes on with the next verb.
+    pub action: Option<String>,
+    /// How `action` is requested.
+    pub method: Method,
+    /// Where the call is to go (the `<Sip>` noun).
+    pub target: String,
+}
+
 /// `<Redirect method>url</Redirect>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectVerb {
@@ -315,6 +326,8 @@ pub enum Verb {
     Redirect(RedirectVerb),
     /// `<Dial>`.
     Dial(DialVerb),
+    /// `<Refer>`.
+    Refer(ReferVerb),
     /// `<Hangup>`.
     Hangup,
     /// `<Reject>`.
@@ -333,7 +346,6 @@ const UNSUPPORTED: &[&str] = &[
     "Stop",
     "Pay",
     "Prompt",
-    "Refer",
     "Queue",
     "Sms",
     "Message",
@@ -494,6 +506,17 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
             check_verb(&name, at)?;
             false
         }
+        Some(parent) if parent.name == "Refer" => {
+            if name != "Sip" {
+                check_verb(&name, at)?;
+                return Err(ParseError::BadNesting {
+                    parent: parent.name.clone(),
+                    child: name,
+                    at,
+                });
+            }
+            false
+        }
         Some(parent) if parent.name == "Dial" => {
             if !matches!(name.as_str(), "Number" | "Sip" | "Client") {
                 check_verb(&name, at)?;
@@ -552,8 +575,8 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
 /// Whether `name` is a verb we run (Ok) or an error naming it.
 fn check_verb(name: &str, at: Position) -> Result<(), ParseError> {
     match name {
-        "Say" | "Play" | "Pause" | "Gather" | "Record" | "Redirect" | "Dial" | "Hangup"
-        | "Reject" => Ok(()),
+        "Say" | "Play" | "Pause" | "Gather" | "Record" | "Redirect" | "Dial" | "Refer"
+        | "Hangup" | "Reject" => Ok(()),
         n if UNSUPPORTED.contains(&n) => Err(ParseError::UnsupportedVerb {
             verb: n.to_string(),
             at,
@@ -579,7 +602,7 @@ fn close(open: Open, stack: &mut [Open], verbs: &mut Vec<Verb>) -> Result<bool, 
         parent.text.push(' ');
         return Ok(false);
     }
-    if parent.name == "Dial" {
+    if parent.name == "Dial" || parent.name == "Refer" {
         let noun = dial_noun(&open)?;
         parent.nouns.push(noun);
         return Ok(false);
@@ -799,6 +822,23 @@ fn build(open: Open) -> Result<Verb, ParseError> {
                 answer_on_bridge: a.bool_or("answerOnBridge", false)?,
                 ring_tone: a.text("ringTone"),
                 nouns,
+            })
+        }
+        "Refer" => {
+            let target = open.nouns.iter().find_map(|n| match n {
+                DialNoun::Sip { uri, .. } => Some(uri.clone()),
+                _ => None,
+            });
+            let Some(target) = target else {
+                return Err(ParseError::NothingToDial {
+                    verb: "Refer".into(),
+                    at: open.at,
+                });
+            };
+            Verb::Refer(ReferVerb {
+                action: a.text("action"),
+                method: a.method()?,
+                target,
             })
         }
         "Hangup" => Verb::Hangup,
@@ -1054,6 +1094,24 @@ mod tests {
         assert_eq!((bare.timeout_secs, bare.action.clone()), (30, None));
         assert!(parse("<Response><Dial></Dial></Response>").is_err());
         assert!(parse("<Response><Dial><Say>x</Say></Dial></Response>").is_err());
+    }
+
+    #[test]
+    fn refer_with_its_sip_noun() {
+        let verbs = parse(
+            r#"<Response><Refer action="/done" method="GET"><Sip>sip:+15551230009@pbx.example</Sip></Refer><Hangup/></Response>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            verbs[0],
+            Verb::Refer(ReferVerb {
+                action: Some("/done".into()),
+                method: Method::Get,
+                target: "sip:+15551230009@pbx.example".into()
+            })
+        );
+        assert!(parse("<Response><Refer></Refer></Response>").is_err());
+        assert!(parse("<Response><Refer><Number>+1555</Number></Refer></Response>").is_err());
     }
 
     #[test]
