@@ -77,9 +77,15 @@ pub(crate) fn prescan(src: &str) -> std::result::Result<(), TemplateError> {
         };
         let start = i + 2;
         let closer: &[u8] = if is_tag { b"%}" } else { b"}}" };
-        // Unterminated: `liquid` cannot lex it either, so it never reaches the block parser.
+        // Unterminated: `liquid` refuses it too, but only after backtracking over the rest of
+        // the text, which takes time quadratic in its length (fuzzing found a 16 KB template
+        // that took over 10 s): refuse it here at once.
         let Some(end) = find_closer(b, start, closer) else {
-            return Ok(());
+            return Err(TemplateError::Parse(format!(
+                "`{}` at byte {i} is never closed with `{}`",
+                if is_tag { "{%" } else { "{{" },
+                if is_tag { "%}" } else { "}}" },
+            )));
         };
         let inner = src.get(start..end).unwrap_or("");
         if !in_raw {
@@ -805,6 +811,35 @@ mod tests {
             let mut ts = Templates::default();
             let _ = ts.add(t);
             let _ = ts.render(t, &scope);
+        }
+    }
+
+    /// Found by fuzzing (target `flow`): an unclosed `{%` or `{{` followed by kilobytes of
+    /// text made `liquid` backtrack for seconds before refusing it.
+    #[test]
+    fn an_unclosed_tag_is_refused_before_liquid_backtracks_over_it() {
+        use crate::flow::template::{Scope, Templates};
+        let scope = Scope::new(&serde_json::json!({}));
+        let long = " ".repeat(12_000);
+        for t in [
+            format!("{{%  C{long}"),
+            format!("{{{{ x{long}"),
+            "{% if a %}".to_string() + "{{ b",
+            "hello {{".to_string(),
+            "{% '%}' ".to_string(),
+        ] {
+            let err = prescan(&t).expect_err(&t[..t.len().min(20)]);
+            assert!(err.to_string().contains("never closed"), "{err}");
+        }
+        // Liquid itself agrees on the short ones: no valid template is lost.
+        for t in ["{{ b", "hello {{", "{% if a %}"] {
+            if t.contains("{{") {
+                assert!(Templates::default().render(t, &scope).is_err(), "{t}");
+            }
+        }
+        // Braces that open nothing are text.
+        for t in ["{ x }", "100% sure", "a } b %}", "{x{y"] {
+            assert!(prescan(t).is_ok(), "{t}");
         }
     }
 
