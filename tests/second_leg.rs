@@ -279,7 +279,7 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn busy_no_answer_refused_and_unreachable_each_end_with_their_status() {
+async fn busy_no_answer_refused_unreachable_and_full_each_end_with_their_status() {
     if !peer_available("sipp") {
         return;
     }
@@ -304,7 +304,8 @@ async fn busy_no_answer_refused_and_unreachable_each_end_with_their_status() {
         &format!(
             "[[trunks]]\nname = \"busy\"\nuri = \"sip:127.0.0.1:{busy_port}\"\ninbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555888*\"]\nkeepalive_secs = 0\n\
              [[trunks]]\nname = \"ringing\"\nuri = \"sip:127.0.0.1:{ring_port}\"\ndial_allow = [\"+1555999*\"]\nkeepalive_secs = 0\n\
-             [[trunks]]\nname = \"down\"\nuri = \"sip:127.0.0.1:{down_port};transport=tcp\"\ndial_allow = [\"+1555666*\"]\nkeepalive_secs = 0\n"
+             [[trunks]]\nname = \"down\"\nuri = \"sip:127.0.0.1:{down_port};transport=tcp\"\ndial_allow = [\"+1555666*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"full\"\nuri = \"sip:127.0.0.1:9\"\ndial_allow = [\"+1555555*\"]\nmax_outbound = 0\nkeepalive_secs = 0\n"
         ),
     );
     let cases = [
@@ -316,6 +317,7 @@ async fn busy_no_answer_refused_and_unreachable_each_end_with_their_status() {
             "failed",
             Some("no trunk may dial +442071234567"),
         ),
+        ("+15555550001", "failed", Some("max_outbound of 0 calls")),
     ];
     for (caller, _, _) in &cases {
         let phone = Phone::dial(gw.sip, caller, Offer::Rfc4733).await;
@@ -1098,4 +1100,140 @@ async fn twiml_refer_transfers_the_call_and_reports_the_notify_status() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "SIPp (the transferred caller) failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn number_multi_rings_both_the_first_answer_wins_and_time_limit_ends_it() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ring_dir, answer_dir) = (tmp.path().join("ring"), tmp.path().join("answer"));
+    std::fs::create_dir_all(&ring_dir).unwrap();
+    std::fs::create_dir_all(&answer_dir).unwrap();
+    let (ring_port, answer_port) = (free_port(), free_port());
+    let ringing = carrier(
+        &ring_dir,
+        "carrier-rings-no-answer.xml",
+        ring_port,
+        free_port(),
+    );
+    let answering = carrier(
+        &answer_dir,
+        "carrier-answers-waits-for-bye.xml",
+        answer_port,
+        free_port(),
+    );
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/connect-multi.json");
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"slow\"\nuri = \"sip:127.0.0.1:{ring_port}\"\ninbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555999*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"quick\"\nuri = \"sip:127.0.0.1:{answer_port}\"\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    let phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
+    phone.wait_bye(Duration::from_secs(20)).await;
+    for (sipp, dir, who) in [
+        (ringing, &ring_dir, "the one still ringing (cancelled)"),
+        (
+            answering,
+            &answer_dir,
+            "the one that answered (hung up at the time limit)",
+        ),
+    ] {
+        let dir = dir.clone();
+        let code =
+            tokio::task::spawn_blocking(move || finished(sipp, &dir, Duration::from_secs(20)))
+                .await
+                .unwrap();
+        assert_eq!(code, Some(0), "SIPp far end: {who}");
+    }
+    let execs = executions(&gw, &flow).await;
+    let step = execs[0].1.iter().find(|s| s.name == "connect").unwrap();
+    let w = &step.context["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "completed", "{w}");
+    let secs: u32 = w["DialCallDuration"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (2..=4).contains(&secs),
+        "time_limit 3 s, connected {secs} s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hears_early_media_while_it_rings() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(sipp_pcap("g711a.pcap"), dir.join("g711a.pcap"))
+        .expect("SIPp's g711a.pcap (package sip-tester)");
+    let port = free_port();
+    let sipp = carrier(&dir, "carrier-early-media-busy.xml", port, free_port());
+    // The usual flow with a ring time longer than the announcement.
+    let flow_path = tmp.path().join("connect-long-ring.json");
+    std::fs::write(
+        &flow_path,
+        std::fs::read_to_string(flow())
+            .unwrap()
+            .replace("\"timeout\": 4", "\"timeout\": 15"),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\ninbound_from = [\"127.0.0.1/32\"]\n\
+             dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let log = tmp.path().join("gateway.log");
+    let gw = Gateway::start_logging(
+        &tmp.path().join("data"),
+        Some(&flow_path),
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+        Some(&log),
+    );
+    let phone = Phone::dial(gw.sip, "+15557770005", Offer::Rfc4733).await;
+    let start = Instant::now();
+    phone.wait_bye(Duration::from_secs(30)).await;
+    let code = tokio::task::spawn_blocking({
+        let dir = dir.clone();
+        move || finished(sipp, &dir, Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "SIPp (the carrier) failed");
+    // The announcement (speech from the pcap) while ringing: ringback is a steady tone
+    // cadence (2 s on, 4 s off), so speech in the ringback's silence is the early media.
+    let frames = phone.heard.lock().unwrap().audio_frames();
+    let early = frames
+        .iter()
+        .filter(|(t, f)| {
+            let at = t.duration_since(start);
+            at > Duration::from_millis(2200) && at < Duration::from_millis(3400) && rms(f) > 300.0
+        })
+        .count();
+    assert!(
+        early > 25,
+        "{early} loud frames of early media\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let execs = executions(&gw, &flow_path).await;
+    let step = execs[0].1.iter().find(|s| s.name == "connect").unwrap();
+    assert_eq!(step.context["widgets"]["connect"]["DialCallStatus"], "busy");
 }
