@@ -172,7 +172,10 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
     // their own number, which this trunk may dial.
     let mut phone = Phone::dial(gw.sip, "+15557770001", Offer::Rfc4733).await;
     let start = Instant::now();
-    phone.send_audio(&tone(7.0)).await;
+    phone.send_audio(&tone(6.0)).await;
+    // A digit pressed while bridged reaches the far end as an RFC 4733 event.
+    phone.send_rfc4733('5').await;
+    phone.send_audio(&tone(1.0)).await;
     phone.wait_bye(Duration::from_secs(30)).await;
     let code = tokio::task::spawn_blocking({
         let dir = sipp_dir.clone();
@@ -221,6 +224,16 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
         loud > 150,
         "{loud} of {} packets to the far end carried the caller's tone in PCMA",
         packets.len()
+    );
+    let mut events = switchboard::media::dtmf::Rfc4733Receiver::default();
+    let relayed: String = packets
+        .iter()
+        .filter(|p| p[1] & 0x7F == 101)
+        .filter_map(|p| events.on_packet(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), &p[12..]))
+        .collect();
+    assert_eq!(
+        relayed, "5",
+        "the caller's digit, relayed as telephone-event 101"
     );
 
     // The step shows how the dial went.

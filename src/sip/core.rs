@@ -2516,6 +2516,169 @@ mod tests {
         assert!(ev.is_empty());
     }
 
+    /// An answered, acknowledged call "c1" from the caller at [`peer`]; our To tag.
+    fn confirmed(c: &mut SipCore, t0: Instant) -> String {
+        c.handle_message(t0, peer(), local(), invite("c1", "z9hG4bK1").as_bytes());
+        drain(c);
+        c.handle_command(
+            t0,
+            Command::Answer {
+                call_id: "c1".into(),
+                sdp: "v=0\r\n".into(),
+            },
+        );
+        let (tx, _) = drain(c);
+        let tag = to_tag(&tx[0]);
+        let ack = format!("ACK sip:switchboard@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK2\r\n\
+            From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag={tag}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n");
+        c.handle_message(t0, peer(), local(), ack.as_bytes());
+        drain(c);
+        tag
+    }
+
+    fn response_to(req: &str, status: &str) -> String {
+        let h = |n: &str| req.lines().find(|l| l.starts_with(n)).unwrap().to_string();
+        format!(
+            "SIP/2.0 {status}\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+            h("Via:"),
+            h("From:"),
+            h("To:"),
+            h("Call-ID:"),
+            h("CSeq:")
+        )
+    }
+
+    #[test]
+    fn a_transfer_sends_refer_and_reports_the_notify_progress() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let tag = confirmed(&mut c, t0);
+        c.handle_command(
+            t0,
+            Command::Refer {
+                call_id: "c1".into(),
+                target: "sip:+15551230009@pbx.example".into(),
+            },
+        );
+        let (tx, _) = drain(&mut c);
+        let refer = &tx[0];
+        assert!(
+            refer.starts_with("REFER sip:+1555@127.0.0.1:5070 SIP/2.0"),
+            "{refer}"
+        );
+        assert!(refer.contains("Refer-To: <sip:+15551230009@pbx.example>\r\n"));
+        assert!(
+            refer.contains("CSeq: 1 REFER"),
+            "our first request in the dialog"
+        );
+        // Unanswered on UDP: resent at T1.
+        c.handle_timeout(t0 + T1);
+        assert!(drain(&mut c).0[0].starts_with("REFER "));
+        c.handle_message(
+            t0 + T1,
+            peer(),
+            local(),
+            response_to(refer, "202 Accepted").as_bytes(),
+        );
+        let (_, ev) = drain(&mut c);
+        assert_eq!(
+            ev,
+            vec![Event::Transfer {
+                call_id: "c1".into(),
+                status: 202,
+                done: false
+            }]
+        );
+        c.handle_timeout(t0 + T1 * 4);
+        assert!(drain(&mut c).0.is_empty(), "answered: no more REFERs");
+        for (cseq, frag, done) in [
+            (2, "SIP/2.0 100 Trying", false),
+            (3, "SIP/2.0 200 OK", true),
+        ] {
+            let notify = format!(
+                "NOTIFY sip:switchboard@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKn{cseq}\r\n\
+                 From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag={tag}\r\nCall-ID: c1\r\nCSeq: {cseq} NOTIFY\r\n\
+                 Event: refer\r\nContent-Type: message/sipfrag\r\nContent-Length: {}\r\n\r\n{frag}",
+                frag.len()
+            );
+            c.handle_message(t0 + T1 * 5, peer(), local(), notify.as_bytes());
+            let (tx, ev) = drain(&mut c);
+            assert!(tx[0].starts_with("SIP/2.0 200 OK"), "{}", tx[0]);
+            let status = frag[8..11].parse().unwrap();
+            assert_eq!(
+                ev,
+                vec![Event::Transfer {
+                    call_id: "c1".into(),
+                    status,
+                    done
+                }]
+            );
+        }
+        // A NOTIFY for no dialog of ours is 481.
+        let stray = "NOTIFY sip:switchboard@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKs\r\n\
+             From: <sip:+1555@127.0.0.1>;tag=a1\r\nTo: <sip:ivr@127.0.0.1>;tag=zz\r\nCall-ID: other\r\nCSeq: 1 NOTIFY\r\n\
+             Event: refer\r\nContent-Length: 0\r\n\r\n";
+        c.handle_message(t0, peer(), local(), stray.as_bytes());
+        assert!(drain(&mut c).0[0].starts_with("SIP/2.0 481"));
+        // A transfer of a call that does not exist fails at once.
+        c.handle_command(
+            t0,
+            Command::Refer {
+                call_id: "nope".into(),
+                target: "sip:x@y".into(),
+            },
+        );
+        assert_eq!(
+            drain(&mut c).1,
+            vec![Event::Transfer {
+                call_id: "nope".into(),
+                status: 481,
+                done: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_fails_a_ringing_dial_at_once() {
+        let mut c = core();
+        let t0 = Instant::now();
+        let trunk = Peer {
+            addr: "127.0.0.1:5090".parse().unwrap(),
+            transport: Transport::Tcp,
+        };
+        c.handle_command(
+            t0,
+            Command::Dial {
+                spec: Box::new(DialSpec {
+                    call_id: "out1".into(),
+                    peer: trunk,
+                    request_uri: "sip:+15551230001@127.0.0.1:5090".into(),
+                    from_user: "+15550100".into(),
+                    sdp: "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 20000 RTP/AVP 0\r\n".into(),
+                    credentials: None,
+                    ring_timeout: Duration::from_secs(30),
+                    redirect_hosts: vec![],
+                }),
+                local: local(),
+            },
+        );
+        assert!(drain(&mut c).0[0].starts_with("INVITE "));
+        c.handle_command(t0, Command::TransportFailed { addr: trunk.addr });
+        let (_, ev) = drain(&mut c);
+        assert!(
+            matches!(&ev[..], [Event::DialFailed { status: 503, .. }]),
+            "{ev:?}"
+        );
+        // Another address's failure touches nothing.
+        c.handle_command(
+            t0,
+            Command::TransportFailed {
+                addr: "127.0.0.1:5091".parse().unwrap(),
+            },
+        );
+        assert!(drain(&mut c).1.is_empty());
+    }
+
     #[test]
     fn our_bye_is_retransmitted_until_answered() {
         let mut c = core();
