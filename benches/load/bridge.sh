@@ -13,6 +13,8 @@
 #      trunk) towards a second gateway, the far end (benches/load/far-end.json: speaks ~25 s,
 #      hangs up); `switchboard call` places N calls that send audio (menu.wav) and must hear
 #      some. RTP flows both ways on both legs; the gateway relays it on its pacing workers.
+#   d. bridged and transcoded: as c, with callers that offer only PCMA while the far end takes
+#      PCMU, so every packet is transcoded both ways.
 # CPU is utime+stime of the gateway under test over a steady window with all N calls up;
 # memory is its VmRSS in the window minus before the first call, per call. The far end and the
 # load generator are measured too but are not the gateway's cost.
@@ -96,6 +98,18 @@ measure "$bridge" $((BRIDGE_RAMP + 1)) "$WINDOW" gw-bridge
 wait "$fm" || true
 wait "$cpid" || true
 gateway_stop "$bridge"
+
+echo "d. bridged and transcoded: $N calls, callers on PCMA, the far end on PCMU" >&2
+gateway_start xbridge benches/load/bridge-load.json 20000 39999 $((N + 100)) "$(printf \
+  '[[trunks]]\nname = "far"\nuri = "sip:127.0.0.1:%s"\ninbound_from = ["127.0.0.1/32"]\ndial_allow = ["*"]\nmax_outbound = %d\ncalls_per_second = 0\nkeepalive_secs = 0\n' \
+  "$far_port" $((N + 100)))"
+xbridge=$GW
+sb_call transcoded "sip:ivr@127.0.0.1:$GW_PORT" "$N" "$BRIDGE_RAMP" "$BRIDGE_SECS" \
+  --play benches/load/audio/menu.wav --require-audio --codecs pcma &
+cpid=$!; pids+=("$cpid")
+measure "$xbridge" $((BRIDGE_RAMP + 1)) "$WINDOW" gw-xbridge
+wait "$cpid" || true
+gateway_stop "$xbridge"
 gateway_stop "$far"
 # Calls the far end could not keep (its own store, on the same busy cores): their bridge ended
 # at once, which the caller's summary does not show.
@@ -126,11 +140,15 @@ def gw(name):
 base = read("base.cpu")
 res = {"calls": n, "baseline_2n_sockets": {"cpu_pct": base,
        "cpu_pct_per_call": None if base is None else round(base / n, 4)},
-       "plain": gw("plain"), "bridged": gw("bridge"), "far_end_cpu_pct": read("far.cpu"),
+       "plain": gw("plain"), "bridged": gw("bridge"), "transcoded": gw("xbridge"),
+       "far_end_cpu_pct": read("far.cpu"),
        "far_end_lost": read("far.lost", int), "gateway_warnings": read("bridge.warnings", int)}
 res["plain"]["summary"] = summary("plain.json")
 res["bridged"]["summary"] = summary("bridged.json")
-p, b = res["plain"], res["bridged"]
+res["transcoded"]["summary"] = summary("transcoded.json")
+p, b, x = res["plain"], res["bridged"], res["transcoded"]
+if p["cpu_pct"] and x["cpu_pct"]:
+    res["transcoded_vs_plain_cpu"] = round(x["cpu_pct"] / p["cpu_pct"], 2)
 if p["cpu_pct"] and b["cpu_pct"]:
     res["bridged_vs_plain_cpu"] = round(b["cpu_pct"] / p["cpu_pct"], 2)
 if base and b["cpu_pct"]:
@@ -144,12 +162,12 @@ def f(v, unit=""):
 def ok(sm):
     return "–" if not sm else f"{sm['completed']}/{n} completed, {sm['failed']} failed, audio on {sm['audio']['with']}"
 print(f"## Bridged calls: {n} (two legs each) next to {n} plain calls\n")
-print("| measure | raw UDP, 2N sockets | plain IVR call | bridged call | bridged / plain |")
-print("|---|---|---|---|---|")
-print(f"| CPU, all calls (% of one core) | {f(base)} | {f(p['cpu_pct'])} | {f(b['cpu_pct'])} | {f(res.get('bridged_vs_plain_cpu'))} |")
-print(f"| CPU per call (% of one core) | {f(res['baseline_2n_sockets']['cpu_pct_per_call'])} | {f(p['cpu_pct_per_call'])} | {f(b['cpu_pct_per_call'])} | |")
-print(f"| resident memory per call (KiB) | – | {f(p['rss_kib_per_call'])} | {f(b['rss_kib_per_call'])} | {f(res.get('bridged_vs_plain_rss'))} |")
-print(f"| calls | – | {ok(p['summary'])} | {ok(b['summary'])} | |")
+print("| measure | raw UDP, 2N sockets | plain IVR call | bridged call | bridged / plain | bridged, transcoded | transcoded / plain |")
+print("|---|---|---|---|---|---|---|")
+print(f"| CPU, all calls (% of one core) | {f(base)} | {f(p['cpu_pct'])} | {f(b['cpu_pct'])} | {f(res.get('bridged_vs_plain_cpu'))} | {f(x['cpu_pct'])} | {f(res.get('transcoded_vs_plain_cpu'))} |")
+print(f"| CPU per call (% of one core) | {f(res['baseline_2n_sockets']['cpu_pct_per_call'])} | {f(p['cpu_pct_per_call'])} | {f(b['cpu_pct_per_call'])} | | {f(x['cpu_pct_per_call'])} | |")
+print(f"| resident memory per call (KiB) | – | {f(p['rss_kib_per_call'])} | {f(b['rss_kib_per_call'])} | {f(res.get('bridged_vs_plain_rss'))} | {f(x['rss_kib_per_call'])} | |")
+print(f"| calls | – | {ok(p['summary'])} | {ok(b['summary'])} | | {ok(x['summary'])} | |")
 print(f"\nBridged CPU is {f(res.get('bridged_vs_baseline_cpu'))}× the raw baseline of 2N sockets. "
       f"The far end (a second gateway) used {f(res['far_end_cpu_pct'])} % of one core and lost "
       f"{f(res['far_end_lost'])} calls to its own store; the gateway under test logged "
