@@ -506,6 +506,7 @@ fn start_calls(
     });
     Arc::new(CallServices {
         messages: Some(messaging.inbound.clone()),
+        outbound_messages: Some(messaging.providers.clone()),
         sip: ep.handle.clone(),
         media,
         prompts: Arc::new(crate::call::prompts::Prompts::new(

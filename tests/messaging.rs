@@ -976,3 +976,44 @@ async fn a_conversation_waiting_through_a_kill_9_resumes_on_the_reply() {
         step_names(&ex[0].1)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_message_during_a_call_texts_the_caller_and_the_call_goes_on() {
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(tmp.path(), "");
+    let flow = flow_path("call-texts-link.json");
+    let gw = Gateway::start_in(
+        tmp.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let phone = Phone::dial(gw.sip, CONTACT, Offer::Rfc4733).await;
+    let sent = recorder.wait_messages(1, Duration::from_secs(15)).await;
+    let texted_at = Instant::now();
+    assert_eq!(sent.len(), 1, "one SMS through the provider");
+    assert_eq!(sent[0].get("To"), CONTACT, "to the caller");
+    assert!(sent[0].get("Body").contains("https://example.com/help"));
+    assert_eq!(sent[0].account, PROVIDER_SID);
+    phone.wait_bye(Duration::from_secs(20)).await;
+    // The caller heard the next prompt after the text went out.
+    let after = phone
+        .heard
+        .lock()
+        .unwrap()
+        .audio_frames()
+        .iter()
+        .filter(|(t, f)| *t > texted_at && rms(f) > 500.0)
+        .count();
+    assert!(after > 25, "{after} loud frames after the SMS");
+    let ex = wait_until(&gw, &flow, Duration::from_secs(10), |ex| {
+        ex.len() == 1 && ex[0].0.status == "ended"
+    })
+    .await;
+    let step = ex[0].1.iter().find(|s| s.name == "text_link").unwrap();
+    assert_eq!(step.event, "sent");
+    assert!(step.context["widgets"]["text_link"]["message"]["Sid"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("SM")));
+    assert_eq!(step_names(&ex[0].1), ["hello", "text_link", "bye", "Ended"]);
+}

@@ -201,6 +201,7 @@ impl<M: Medium> OutgoingChannel<M> {
             flow_sid: &self.flow_sid,
             auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
             legs: svc.legs.as_deref(),
+            messages: svc.outbound_messages.clone(),
             hung_up: call.hung_up,
         };
         let out = voice.perform(effect).await;

@@ -34,6 +34,8 @@ pub struct CallServices {
     pub speech: Option<Box<dyn crate::speech::Recognizer>>,
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
     pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
+    /// The messaging providers: send-message from a call goes out through them.
+    pub outbound_messages: Option<Arc<dyn crate::messaging::MessageSink>>,
     pub account_sid: String,
     /// The API auth token: TwiML requests are signed with it, as Twilio signs its webhooks.
     pub auth_token: String,
@@ -305,6 +307,7 @@ async fn run_call(
         flow_sid: &flow.sid,
         auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
         legs: svc.legs.as_deref(),
+        messages: svc.outbound_messages.clone(),
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

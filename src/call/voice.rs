@@ -37,6 +37,8 @@ pub struct VoiceChannel<'a> {
     pub auth: Option<(&'a str, &'a str)>,
     /// Second legs through trunks (connect-call-to), when any trunk is configured.
     pub legs: Option<&'a super::leg::Legs>,
+    /// The messaging providers (send-message from a call).
+    pub messages: Option<std::sync::Arc<dyn crate::messaging::MessageSink>>,
     pub hung_up: bool,
 }
 
@@ -463,6 +465,14 @@ impl Medium for VoiceChannel<'_> {
             Effect::Gather(g) => Some(self.gather(g).await),
             Effect::Record(r) => Some(self.record(r).await),
             Effect::Connect(c) => Some(self.connect(c).await),
+            // The "text me the link" pattern: sent while the call goes on.
+            Effect::SendMessage(_) => match &self.messages {
+                Some(sink) => {
+                    let mut m = crate::messaging::MessagingChannel { sink: sink.clone() };
+                    m.perform(effect).await
+                }
+                None => None,
+            },
             Effect::Redirect(r) => {
                 let env = crate::twiml::RedirectEnv {
                     http: self.http,

@@ -450,6 +450,7 @@ mod tests {
                 Effect::Gather(_) => Some(Outcome::Timeout),
                 Effect::Record(_) => Some(Outcome::NoAudio),
                 Effect::Redirect(_) => Some(Outcome::RedirectReturned { params: Map::new() }),
+                Effect::SendMessage(_) => Some(Outcome::MessageSent { fields: Map::new() }),
                 // As a call with a trunk performs it: the far end answered and hung up.
                 Effect::Connect(_) => Some(Outcome::Dial(Box::new(crate::flow::DialResult {
                     status: "completed".into(),
@@ -499,7 +500,7 @@ mod tests {
         ("connect-call-to", Runs, Ends),
         ("make-outgoing-call-v2", Fails, Fails),
         ("add-twiml-redirect", Runs, Fails),
-        ("send-message", Fails, Runs),
+        ("send-message", Runs, Runs),
         ("send-and-wait-for-reply", Fails, Waits),
         // Performed by the runner on every medium; here each fails on purpose (refused
         // connection, no Function URL, subflow not loaded).
