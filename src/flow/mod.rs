@@ -22,6 +22,7 @@ pub(crate) mod context;
 pub(crate) mod definition;
 pub(crate) mod effect;
 pub(crate) mod engine;
+pub(crate) mod filters;
 pub(crate) mod liquid_limits;
 pub mod template;
 pub mod validate;

@@ -249,6 +249,7 @@ fn metered_filters(b: liquid::ParserBuilder) -> liquid::ParserBuilder {
     ];
     filters
         .into_iter()
+        .chain(super::filters::all())
         .fold(b, |b, f| b.filter(limits::Metered(f)))
 }
 
