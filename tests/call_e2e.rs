@@ -224,6 +224,53 @@ async fn concurrent_calls_from_one_caller_get_their_own_executions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_concurrent_calls_a_second_call_from_one_caller_is_busy_before_the_answer() {
+    let flow = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/flows/one-call-per-caller.json"
+    ));
+    let gw = Gateway::start(Some(flow));
+    let first = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    // Its execution is running once its prompt plays.
+    for _ in 0..100 {
+        if first.heard.lock().unwrap().packets.len() > 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ua = Ua::new().await;
+    let second = ua
+        .call(
+            gw.sip,
+            CallOptions {
+                max_duration: Duration::from_secs(5),
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        second.final_status, 486,
+        "refused, not answered and dropped"
+    );
+    assert_eq!(second.rtp_packets, 0);
+    // Another caller is not affected; the first call goes on.
+    let other = Ua::new().await;
+    let third = other
+        .call(
+            gw.sip,
+            CallOptions {
+                from_user: "+15550100001".into(),
+                hangup_after: Some(Duration::from_secs(1)),
+                ..CallOptions::default()
+            },
+        )
+        .await;
+    assert_eq!(third.final_status, 200);
+    assert!(first.heard.lock().unwrap().packets.len() > 50);
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_max_calls_invites_get_503_and_live_calls_keep_audio() {
     let flow = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -243,6 +243,21 @@ async fn run_call(
     received: std::time::Instant,
 ) {
     let call_id = key.call_id.clone();
+    let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
+    // Studio's `allow_concurrent_calls = false`: one call per caller ID at a time. Refused
+    // before the answer (486), not answered and then dropped; the store's unique session key
+    // still settles a race between two nodes.
+    if !concurrent {
+        if let Ok(Some(active)) = svc
+            .runner
+            .store
+            .active_for_key(&key.session_key(false))
+            .await
+        {
+            tracing::info!(%call_id, caller = %key.caller, active = %active.sid, "caller already in a call of this flow (allow_concurrent_calls = false)");
+            return reject(svc, &call_id, 486, "Busy Here", None);
+        }
+    }
     let params = StreamParams {
         remote: neg.remote_rtp,
         codec: neg.codec,
@@ -278,7 +293,6 @@ async fn run_call(
     metrics.calls_active.inc();
 
     let call_sid = new_sid("CA");
-    let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
     let params = call_params(svc, &call_sid, &inv);
     let new = NewExecution {
         init: ExecutionInit {
