@@ -196,6 +196,14 @@ impl VoiceOps for FakeOps {
         self.dials.pop_front().unwrap_or(Outcome::Hangup)
     }
 
+    async fn send_message(&mut self, m: &switchboard::flow::Message) -> Outcome {
+        self.log
+            .push(format!("message:{}>{}:{}", m.from, m.to, m.body));
+        let mut fields = serde_json::Map::new();
+        fields.insert("Sid".into(), json!("SM1"));
+        Outcome::MessageSent { fields }
+    }
+
     async fn refer(&mut self, target: &str) -> switchboard::twiml::Transfer {
         self.log.push(format!("refer:{target}"));
         switchboard::twiml::Transfer {
@@ -410,6 +418,41 @@ async fn dial_requests_its_action_with_the_dial_call_status_and_without_one_goes
         Some("17")
     );
     assert!(seen[1].signed);
+}
+
+#[tokio::test]
+async fn message_in_voice_twiml_texts_the_caller_and_requests_its_action() {
+    let app = App::start().await;
+    app.serve(
+        "/start",
+        r#"<Response>
+            <Message>Your code is 42</Message>
+            <Say>We sent you a code</Say>
+            <Sms to="+15550009" from="+15550008" action="/sent">Second</Sms>
+            <Say>not reached</Say>
+        </Response>"#,
+    )
+    .serve(
+        "/sent",
+        "<Response><Redirect>?FlowEvent=return</Redirect></Response>",
+    );
+    let mut ops = FakeOps::default();
+    returned(run(&mut ops, &app.url("/start"), Limits::default()).await);
+    assert_eq!(
+        ops.log,
+        vec![
+            "message:+15550002>+15550001:Your code is 42",
+            "say:We sent you a code",
+            "message:+15550008>+15550009:Second",
+        ]
+    );
+    let seen = app.seen();
+    assert_eq!(seen[1].path, "/sent");
+    assert_eq!(
+        seen[1].form.get("SmsStatus").map(String::as_str),
+        Some("sent")
+    );
+    assert_eq!(seen[1].form.get("SmsSid").map(String::as_str), Some("SM1"));
 }
 
 #[tokio::test]

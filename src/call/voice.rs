@@ -523,6 +523,24 @@ impl crate::twiml::VoiceOps for VoiceChannel<'_> {
         self.connect(c).await
     }
 
+    async fn send_message(&mut self, m: &crate::flow::Message) -> Outcome {
+        let effect = Effect::SendMessage(m.clone());
+        match &self.messages {
+            Some(sink) => {
+                let mut channel = crate::messaging::MessagingChannel { sink: sink.clone() };
+                channel
+                    .perform(&effect)
+                    .await
+                    .unwrap_or_else(|| Outcome::DeliveryFailure {
+                        error: "no messaging provider".into(),
+                    })
+            }
+            None => Outcome::DeliveryFailure {
+                error: "no messaging provider is configured".into(),
+            },
+        }
+    }
+
     async fn refer(&mut self, target: &str) -> crate::twiml::Transfer {
         VoiceChannel::refer(self, target).await
     }

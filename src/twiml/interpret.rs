@@ -14,10 +14,12 @@ use tokio::time::Instant;
 
 use super::client::{fetch, resolve, TwimlError};
 use super::parse::{
-    parse, DialNoun, DialVerb, GatherPrompt, GatherVerb, Method, Pause, Play, RecordVerb,
-    ReferVerb, Say, Verb,
+    parse, DialNoun, DialVerb, GatherPrompt, GatherVerb, MessageVerb, Method, Pause, Play,
+    RecordVerb, ReferVerb, Say, Verb,
 };
-use crate::flow::effect::{Connect, Gather, GatherInput, Outcome, Prompt, Record, Redirect};
+use crate::flow::effect::{
+    Connect, Gather, GatherInput, Message, Outcome, Prompt, Record, Redirect,
+};
 
 /// Studio's longest (and default) wait for control to come back, in seconds.
 pub const MAX_REDIRECT_SECS: u32 = 14_400;
@@ -36,6 +38,9 @@ pub trait VoiceOps: Send {
     /// Connect the caller to another party (`<Dial>`): `Dial` when the dialled call ended or
     /// never connected, `Hangup` when the caller left, `Failed` when it cannot be placed at all.
     fn dial(&mut self, c: &Connect) -> impl Future<Output = Outcome> + Send;
+    /// Send a text while the call goes on (`<Message>`, `<Sms>`): `MessageSent` or
+    /// `DeliveryFailure`.
+    fn send_message(&mut self, m: &Message) -> impl Future<Output = Outcome> + Send;
     /// Hand the call to `target` (`<Refer>`, SIP REFER) and report how it went.
     fn refer(&mut self, target: &str) -> impl Future<Output = Transfer> + Send;
     /// End the call from our side (`<Hangup/>`, `<Reject/>`, a document that ends).
@@ -355,6 +360,7 @@ impl<V: VoiceOps> Run<'_, '_, V> {
                 })),
                 Verb::Dial(d) => self.dial(doc, d).await?,
                 Verb::Refer(r) => self.refer(doc, r).await?,
+                Verb::Message(m) => self.message(doc, m).await?,
                 Verb::Hangup | Verb::Reject { .. } => {
                     self.ops.hangup();
                     Some(Next::Done(Outcome::Hangup))
@@ -487,6 +493,57 @@ impl<V: VoiceOps> Run<'_, '_, V> {
             other => Ok(Some(Next::Done(Outcome::Failed {
                 error: format!("TwiML <Dial>: unexpected outcome {other:?}"),
             }))),
+        }
+    }
+
+    async fn message(&mut self, doc: &Url, m: MessageVerb) -> Result<Option<Next>, TwimlError> {
+        let param = |k: &str| {
+            self.env
+                .call
+                .get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let msg = Message {
+            to: m.to.clone().unwrap_or_else(|| param("From")),
+            from: m.from.clone().unwrap_or_else(|| param("To")),
+            body: m.body.clone(),
+            media_url: None,
+            service: None,
+            channel: None,
+        };
+        let Some(outcome) = bounded(self.deadline, self.ops.send_message(&msg)).await else {
+            return Ok(timed_out());
+        };
+        let (status, sid) = match &outcome {
+            Outcome::MessageSent { fields } => (
+                "sent",
+                fields
+                    .get("Sid")
+                    .or_else(|| fields.get("sid"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            Outcome::DeliveryFailure { error } => {
+                tracing::warn!(call_sid = %self.call_sid(), %error, "TwiML <Message> not sent");
+                ("failed", String::new())
+            }
+            _ => ("failed", String::new()),
+        };
+        match m.action.as_deref() {
+            Some(action) => Ok(Some(Next::Fetch(self.action(
+                doc,
+                Some(action),
+                m.method,
+                vec![
+                    ("SmsSid".into(), sid.clone()),
+                    ("MessageSid".into(), sid),
+                    ("SmsStatus".into(), status.into()),
+                ],
+            )?))),
+            None => Ok(None),
         }
     }
 

@@ -300,6 +300,21 @@ pub struct ReferVerb {
     pub target: String,
 }
 
+/// `<Message>` (or the older `<Sms>`) in voice TwiML: a text to send while the call goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageVerb {
+    /// `to`: the caller when absent.
+    pub to: Option<String>,
+    /// `from`: the number called when absent.
+    pub from: Option<String>,
+    /// The text.
+    pub body: String,
+    /// Requested with `SmsSid` and `SmsStatus` once sent; None: the document goes on.
+    pub action: Option<String>,
+    /// How `action` is requested.
+    pub method: Method,
+}
+
 /// `<Redirect method>url</Redirect>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectVerb {
@@ -328,6 +343,8 @@ pub enum Verb {
     Dial(DialVerb),
     /// `<Refer>`.
     Refer(ReferVerb),
+    /// `<Message>` / `<Sms>`.
+    Message(MessageVerb),
     /// `<Hangup>`.
     Hangup,
     /// `<Reject>`.
@@ -347,8 +364,6 @@ const UNSUPPORTED: &[&str] = &[
     "Pay",
     "Prompt",
     "Queue",
-    "Sms",
-    "Message",
     "Echo",
     "Conference",
     "Number",
@@ -576,7 +591,7 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
 fn check_verb(name: &str, at: Position) -> Result<(), ParseError> {
     match name {
         "Say" | "Play" | "Pause" | "Gather" | "Record" | "Redirect" | "Dial" | "Refer"
-        | "Hangup" | "Reject" => Ok(()),
+        | "Message" | "Sms" | "Hangup" | "Reject" => Ok(()),
         n if UNSUPPORTED.contains(&n) => Err(ParseError::UnsupportedVerb {
             verb: n.to_string(),
             at,
@@ -841,6 +856,21 @@ fn build(open: Open) -> Result<Verb, ParseError> {
                 target,
             })
         }
+        "Message" | "Sms" => {
+            if text.is_empty() {
+                return Err(ParseError::NothingToDial {
+                    verb: open.name.clone(),
+                    at: open.at,
+                });
+            }
+            Verb::Message(MessageVerb {
+                to: a.text("to"),
+                from: a.text("from"),
+                body: text.to_string(),
+                action: a.text("action"),
+                method: a.method()?,
+            })
+        }
         "Hangup" => Verb::Hangup,
         "Reject" => Verb::Reject {
             reason: a.text("reason"),
@@ -1094,6 +1124,34 @@ mod tests {
         assert_eq!((bare.timeout_secs, bare.action.clone()), (30, None));
         assert!(parse("<Response><Dial></Dial></Response>").is_err());
         assert!(parse("<Response><Dial><Say>x</Say></Dial></Response>").is_err());
+    }
+
+    #[test]
+    fn message_and_sms_in_voice_twiml() {
+        let verbs = parse(
+            r#"<Response><Message to="+15550001">Your code is 42</Message><Sms action="/s">Hi</Sms></Response>"#,
+        )
+        .unwrap();
+        assert_eq!(
+            verbs,
+            vec![
+                Verb::Message(MessageVerb {
+                    to: Some("+15550001".into()),
+                    from: None,
+                    body: "Your code is 42".into(),
+                    action: None,
+                    method: Method::Post
+                }),
+                Verb::Message(MessageVerb {
+                    to: None,
+                    from: None,
+                    body: "Hi".into(),
+                    action: Some("/s".into()),
+                    method: Method::Post
+                }),
+            ]
+        );
+        assert!(parse("<Response><Message/></Response>").is_err());
     }
 
     #[test]
