@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{Gateway, ACCOUNT_SID, AUTH_TOKEN};
+use support::{api_get, Gateway, ACCOUNT_SID, AUTH_TOKEN};
 
 /// A say-play whose text nests `{% if true %}` `depth` deep.
 fn nested_flow(depth: usize) -> String {
@@ -183,18 +183,6 @@ async fn api_post(g: &Gateway, path: &str, form: &[(&str, &str)]) -> (StatusCode
         .unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap())
-}
-
-async fn api_get(g: &Gateway, path: &str) -> Value {
-    client()
-        .get(format!("{}{path}", g.base_url()))
-        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -80,6 +80,35 @@ fn finished(mut sipp: Child, dir: &Path, limit: Duration) -> Option<i32> {
     code
 }
 
+/// Wait (off the runtime) for a SIPp run to end; its exit code.
+async fn sipp_done(sipp: Child, dir: &Path, limit: Duration) -> Option<i32> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || finished(sipp, &dir, limit))
+        .await
+        .unwrap()
+}
+
+/// 20 ms frames the phone heard between `window` milliseconds after `start`, louder than
+/// `threshold` RMS.
+fn loud_frames(
+    phone: &Phone,
+    start: Instant,
+    window: std::ops::Range<u64>,
+    threshold: f64,
+) -> usize {
+    phone
+        .heard
+        .lock()
+        .unwrap()
+        .audio_frames()
+        .iter()
+        .filter(|(t, f)| {
+            let at = t.duration_since(start).as_millis() as u64;
+            window.contains(&at) && rms(f) > threshold
+        })
+        .count()
+}
+
 fn gateway(tmp: &Path, trunks: &str) -> (Gateway, PathBuf) {
     let cfg = tmp.join("switchboard.toml");
     std::fs::write(&cfg, trunks).unwrap();
@@ -92,18 +121,6 @@ fn gateway(tmp: &Path, trunks: &str) -> (Gateway, PathBuf) {
         Some(&log),
     );
     (gw, log)
-}
-
-async fn api_get(gw: &Gateway, path: &str) -> Value {
-    switchboard::web::plain_client()
-        .get(format!("{}{path}", gw.base_url()))
-        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn tone(secs: f64) -> Vec<i16> {
@@ -177,24 +194,12 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
     phone.send_rfc4733('5').await;
     phone.send_audio(&tone(1.0)).await;
     phone.wait_bye(Duration::from_secs(30)).await;
-    let code = tokio::task::spawn_blocking({
-        let dir = sipp_dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(30))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &sipp_dir, Duration::from_secs(30)).await;
     assert_eq!(code, Some(0), "SIPp (the far end) failed");
 
     // The caller heard the far end's speech (PCMA from the pcap, transcoded to PCMU): loud
     // frames well after the ringback, which stops at the answer.
-    let frames = phone.heard.lock().unwrap().audio_frames();
-    let speech = frames
-        .iter()
-        .filter(|(t, f)| {
-            let at = t.duration_since(start);
-            at > Duration::from_millis(2500) && at < Duration::from_millis(6500) && rms(f) > 300.0
-        })
-        .count();
+    let speech = loud_frames(&phone, start, 2500..6500, 300.0);
     assert!(
         speech > 50,
         "{speech} loud frames from the far end in 2.5..6.5 s\n{}",
@@ -361,11 +366,7 @@ async fn busy_no_answer_refused_unreachable_and_full_each_end_with_their_status(
         }
     }
     for (sipp, dir) in [(busy, &busy_dir), (ringing, &ring_dir)] {
-        let dir = dir.clone();
-        let code =
-            tokio::task::spawn_blocking(move || finished(sipp, &dir, Duration::from_secs(20)))
-                .await
-                .unwrap();
+        let code = sipp_done(sipp, dir, Duration::from_secs(20)).await;
         assert_eq!(code, Some(0), "a SIPp far end failed");
     }
     // The refusal is in the log with the number it refused.
@@ -446,12 +447,7 @@ async fn the_twilio_library_starts_an_execution_that_calls_out_and_the_callee_he
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let code = tokio::task::spawn_blocking({
-        let dir = sipp_dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &sipp_dir, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIPp (the callee) failed");
     unsafe { libc::kill(heard.id() as i32, libc::SIGINT) };
     let out = heard.wait_with_output().unwrap();
@@ -529,37 +525,43 @@ async fn a_rest_execution_calling_a_number_no_trunk_may_dial_takes_failed_and_sa
     )
     .await;
     let esid = exec["sid"].as_str().unwrap().to_string();
-    for _ in 0..100 {
-        let steps = api_get(&gw, &format!("/v2/Flows/{fsid}/Executions/{esid}/Steps")).await;
-        if let Some(step) = steps["steps"].as_array().and_then(|a| {
-            a.iter()
-                .find(|s| s["transitioned_from"] == "call_user")
-                .cloned()
-        }) {
-            let ctx = api_get(
-                &gw,
-                &format!(
-                    "/v2/Flows/{fsid}/Executions/{esid}/Steps/{}/Context",
-                    step["sid"].as_str().unwrap()
-                ),
-            )
-            .await;
-            assert_eq!(
-                ctx["context"]["widgets"]["call_user"]["CallStatus"], "failed",
-                "{ctx}"
+    let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(10))
+        .await
+        .expect("make-outgoing-call-v2 finished");
+    assert_eq!(ctx["widgets"]["call_user"]["CallStatus"], "failed", "{ctx}");
+    let execs = executions_by_sid(&gw, &esid).await;
+    assert_eq!(execs.0, "failed", "the event taken");
+    assert!(
+        execs.1.contains("no trunk may dial +33123456789"),
+        "step error {:?}",
+        execs.1
+    );
+}
+
+/// The execution context after `widget`'s step, through the Steps API, once there is one.
+async fn context_after(
+    gw: &Gateway,
+    fsid: &str,
+    esid: &str,
+    widget: &str,
+    within: Duration,
+) -> Option<Value> {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        let steps = api_get(gw, &format!("/v2/Flows/{fsid}/Executions/{esid}/Steps")).await;
+        let step = steps["steps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["transitioned_from"] == widget).cloned());
+        if let Some(step) = step {
+            let path = format!(
+                "/v2/Flows/{fsid}/Executions/{esid}/Steps/{}/Context",
+                step["sid"].as_str().unwrap_or_default()
             );
-            let execs = executions_by_sid(&gw, &esid).await;
-            assert_eq!(execs.0, "failed", "the event taken");
-            assert!(
-                execs.1.contains("no trunk may dial +33123456789"),
-                "step error {:?}",
-                execs.1
-            );
-            return;
+            return Some(api_get(gw, &path).await["context"].clone());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("make-outgoing-call-v2 did not finish");
+    None
 }
 
 /// The event and error of the make-outgoing-call step, from the store.
@@ -673,22 +675,10 @@ async fn twiml_dial_bridges_the_caller_and_requests_its_action_with_the_outcome(
     );
     // Back in the flow: "Goodbye", then the gateway hangs up.
     phone.wait_bye(Duration::from_secs(15)).await;
-    let code = tokio::task::spawn_blocking({
-        let dir = sipp_dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &sipp_dir, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIPp (the far end) failed");
     // And the caller heard the far end while bridged.
-    let frames = phone.heard.lock().unwrap().audio_frames();
-    let speech = frames
-        .iter()
-        .filter(|(t, f)| {
-            let at = t.duration_since(start);
-            at > Duration::from_millis(2500) && at < Duration::from_millis(6500) && rms(f) > 300.0
-        })
-        .count();
+    let speech = loud_frames(&phone, start, 2500..6500, 300.0);
     assert!(speech > 50, "{speech} loud frames from the far end");
 }
 
@@ -726,12 +716,7 @@ async fn a_carrier_that_challenges_our_invite_gets_the_trunk_credentials() {
         let phone = Phone::dial(gw.sip, caller, Offer::Rfc4733).await;
         phone.wait_bye(Duration::from_secs(30)).await;
     }
-    let code = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &dir, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIPp (the authenticating carrier) failed");
     let execs = executions(&gw, &flow()).await;
     let widget = |caller: &str| {
@@ -981,27 +966,10 @@ async fn machine_detection_tells_a_person_from_an_answering_machine() {
         )
         .await;
         let esid = exec["sid"].as_str().unwrap().to_string();
-        let mut answered_by = Value::Null;
-        for _ in 0..300 {
-            let steps = api_get(&gw, &format!("/v2/Flows/{fsid}/Executions/{esid}/Steps")).await;
-            if let Some(step) = steps["steps"].as_array().and_then(|a| {
-                a.iter()
-                    .find(|s| s["transitioned_from"] == "call_user")
-                    .cloned()
-            }) {
-                let ctx = api_get(
-                    &gw,
-                    &format!(
-                        "/v2/Flows/{fsid}/Executions/{esid}/Steps/{}/Context",
-                        step["sid"].as_str().unwrap()
-                    ),
-                )
-                .await;
-                answered_by = ctx["context"]["widgets"]["call_user"]["AnsweredBy"].clone();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(30))
+            .await
+            .unwrap_or_default();
+        let answered_by = ctx["widgets"]["call_user"]["AnsweredBy"].clone();
         assert_eq!(answered_by, expect, "calling {to}");
     }
 }
@@ -1106,12 +1074,7 @@ async fn twiml_refer_transfers_the_call_and_reports_the_notify_status() {
         Some("200"),
         "{form:?}"
     );
-    let code = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &dir, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIPp (the transferred caller) failed");
 }
 
@@ -1165,11 +1128,7 @@ async fn number_multi_rings_both_the_first_answer_wins_and_time_limit_ends_it() 
             "the one that answered (hung up at the time limit)",
         ),
     ] {
-        let dir = dir.clone();
-        let code =
-            tokio::task::spawn_blocking(move || finished(sipp, &dir, Duration::from_secs(20)))
-                .await
-                .unwrap();
+        let code = sipp_done(sipp, dir, Duration::from_secs(20)).await;
         assert_eq!(code, Some(0), "SIPp far end: {who}");
     }
     let execs = executions(&gw, &flow).await;
@@ -1224,23 +1183,11 @@ async fn the_caller_hears_early_media_while_it_rings() {
     let phone = Phone::dial(gw.sip, "+15557770005", Offer::Rfc4733).await;
     let start = Instant::now();
     phone.wait_bye(Duration::from_secs(30)).await;
-    let code = tokio::task::spawn_blocking({
-        let dir = dir.clone();
-        move || finished(sipp, &dir, Duration::from_secs(20))
-    })
-    .await
-    .unwrap();
+    let code = sipp_done(sipp, &dir, Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "SIPp (the carrier) failed");
     // The announcement (speech from the pcap) while ringing: ringback is a steady tone
     // cadence (2 s on, 4 s off), so speech in the ringback's silence is the early media.
-    let frames = phone.heard.lock().unwrap().audio_frames();
-    let early = frames
-        .iter()
-        .filter(|(t, f)| {
-            let at = t.duration_since(start);
-            at > Duration::from_millis(2200) && at < Duration::from_millis(3400) && rms(f) > 300.0
-        })
-        .count();
+    let early = loud_frames(&phone, start, 2200..3400, 300.0);
     assert!(
         early > 25,
         "{early} loud frames of early media\n{}",

@@ -510,6 +510,16 @@ fn push_text(stack: &mut [Open], text: &str) {
     }
 }
 
+/// The elements a verb may hold (none for the rest).
+fn children_of(verb: &str) -> &'static [&'static str] {
+    match verb {
+        "Gather" => &["Say", "Play", "Pause"],
+        "Dial" => &["Number", "Sip", "Client"],
+        "Refer" => &["Sip"],
+        _ => &[],
+    }
+}
+
 /// Check that `e` may open inside the top of `stack`, and read its attributes.
 fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseError> {
     let name = name_of(e);
@@ -521,30 +531,8 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
             check_verb(&name, at)?;
             false
         }
-        Some(parent) if parent.name == "Refer" => {
-            if name != "Sip" {
-                check_verb(&name, at)?;
-                return Err(ParseError::BadNesting {
-                    parent: parent.name.clone(),
-                    child: name,
-                    at,
-                });
-            }
-            false
-        }
-        Some(parent) if parent.name == "Dial" => {
-            if !matches!(name.as_str(), "Number" | "Sip" | "Client") {
-                check_verb(&name, at)?;
-                return Err(ParseError::BadNesting {
-                    parent: parent.name.clone(),
-                    child: name,
-                    at,
-                });
-            }
-            false
-        }
-        Some(parent) if parent.name == "Gather" => {
-            if !matches!(name.as_str(), "Say" | "Play" | "Pause") {
+        Some(parent) if !children_of(&parent.name).is_empty() => {
+            if !children_of(&parent.name).contains(&name.as_str()) {
                 check_verb(&name, at)?;
                 return Err(ParseError::BadNesting {
                     parent: parent.name.clone(),

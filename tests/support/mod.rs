@@ -857,3 +857,16 @@ pub async fn executions(
     }
     out
 }
+
+/// GET a REST API path (Basic auth with the test credentials) as JSON.
+pub async fn api_get(gw: &Gateway, path: &str) -> serde_json::Value {
+    switchboard::web::plain_client()
+        .get(format!("{}{path}", gw.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
