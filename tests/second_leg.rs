@@ -109,13 +109,18 @@ fn loud_frames(
         .count()
 }
 
-fn gateway(tmp: &Path, trunks: &str) -> (Gateway, PathBuf) {
+fn gateway(tmp: &Path, config: &str) -> (Gateway, PathBuf) {
+    gateway_with_flow(tmp, Some(&flow()), config)
+}
+
+/// A gateway in `tmp` running `flow` with `config`, logging to `tmp/gateway.log`.
+fn gateway_with_flow(tmp: &Path, flow: Option<&Path>, config: &str) -> (Gateway, PathBuf) {
     let cfg = tmp.join("switchboard.toml");
-    std::fs::write(&cfg, trunks).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let log = tmp.join("gateway.log");
     let gw = Gateway::start_logging(
         &tmp.join("data"),
-        Some(&flow()),
+        flow,
         &["--config", cfg.to_str().unwrap()],
         Some((ACCOUNT_SID, AUTH_TOKEN)),
         Some(&log),
@@ -405,22 +410,13 @@ async fn the_twilio_library_starts_an_execution_that_calls_out_and_the_callee_he
         port,
         media_port,
     );
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        None,
+        &format!(
             "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
              dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
         ),
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        None,
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     let out = tokio::task::spawn_blocking({
         let url = gw.base_url();
@@ -627,22 +623,13 @@ async fn twiml_dial_bridges_the_caller_and_requests_its_action_with_the_outcome(
         port,
         media_port,
     );
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
+        &format!(
             "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
              inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
         ),
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        Some(&flow_path),
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     let phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
     let start = Instant::now();
@@ -767,20 +754,11 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/connect-to-client.json");
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow),
         "[[users]]\nusername = \"alice\"\npassword = \"wonderland\"\n\
          [[trunks]]\nname = \"pstn\"\nuri = \"sip:127.0.0.1:9\"\ninbound_from = [\"127.0.0.1/32\"]\nkeepalive_secs = 0\n",
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        Some(&flow),
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     // baresip as alice's desk phone: registers with digest, answers by itself, plays a tone
     // as its microphone and writes what it hears to a WAV.
@@ -1014,20 +992,11 @@ async fn twiml_refer_transfers_the_call_and_reports_the_notify_status() {
         .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
     )
     .unwrap();
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
         "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:9\"\ninbound_from = [\"127.0.0.1/32\"]\n\
          dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n",
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        Some(&flow_path),
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     let dir = tmp.path().join("sipp");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1101,22 +1070,13 @@ async fn number_multi_rings_both_the_first_answer_wins_and_time_limit_ends_it() 
         free_port(),
     );
     let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/connect-multi.json");
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (gw, _log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow),
+        &format!(
             "[[trunks]]\nname = \"slow\"\nuri = \"sip:127.0.0.1:{ring_port}\"\ninbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555999*\"]\nkeepalive_secs = 0\n\
              [[trunks]]\nname = \"quick\"\nuri = \"sip:127.0.0.1:{answer_port}\"\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
         ),
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        Some(&flow),
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     let phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
     phone.wait_bye(Duration::from_secs(20)).await;
@@ -1163,22 +1123,13 @@ async fn the_caller_hears_early_media_while_it_rings() {
             .replace("\"timeout\": 4", "\"timeout\": 15"),
     )
     .unwrap();
-    let cfg = tmp.path().join("switchboard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
+        &format!(
             "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\ninbound_from = [\"127.0.0.1/32\"]\n\
              dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
         ),
-    )
-    .unwrap();
-    let log = tmp.path().join("gateway.log");
-    let gw = Gateway::start_logging(
-        &tmp.path().join("data"),
-        Some(&flow_path),
-        &["--config", cfg.to_str().unwrap()],
-        Some((ACCOUNT_SID, AUTH_TOKEN)),
-        Some(&log),
     );
     let phone = Phone::dial(gw.sip, "+15557770005", Offer::Rfc4733).await;
     let start = Instant::now();
