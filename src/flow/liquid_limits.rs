@@ -27,6 +27,9 @@ use super::template::{TemplateError, MAX_LOOP_ITERATIONS, MAX_RENDERED_BYTES};
 
 /// Longest template source (the largest in the Studio corpus is under 1 KB).
 pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
+/// Longest `{{ … }}` or `{% … %}` (the largest in the Studio corpus is 150 bytes): the
+/// `liquid` parser backtracks over a tag in time quadratic in its length.
+pub const MAX_TAG_BYTES: usize = 1024;
 /// Deepest nesting of Liquid blocks (`if`, `for`, `case`, …).
 pub const MAX_NESTING: usize = 32;
 /// Most `and`/`or` operators in one condition tag (they evaluate recursively).
@@ -88,6 +91,13 @@ pub(crate) fn prescan(src: &str) -> std::result::Result<(), TemplateError> {
             )));
         };
         let inner = src.get(start..end).unwrap_or("");
+        if !in_raw && inner.len() > MAX_TAG_BYTES {
+            return Err(TemplateError::Parse(format!(
+                "the `{}` at byte {i} holds {} bytes; a tag or output may hold at most {MAX_TAG_BYTES}",
+                if is_tag { "{%" } else { "{{" },
+                inner.len()
+            )));
+        }
         if !in_raw {
             if let Some(digits) = overflowing_integer(inner) {
                 return Err(TemplateError::Parse(format!(
@@ -841,6 +851,25 @@ mod tests {
         for t in ["{ x }", "100% sure", "a } b %}", "{x{y"] {
             assert!(prescan(t).is_ok(), "{t}");
         }
+    }
+
+    /// Found by fuzzing (target `flow`): a closed tag of 11 KB (an unknown tag, spaces, a
+    /// filter chain) took 10 s to refuse.
+    #[test]
+    fn a_tag_longer_than_its_limit_is_refused_before_parsing() {
+        let long = format!(
+            "{{% of{} sed.name | default: x default: y ev[ %}}",
+            " ".repeat(10_000)
+        );
+        let err = prescan(&long).expect_err("too long");
+        assert!(err.to_string().contains("at most 1024"), "{err}");
+        let output = format!("{{{{ x{} }}}}", " ".repeat(2000));
+        assert!(prescan(&output).is_err());
+        // Up to the limit, and anything inside raw, is fine.
+        let fits = format!("{{{{ x{} }}}}", " ".repeat(1000));
+        assert!(prescan(&fits).is_ok());
+        let raw = format!("{{% raw %}}{{{{ {} }}}}{{% endraw %}}", "y".repeat(5000));
+        assert!(prescan(&raw).is_ok());
     }
 
     #[test]
