@@ -810,9 +810,10 @@ async fn registers_with_a_trunk_over_tls_and_keeps_it_alive_there() {
     }
     let text = std::fs::read_to_string(&carrier_log).unwrap();
     assert!(
-        text.lines()
-            .any(|l| l.contains("user registered") && l.contains("acct")),
-        "the carrier holds our binding"
+        text.lines().any(|l| l.contains("user registered")
+            && l.contains("acct")
+            && l.contains("transport=tls")),
+        "the carrier holds our binding, a TLS one (our Contact says ;transport=tls)"
     );
     // A trunk whose certificate we cannot verify is not registered with (system roots only).
     let bad_dir = tmp.path().join("untrusting");

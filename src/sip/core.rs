@@ -52,6 +52,15 @@ impl Transport {
             Transport::Tls => "TLS",
         }
     }
+
+    /// Its URI parameter in our Contact (`;transport=tcp`; none for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        }
+    }
 }
 
 /// The far end of a message: where it came from, and so where answers go.
@@ -2262,12 +2271,11 @@ pub(crate) fn new_tag() -> String {
 }
 
 fn contact_header(local: SocketAddr, transport: Transport) -> String {
-    let t = match transport {
-        Transport::Udp => "",
-        Transport::Tcp => ";transport=tcp",
-        Transport::Tls => ";transport=tls",
-    };
-    format!("Contact: <sip:switchboard@{}{t}>\r\n", host_port(local))
+    format!(
+        "Contact: <sip:switchboard@{}{}>\r\n",
+        host_port(local),
+        transport.uri_param()
+    )
 }
 
 /// `ip:port` as SIP writes it (IPv6 in brackets).

@@ -239,7 +239,7 @@ impl Dial {
         let data = format!(
             "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={};rport\r\nMax-Forwards: 70\r\n\
              From: {}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\n\
-             Contact: <sip:{}@{local}>\r\n{}Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n\
+             Contact: <sip:{}@{local}{}>\r\n{}Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n\
              Supported: timer\r\nUser-Agent: switchboard\r\nContent-Type: application/sdp\r\n\
              Content-Length: {}\r\n\r\n{}",
             self.spec.peer.transport.as_str(),
@@ -248,6 +248,7 @@ impl Dial {
             self.spec.call_id,
             self.cseq,
             self.spec.from_user,
+            self.spec.peer.transport.uri_param(),
             auth.unwrap_or_default(),
             self.spec.sdp.len(),
             self.spec.sdp,

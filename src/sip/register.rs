@@ -271,8 +271,14 @@ impl Registration {
             .or(r.expires)
     }
 
+    /// Our binding; over TCP or TLS it says so, so the trunk calls us back on that transport.
     fn contact_uri(&self) -> String {
-        format!("sip:{}@{}", self.spec.username, host_port(self.local))
+        format!(
+            "sip:{}@{}{}",
+            self.spec.username,
+            host_port(self.local),
+            self.spec.peer.transport.uri_param()
+        )
     }
 
     fn send_register(&mut self, now: Instant, expires: u32) -> Vec<u8> {
