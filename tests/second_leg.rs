@@ -1148,3 +1148,97 @@ async fn the_caller_hears_early_media_while_it_rings() {
     let step = execs[0].1.iter().find(|s| s.name == "connect").unwrap();
     assert_eq!(step.context["widgets"]["connect"]["DialCallStatus"], "busy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_caller_and_a_sipp_far_end_hear_each_other_through_the_bridge() {
+    if !peer_available("sipp") || !peer_available("tshark") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (caller_dir, far_dir) = (tmp.path().join("caller"), tmp.path().join("far"));
+    for d in [&caller_dir, &far_dir] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::copy(sipp_pcap("g711a.pcap"), d.join("g711a.pcap"))
+            .expect("SIPp's g711a.pcap (package sip-tester)");
+    }
+    let (far_port, far_media, caller_media) = (free_port(), free_port(), free_port());
+    let heard_by_far_end = capture(far_media);
+    let heard_by_caller = capture(caller_media);
+    let far = carrier(
+        &far_dir,
+        "carrier-answers-plays-hangs-up.xml",
+        far_port,
+        far_media,
+    );
+    // The usual flow, ending when the bridge does (no goodbye prompt to count as audio).
+    let flow_path = tmp.path().join("connect-and-end.json");
+    std::fs::write(
+        &flow_path,
+        std::fs::read_to_string(flow()).unwrap().replace(
+            "{\"event\": \"callCompleted\", \"next\": \"after\"}",
+            "{\"event\": \"callCompleted\"}",
+        ),
+    )
+    .unwrap();
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{far_port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555010*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    // The flow connects the caller (SIPp, +15550100000) to its own number: the far end.
+    let caller = Command::new("sipp")
+        .current_dir(&caller_dir)
+        .args([
+            "-sf",
+            &scenario("caller-talks-and-listens.xml"),
+            "-s",
+            "ivr",
+        ])
+        .arg(gw.sip.to_string())
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-mp",
+            &caller_media.to_string(),
+        ])
+        .args(["-m", "1", "-timeout", "40s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg", "-trace_err"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp");
+    let code = sipp_done(caller, &caller_dir, Duration::from_secs(40)).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "the SIPp caller failed\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(
+        sipp_done(far, &far_dir, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    // Each side received the other's speech (both PCMA: relayed without transcoding).
+    for (capture, who) in [(heard_by_caller, "caller"), (heard_by_far_end, "far end")] {
+        unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+        let out = capture.wait_with_output().unwrap();
+        let loud = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(hex)
+            .filter(|p| p.len() > 12 && p[1] & 0x7F == 8)
+            .filter(|p| {
+                let pcm: Vec<i16> = p[12..]
+                    .iter()
+                    .map(|&b| switchboard::media::codec::alaw_to_linear(b))
+                    .collect();
+                rms(&pcm) > 300.0
+            })
+            .count();
+        assert!(loud > 100, "the {who} received {loud} loud PCMA packets");
+    }
+}

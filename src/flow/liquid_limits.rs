@@ -30,6 +30,10 @@ pub const MAX_TEMPLATE_BYTES: usize = 16 * 1024;
 /// Longest `{{ … }}` or `{% … %}` (the largest in the Studio corpus is 150 bytes): the
 /// `liquid` parser backtracks over a tag in time quadratic in its length.
 pub const MAX_TAG_BYTES: usize = 1024;
+/// Longest run of blank characters (spaces, tabs, line breaks) in a template: the `liquid`
+/// lexer takes time quadratic in each run's length (6,000 spaces after a tag took 5 s). The
+/// longest run in the Studio corpus's templates is 9.
+pub const MAX_BLANK_RUN: usize = 64;
 /// Deepest nesting of Liquid blocks (`if`, `for`, `case`, …).
 pub const MAX_NESTING: usize = 32;
 /// Most `and`/`or` operators in one condition tag (they evaluate recursively).
@@ -66,6 +70,20 @@ pub(crate) fn prescan(src: &str) -> std::result::Result<(), TemplateError> {
         });
     }
     let b = src.as_bytes();
+    let mut run = 0;
+    for (i, c) in b.iter().enumerate() {
+        if c.is_ascii_whitespace() {
+            run += 1;
+            if run > MAX_BLANK_RUN {
+                return Err(TemplateError::Parse(format!(
+                    "more than {MAX_BLANK_RUN} blank characters in a row at byte {}; a template may hold at most {MAX_BLANK_RUN}",
+                    i + 1 - run
+                )));
+            }
+        } else {
+            run = 0;
+        }
+    }
     let mut stack: Vec<&str> = Vec::new();
     let mut in_raw = false;
     let mut i = 0;
@@ -830,7 +848,7 @@ mod tests {
     fn an_unclosed_tag_is_refused_before_liquid_backtracks_over_it() {
         use crate::flow::template::{Scope, Templates};
         let scope = Scope::new(&serde_json::json!({}));
-        let long = " ".repeat(12_000);
+        let long = "x".repeat(12_000);
         for t in [
             format!("{{%  C{long}"),
             format!("{{{{ x{long}"),
@@ -858,18 +876,39 @@ mod tests {
     #[test]
     fn a_tag_longer_than_its_limit_is_refused_before_parsing() {
         let long = format!(
-            "{{% of{} sed.name | default: x default: y ev[ %}}",
-            " ".repeat(10_000)
+            "{{% of {} sed.name | default: x default: y ev[ %}}",
+            "x ".repeat(5_000)
         );
         let err = prescan(&long).expect_err("too long");
         assert!(err.to_string().contains("at most 1024"), "{err}");
-        let output = format!("{{{{ x{} }}}}", " ".repeat(2000));
+        let output = format!("{{{{ x{} }}}}", " y".repeat(1000));
         assert!(prescan(&output).is_err());
         // Up to the limit, and anything inside raw, is fine.
-        let fits = format!("{{{{ x{} }}}}", " ".repeat(1000));
+        let fits = format!("{{{{ x{} }}}}", " y".repeat(500));
         assert!(prescan(&fits).is_ok());
         let raw = format!("{{% raw %}}{{{{ {} }}}}{{% endraw %}}", "y".repeat(5000));
         assert!(prescan(&raw).is_ok());
+    }
+
+    /// Found by fuzzing (target `flow`, in CI's smoke run): `{% if a %}` followed by 10,000
+    /// spaces took 10 s; a long blank run anywhere is slow to lex, inside a tag or not.
+    #[test]
+    fn long_blank_runs_are_refused_before_lexing() {
+        for t in [
+            format!("{{% if a %}}{}{{% endif %}}", " ".repeat(6000)),
+            format!("{{{{ a }}}}{}", "\n".repeat(100)),
+            format!("{}{{{{ a }}}}", " \t".repeat(40)),
+        ] {
+            let err = prescan(&t).expect_err("blank run");
+            assert!(
+                err.to_string().contains("blank characters in a row"),
+                "{err}"
+            );
+        }
+        // JSON bodies and prompts keep their indentation and line breaks.
+        let body = "{\n    \"to\": \"{{contact.channel.address}}\",\n        \"x\": 1\n}";
+        assert!(prescan(body).is_ok());
+        assert!(prescan(&format!("{{{{ a }}}}{}", " ".repeat(64))).is_ok());
     }
 
     #[test]
