@@ -476,12 +476,29 @@ async fn api_post(gw: &Gateway, path: &str, form: &[(&str, &str)]) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rest_execution_calling_a_number_no_trunk_may_dial_takes_failed_and_says_why() {
+async fn rest_executions_calling_out_take_failed_busy_and_no_answer() {
+    if !peer_available("sipp") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
+    let (busy_dir, ring_dir) = (tmp.path().join("busy"), tmp.path().join("ring"));
+    std::fs::create_dir_all(&busy_dir).unwrap();
+    std::fs::create_dir_all(&ring_dir).unwrap();
+    let (busy_port, ring_port) = (free_port(), free_port());
+    let busy = carrier(&busy_dir, "carrier-busy.xml", busy_port, free_port());
+    let ringing = carrier(
+        &ring_dir,
+        "carrier-rings-no-answer.xml",
+        ring_port,
+        free_port(),
+    );
     let cfg = tmp.path().join("switchboard.toml");
     std::fs::write(
         &cfg,
-        "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:9\"\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n",
+        format!(
+            "[[trunks]]\nname = \"busy\"\nuri = \"sip:127.0.0.1:{busy_port}\"\ndial_allow = [\"+1555888*\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"ringing\"\nuri = \"sip:127.0.0.1:{ring_port}\"\ndial_allow = [\"+1555999*\"]\nkeepalive_secs = 0\n"
+        ),
     )
     .unwrap();
     let gw = Gateway::start_with(
@@ -532,6 +549,23 @@ async fn a_rest_execution_calling_a_number_no_trunk_may_dial_takes_failed_and_sa
         "step error {:?}",
         execs.1
     );
+    // A busy callee, and one that rings past the widget's 5 s (our CANCEL).
+    for (to, event) in [("+15558880001", "busy"), ("+15559990001", "noAnswer")] {
+        let exec = api_post(
+            &gw,
+            &format!("/v2/Flows/{fsid}/Executions"),
+            &[("To", to), ("From", "+15550001111")],
+        )
+        .await;
+        let esid = exec["sid"].as_str().unwrap().to_string();
+        context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("calling {to} did not finish"));
+        assert_eq!(executions_by_sid(&gw, &esid).await.0, event, "calling {to}");
+    }
+    for (sipp, dir) in [(busy, &busy_dir), (ringing, &ring_dir)] {
+        assert_eq!(sipp_done(sipp, dir, Duration::from_secs(20)).await, Some(0));
+    }
 }
 
 /// The execution context after `widget`'s step, through the Steps API, once there is one.
