@@ -1276,3 +1276,42 @@ async fn a_sipp_caller_and_a_sipp_far_end_hear_each_other_through_the_bridge() {
         assert!(loud > 100, "the {who} received {loud} loud PCMA packets");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hanging_up_ends_the_far_leg_and_takes_hangup() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let far = carrier(&dir, "carrier-answers-waits-for-bye.xml", port, free_port());
+    let (gw, _log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let mut phone = Phone::dial(gw.sip, "+15557770006", Offer::Rfc4733).await;
+    phone.send_audio(&tone(2.0)).await;
+    phone.hangup().await;
+    // The far end gets our BYE (its scenario ends only on one).
+    assert_eq!(sipp_done(far, &dir, Duration::from_secs(15)).await, Some(0));
+    // The step is committed as the call ends: give it a moment.
+    let mut step = None;
+    for _ in 0..50 {
+        let ex = executions(&gw, &flow()).await;
+        step = ex
+            .first()
+            .and_then(|(_, steps)| steps.iter().find(|s| s.name == "connect").cloned());
+        if step.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let step = step.expect("the connect step");
+    assert_eq!(step.event, "hangup");
+    assert_eq!(step.transitioned_to, "Ended");
+}
