@@ -1315,3 +1315,72 @@ async fn the_caller_hanging_up_ends_the_far_leg_and_takes_hangup() {
     assert_eq!(step.event, "hangup");
     assert_eq!(step.transitioned_to, "Ended");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_on_star_ends_the_far_leg_and_the_caller_goes_on() {
+    if !peer_available("sipp") {
+        return;
+    }
+    use axum::routing::post;
+    let tmp = tempfile::tempdir().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new()
+        .route(
+            "/dial",
+            post(|| async {
+                "<Response><Dial action=\"/after\" hangupOnStar=\"true\">+15557770007</Dial></Response>"
+            }),
+        )
+        .route(
+            "/after",
+            post(move |body: String| {
+                let tx = seen_tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    "<Response><Redirect>?FlowEvent=return</Redirect></Response>"
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let flow_path = tmp.path().join("twiml-star.json");
+    std::fs::write(
+        &flow_path,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
+        )
+        .unwrap()
+        .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
+    )
+    .unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let far = carrier(&dir, "carrier-answers-waits-for-bye.xml", port, free_port());
+    let (gw, _log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let mut phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
+    phone.send_audio(&tone(1.5)).await;
+    phone.send_rfc4733('*').await;
+    let after = tokio::time::timeout(Duration::from_secs(15), seen.recv())
+        .await
+        .expect("the <Dial> action after *")
+        .unwrap();
+    assert!(after.contains("DialCallStatus=completed"), "{after}");
+    assert_eq!(
+        sipp_done(far, &dir, Duration::from_secs(10)).await,
+        Some(0),
+        "the far end got BYE"
+    );
+    // Back in the flow: "Goodbye", then the call ends.
+    phone.wait_bye(Duration::from_secs(15)).await;
+}
