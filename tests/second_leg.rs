@@ -1384,3 +1384,98 @@ async fn hangup_on_star_ends_the_far_leg_and_the_caller_goes_on() {
     // Back in the flow: "Goodbye", then the call ends.
     phone.wait_bye(Duration::from_secs(15)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sip_endpoint_on_a_trunk_host_is_dialled_with_the_widget_credentials_and_hears_digits_in_band(
+) {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, media) = (free_port(), free_port());
+    let far = Command::new("sipp")
+        .current_dir(&dir)
+        .args(["-sf", &scenario("carrier-challenges-invite.xml")])
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-mp",
+            &media.to_string(),
+        ])
+        .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+        .args(["-trace_msg", "-trace_err"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sipp");
+    let flow_path = tmp.path().join("connect-sip.json");
+    std::fs::write(
+        &flow_path,
+        serde_json::json!({
+            "states": [
+                {"name": "Trigger", "type": "trigger", "properties": {},
+                 "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall", "next": "connect"}, {"event": "incomingRequest"}]},
+                {"name": "connect", "type": "connect-call-to",
+                 "properties": {"noun": "sip", "sip_endpoint": format!("sip:desk@127.0.0.1:{port}"),
+                                "sip_username": "acct", "sip_password": "secret", "timeout": 10},
+                 "transitions": [{"event": "callCompleted"}, {"event": "hangup"}]}
+            ],
+            "initial_state": "Trigger",
+            "flags": {"allow_concurrent_calls": true}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    // The trunk has no credentials of its own: the widget's are used. No dial_allow either:
+    // a SIP URI needs only its host to be the trunk's.
+    let (gw, log) = gateway_with_flow(
+        tmp.path(),
+        Some(&flow_path),
+        &format!(
+            "[[trunks]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let heard_by_far_end = capture(media);
+    let mut phone = Phone::dial(gw.sip, "+15550100", Offer::Rfc4733).await;
+    // The far end has no telephone-event: the caller's digit reaches it as a tone.
+    phone.send_audio(&vec![0; 2400]).await;
+    phone.send_rfc4733('5').await;
+    phone.wait_bye(Duration::from_secs(20)).await;
+    assert_eq!(sipp_done(far, &dir, Duration::from_secs(10)).await, Some(0));
+    unsafe { libc::kill(heard_by_far_end.id() as i32, libc::SIGINT) };
+    let out = heard_by_far_end.wait_with_output().unwrap();
+    let mut detector = switchboard::media::goertzel::InbandDtmf::new(8000).unwrap();
+    let mut digits = String::new();
+    for p in String::from_utf8_lossy(&out.stdout).lines().map(hex) {
+        if p.len() > 12 && p[1] & 0x7F == 0 {
+            let pcm: Vec<i16> = p[12..]
+                .iter()
+                .map(|&b| switchboard::media::codec::ulaw_to_linear(b))
+                .collect();
+            detector.push(&pcm, &mut |d| digits.push(d));
+        }
+    }
+    assert_eq!(digits, "5", "the relayed digit, as an in-band tone");
+    let ex = executions(&gw, &flow_path).await;
+    let step = ex[0].1.iter().find(|s| s.name == "connect").unwrap();
+    assert_eq!(
+        step.context["widgets"]["connect"]["DialCallStatus"],
+        "completed",
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("sip:desk@127.0.0.1"),
+        "the INVITE went to the endpoint"
+    );
+    assert!(
+        !text.contains("secret"),
+        "the widget's password is not logged"
+    );
+}
