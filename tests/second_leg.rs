@@ -1479,3 +1479,63 @@ async fn a_sip_endpoint_on_a_trunk_host_is_dialled_with_the_widget_credentials_a
         "the widget's password is not logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_out_is_held_to_the_trunk_call_rate() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let busy = carrier(&dir, "carrier-busy.xml", port, free_port());
+    let (gw, _log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555888*\"]\ncalls_per_second = 1\nkeepalive_secs = 0\n"
+        ),
+    );
+    // Three callers at once, each connected to its own number on this trunk.
+    let (a, b, c) = tokio::join!(
+        Phone::dial(gw.sip, "+15558880011", Offer::Rfc4733),
+        Phone::dial(gw.sip, "+15558880012", Offer::Rfc4733),
+        Phone::dial(gw.sip, "+15558880013", Offer::Rfc4733),
+    );
+    for p in [&a, &b, &c] {
+        p.wait_bye(Duration::from_secs(20)).await;
+    }
+    assert_eq!(
+        sipp_done(busy, &dir, Duration::from_secs(10)).await,
+        Some(0)
+    );
+    let ex = executions(&gw, &flow()).await;
+    let mut statuses: Vec<String> = ex
+        .iter()
+        .map(|(_, steps)| {
+            let s = steps.iter().find(|s| s.name == "connect").unwrap();
+            let status = s.context["widgets"]["connect"]["DialCallStatus"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if status == "failed" {
+                assert!(
+                    s.error
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("new calls per second"),
+                    "{:?}",
+                    s.error
+                );
+            }
+            status
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        ["busy", "failed", "failed"],
+        "one call a second gets through"
+    );
+}
