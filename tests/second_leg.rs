@@ -80,6 +80,46 @@ fn finished(mut sipp: Child, dir: &Path, limit: Duration) -> Option<i32> {
     code
 }
 
+/// A loopback TwiML app and the `twiml-dial` flow pointed at it (written into `dir`): `/dial`
+/// answers `first`; `/after` (the verb's action) reports each request's body and answers
+/// `after`.
+async fn twiml_app(
+    dir: &Path,
+    first: &'static str,
+    after: &'static str,
+) -> (PathBuf, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use axum::routing::post;
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new()
+        .route("/dial", post(move || async move { first }))
+        .route(
+            "/after",
+            post(move |body: String| {
+                let tx = seen_tx.clone();
+                async move {
+                    let _ = tx.send(body);
+                    after
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let flow_path = dir.join("twiml-app.json");
+    std::fs::write(
+        &flow_path,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
+        )
+        .unwrap()
+        .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
+    )
+    .unwrap();
+    (flow_path, seen)
+}
+
 /// Wait (off the runtime) for a SIPp run to end; its exit code.
 async fn sipp_done(sipp: Child, dir: &Path, limit: Duration) -> Option<i32> {
     let dir = dir.to_path_buf();
@@ -611,44 +651,19 @@ async fn twiml_dial_bridges_the_caller_and_requests_its_action_with_the_outcome(
     if !peer_available("sipp") {
         return;
     }
-    use axum::routing::post;
     let tmp = tempfile::tempdir().unwrap();
     let sipp_dir = tmp.path().join("sipp");
     std::fs::create_dir_all(&sipp_dir).unwrap();
     std::fs::copy(sipp_pcap("g711a.pcap"), sipp_dir.join("g711a.pcap"))
         .expect("SIPp's g711a.pcap (package sip-tester)");
     // The TwiML app: <Dial> with an action; the action hands the call back to the flow.
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let app = axum::Router::new()
-        .route(
-            "/dial",
-            post(|| async {
-                "<Response><Dial action=\"/after\" timeout=\"5\"><Number>+15557770004</Number></Dial>\
-                 <Say>not reached</Say></Response>"
-            }),
-        )
-        .route(
-            "/after",
-            post(move |body: String| {
-                let tx = seen_tx.clone();
-                async move {
-                    let _ = tx.send(body);
-                    "<Response><Redirect>?FlowEvent=return</Redirect></Response>"
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let flow_text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
+    let (flow_path, mut seen) = twiml_app(
+        tmp.path(),
+        "<Response><Dial action=\"/after\" timeout=\"5\"><Number>+15557770004</Number></Dial>\
+                 <Say>not reached</Say></Response>",
+        "<Response><Redirect>?FlowEvent=return</Redirect></Response>",
     )
-    .unwrap()
-    .replace("{{TWIML_URL}}", &format!("http://{http}/dial"));
-    let flow_path = tmp.path().join("twiml-dial.json");
-    std::fs::write(&flow_path, flow_text).unwrap();
+    .await;
 
     let (port, media_port) = (free_port(), free_port());
     let sipp = carrier(
@@ -991,41 +1006,8 @@ async fn twiml_refer_transfers_the_call_and_reports_the_notify_status() {
     if !peer_available("sipp") {
         return;
     }
-    use axum::routing::post;
     let tmp = tempfile::tempdir().unwrap();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let app = axum::Router::new()
-        .route(
-            "/dial",
-            post(|| async {
-                "<Response><Refer action=\"/after\"><Sip>sip:+15557770009@pbx.example</Sip></Refer></Response>"
-            }),
-        )
-        .route(
-            "/after",
-            post(move |body: String| {
-                let tx = seen_tx.clone();
-                async move {
-                    let _ = tx.send(body);
-                    "<Response><Hangup/></Response>"
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let flow_path = tmp.path().join("twiml-refer.json");
-    std::fs::write(
-        &flow_path,
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
-        )
-        .unwrap()
-        .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
-    )
-    .unwrap();
+    let (flow_path, mut seen) = twiml_app(tmp.path(), "<Response><Refer action=\"/after\"><Sip>sip:+15557770009@pbx.example</Sip></Refer></Response>", "<Response><Hangup/></Response>").await;
     let (gw, log) = gateway_with_flow(
         tmp.path(),
         Some(&flow_path),
@@ -1321,41 +1303,13 @@ async fn hangup_on_star_ends_the_far_leg_and_the_caller_goes_on() {
     if !peer_available("sipp") {
         return;
     }
-    use axum::routing::post;
     let tmp = tempfile::tempdir().unwrap();
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let app = axum::Router::new()
-        .route(
-            "/dial",
-            post(|| async {
-                "<Response><Dial action=\"/after\" hangupOnStar=\"true\">+15557770007</Dial></Response>"
-            }),
-        )
-        .route(
-            "/after",
-            post(move |body: String| {
-                let tx = seen_tx.clone();
-                async move {
-                    let _ = tx.send(body);
-                    "<Response><Redirect>?FlowEvent=return</Redirect></Response>"
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    let flow_path = tmp.path().join("twiml-star.json");
-    std::fs::write(
-        &flow_path,
-        std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/twiml-dial.json"),
-        )
-        .unwrap()
-        .replace("{{TWIML_URL}}", &format!("http://{http}/dial")),
+    let (flow_path, mut seen) = twiml_app(
+        tmp.path(),
+        "<Response><Dial action=\"/after\" hangupOnStar=\"true\">+15557770007</Dial></Response>",
+        "<Response><Redirect>?FlowEvent=return</Redirect></Response>",
     )
-    .unwrap();
+    .await;
     let dir = tmp.path().join("sipp");
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
