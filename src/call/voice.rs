@@ -128,23 +128,8 @@ impl VoiceChannel<'_> {
         let codec = self.media.codec();
         let mut last = clip.map(|c| self.media.play(c.encoded(codec), loops));
         if let Some(digits) = p.digits.as_deref().filter(|d| !d.trim().is_empty()) {
-            last = Some(if self.media.can_send_events() {
-                self.media.send_digits(digits)
-            } else {
-                // No telephone-event: send the tones in-band.
-                let mut pcm = Vec::new();
-                for d in digits.chars() {
-                    match d {
-                        'w' => pcm.extend(tones::silence(500, 8000)),
-                        'W' => pcm.extend(tones::silence(1000, 8000)),
-                        d => {
-                            pcm.extend(tones::dtmf_tone(d, 8000, 100, -10.0).unwrap_or_default());
-                            pcm.extend(tones::silence(60, 8000));
-                        }
-                    }
-                }
-                self.media.play(Clip::from_pcm(pcm).encoded(codec), 1)
-            });
+            // RFC 4733 events, or in-band tones when the caller has no telephone-event.
+            last = Some(self.media.send_digits(digits));
         }
         Ok(last)
     }

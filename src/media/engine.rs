@@ -346,28 +346,34 @@ impl Stream {
 }
 
 impl Stream {
-    /// A digit the other leg of a bridge pressed: an RFC 4733 event when this leg negotiated
-    /// telephone-event, else the tone itself in this leg's codec. (Queued with id 0, which no
-    /// call waits for.)
+    /// A digit the other leg of a bridge pressed, sent on as this leg can carry it. (Queued
+    /// with id 0, which no call waits for.)
     fn queue_relayed_digit(&self, st: &mut StreamState, digit: char) {
-        let item = if st.telephone_event.is_some() {
-            Item::Digits {
-                digits: VecDeque::from([digit]),
-                current: None,
-                pause_frames: 0,
-            }
-        } else {
-            let mut pcm = super::tones::dtmf_tone(digit, 8000, DIGIT_MS, -10.0).unwrap_or_default();
-            pcm.extend(super::tones::silence(DIGIT_GAP_MS, 8000));
-            let mut audio = Vec::with_capacity(pcm.len());
-            st.codec.encode(&pcm, &mut audio);
-            Item::Audio {
-                audio: audio.into(),
-                loops_left: 1,
-                pos: 0,
-            }
-        };
+        let item = digits_item(st, &digit.to_string());
         st.queue.push_back(PlayItem { id: 0, item });
+    }
+}
+
+/// What sends `digits` on this stream: RFC 4733 events when telephone-event was negotiated,
+/// else the tones themselves, encoded in the stream's codec.
+fn digits_item(st: &StreamState, digits: &str) -> Item {
+    if st.telephone_event.is_some() {
+        return Item::Digits {
+            digits: digits
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '#'))
+                .collect(),
+            current: None,
+            pause_frames: 0,
+        };
+    }
+    let pcm = super::tones::inband_digits(digits, DIGIT_MS, DIGIT_GAP_MS);
+    let mut audio = Vec::with_capacity(pcm.len());
+    st.codec.encode(&pcm, &mut audio);
+    Item::Audio {
+        audio: audio.into(),
+        loops_left: 1,
+        pos: 0,
     }
 }
 
@@ -402,9 +408,15 @@ pub struct MediaSession {
 
 impl MediaSession {
     fn enqueue(&mut self, item: Item) -> u64 {
+        self.enqueue_with(|_| item)
+    }
+
+    /// Queue the item `make` builds from the stream's state (its codec, telephone-event).
+    fn enqueue_with(&mut self, make: impl FnOnce(&StreamState) -> Item) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         if let Ok(mut st) = self.stream.state.lock() {
+            let item = make(&st);
             st.queue.push_back(PlayItem { id, item });
         }
         id
@@ -420,25 +432,10 @@ impl MediaSession {
         })
     }
 
-    /// Queue DTMF digits as RFC 4733 events (needs telephone-event; see [`Self::can_send_events`]).
+    /// Queue DTMF digits: RFC 4733 events when the peer negotiated telephone-event, else the
+    /// tones in-band in the stream's codec.
     pub fn send_digits(&mut self, digits: &str) -> u64 {
-        let digits = digits
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '#'))
-            .collect();
-        self.enqueue(Item::Digits {
-            digits,
-            current: None,
-            pause_frames: 0,
-        })
-    }
-
-    pub fn can_send_events(&self) -> bool {
-        self.stream
-            .state
-            .lock()
-            .map(|s| s.telephone_event.is_some())
-            .unwrap_or(false)
+        self.enqueue_with(|st| digits_item(st, digits))
     }
 
     /// Stop everything queued (barge-in); each dropped item reports `PlayoutDone`.

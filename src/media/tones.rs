@@ -108,6 +108,24 @@ pub fn ringback(sample_rate: u32) -> Vec<i16> {
     pcm
 }
 
+/// Digits as in-band DTMF at 8 kHz, for a peer without telephone-event: each a `tone_ms`
+/// tone then `gap_ms` of silence (a character that is no digit is the silence alone); `w` and
+/// `W` pause 0.5 s and 1 s (Twilio's syntax).
+pub fn inband_digits(digits: &str, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
+    let mut pcm = Vec::new();
+    for d in digits.chars() {
+        match d {
+            'w' => pcm.extend(silence(500, 8000)),
+            'W' => pcm.extend(silence(1000, 8000)),
+            d => {
+                pcm.extend(dtmf_tone(d, 8000, tone_ms, -10.0).unwrap_or_default());
+                pcm.extend(silence(gap_ms, 8000));
+            }
+        }
+    }
+    pcm
+}
+
 /// `duration_ms` of silence at `sample_rate`.
 pub fn silence(duration_ms: u32, sample_rate: u32) -> Vec<i16> {
     vec![0; samples_for(duration_ms, sample_rate)]
