@@ -33,11 +33,7 @@ impl StereoMixer {
             Side::Right => &mut self.right,
         };
         if rate == 16_000 {
-            q.extend(
-                frame
-                    .chunks_exact(2)
-                    .map(|p| ((p[0] as i32 + p[1] as i32) / 2) as i16),
-            );
+            q.extend(crate::media::resample::halve(frame));
         } else {
             q.extend(frame.iter().copied());
         }

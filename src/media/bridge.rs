@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::codec::{linear_to_alaw, linear_to_ulaw, Codec, Decoder};
+use super::codec::{Codec, Decoder};
 use super::g722::G722Encoder;
 
 /// Bytes per millisecond: every codec here sends one byte per 8 kHz RTP clock tick.
@@ -146,14 +146,7 @@ impl Transcode {
         let to_rate = self.to.sample_rate();
         self.rated.clear();
         match (self.from_rate, to_rate) {
-            (16000, 8000) => {
-                // A two-tap low-pass before dropping every other sample: enough for a phone line.
-                self.rated.extend(
-                    self.pcm
-                        .chunks_exact(2)
-                        .map(|p| ((p[0] as i32 + p[1] as i32) / 2) as i16),
-                );
-            }
+            (16000, 8000) => self.rated.extend(super::resample::halve(&self.pcm)),
             (8000, 16000) => {
                 for &s in &self.pcm {
                     self.rated.push(((self.last as i32 + s as i32) / 2) as i16);
@@ -164,14 +157,10 @@ impl Transcode {
             _ => self.rated.extend_from_slice(&self.pcm),
         }
         self.out.clear();
-        match (self.to, self.g722.as_mut()) {
-            (Codec::G722, Some(enc)) => enc.encode(&self.rated, &mut self.out),
-            (Codec::Pcma, _) => self
-                .out
-                .extend(self.rated.iter().map(|&s| linear_to_alaw(s))),
-            _ => self
-                .out
-                .extend(self.rated.iter().map(|&s| linear_to_ulaw(s))),
+        match self.g722.as_mut() {
+            Some(enc) => enc.encode(&self.rated, &mut self.out),
+            // G.711 keeps no state: the codec's own encoder.
+            None => self.to.encode(&self.rated, &mut self.out),
         }
         &self.out
     }

@@ -1,10 +1,19 @@
 //! Sample-rate conversion for prompts (TTS output at 22.05 kHz, files at any rate) to the
 //! call's rate. Windowed-sinc interpolation with the cut-off below the lower Nyquist rate, so
-//! speech resampled to 8 kHz does not alias. Runs once per prompt, never per packet.
+//! speech resampled to 8 kHz does not alias. Runs once per prompt, never per packet; only
+//! [`halve`], the bridge's and the bridge recorder's 16 → 8 kHz step, runs per packet.
 
 use std::f64::consts::PI;
 
 const HALF_TAPS: i64 = 16;
+
+/// 16 kHz to 8 kHz by averaging each pair of samples: a two-tap low-pass before dropping
+/// every other sample, enough for a phone line and cheap enough for every relayed packet.
+pub fn halve(pcm16k: &[i16]) -> impl Iterator<Item = i16> + '_ {
+    pcm16k
+        .chunks_exact(2)
+        .map(|p| ((p[0] as i32 + p[1] as i32) / 2) as i16)
+}
 
 pub fn resample(input: &[i16], from_hz: u32, to_hz: u32) -> Vec<i16> {
     if from_hz == to_hz || input.is_empty() || from_hz == 0 || to_hz == 0 {
