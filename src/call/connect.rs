@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::leg::{dial_status, Leg, LegEvents, LegRequest};
+use super::leg::{dial_outcome, dial_status, widget_credentials, Leg, LegEvents, LegRequest};
 use super::registry::{CallSignal, LegEvent};
 use super::stereo::{Side, StereoMixer};
 use super::voice::VoiceChannel;
@@ -74,14 +74,7 @@ fn targets(c: &Connect) -> Result<Vec<String>, String> {
 
 fn not_connected(status: &str, error: Option<String>) -> Outcome {
     crate::metrics::outcome(&crate::metrics::get().dials, status);
-    Outcome::Dial(Box::new(DialResult {
-        status: status.into(),
-        sid: None,
-        duration_secs: None,
-        answered_by: None,
-        recording_url: None,
-        error,
-    }))
+    dial_outcome(status, None, error)
 }
 
 impl VoiceChannel<'_> {
@@ -100,9 +93,10 @@ impl VoiceChannel<'_> {
                 return not_connected("failed", Some(e));
             }
         };
-        let credentials = match (&c.sip_username, &c.sip_password) {
-            (Some(u), Some(p)) if c.noun == "sip" && !u.is_empty() => Some((u.clone(), p.clone())),
-            _ => None,
+        let credentials = if c.noun == "sip" {
+            widget_credentials(&c.sip_username, &c.sip_password)
+        } else {
+            None
         };
         let caller_id = c
             .caller_id

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::outbound::{Outbound, Refusal, Route};
 use super::registry::{LegEvent, Registry};
+use crate::flow::{DialResult, Outcome};
 use crate::media::engine::Ports;
 use crate::media::{Codec, MediaEngine, MediaSession, StreamParams};
 use crate::sip::dial::DialSpec;
@@ -111,8 +112,6 @@ impl Legs {
             .filter(|(_, r)| !r.reachable)
             .map(|(name, _)| name)
             .collect();
-        let ports = self.media.allocate()?;
-        let port = ports.rtp.local_addr()?.port();
         let (route, dest) = match req.target.strip_prefix("client:") {
             Some(user) => {
                 // A registered phone: only where its own REGISTER came from.
@@ -148,7 +147,9 @@ impl Legs {
                 (Some(route), dest)
             }
         };
-        let local_rtp = SocketAddr::new(dest.media_ip, port);
+        // Only a call that may go out takes RTP ports.
+        let ports = self.media.allocate()?;
+        let local_rtp = SocketAddr::new(dest.media_ip, ports.rtp.local_addr()?.port());
         let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
         let from_user = req
             .caller_id
@@ -276,6 +277,29 @@ impl Drop for Leg {
             m.unbridge();
         }
         self.registry.remove_leg(&self.call_id);
+    }
+}
+
+/// How a placed call went, as the flow's connect-call-to or make-outgoing-call-v2 hears it.
+pub fn dial_outcome(status: &str, sid: Option<String>, error: Option<String>) -> Outcome {
+    Outcome::Dial(Box::new(DialResult {
+        status: status.into(),
+        sid,
+        duration_secs: None,
+        answered_by: None,
+        recording_url: None,
+        error,
+    }))
+}
+
+/// Per-call digest credentials from a widget's username and password, when it names a user.
+pub fn widget_credentials(
+    user: &Option<String>,
+    password: &Option<String>,
+) -> Option<(String, String)> {
+    match (user, password) {
+        (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
+        _ => None,
     }
 }
 

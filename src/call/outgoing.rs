@@ -9,11 +9,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::leg::{dial_status, Leg, LegRequest};
+use super::leg::{dial_outcome as dial, dial_status, widget_credentials, Leg, LegRequest};
 use super::registry::{CallKey, CallSignal, LegEvent};
 use super::session::CallServices;
 use super::voice::VoiceChannel;
-use crate::flow::{DialResult, Effect, Outcome, OutgoingCall};
+use crate::flow::{Effect, Outcome, OutgoingCall};
 use crate::media::amd::{Amd, AnsweredBy};
 use crate::runner::Medium;
 
@@ -67,10 +67,7 @@ impl<M: Medium> OutgoingChannel<M> {
         if to.is_empty() {
             return failed("make-outgoing-call-v2 has nothing to dial (empty `to`)".into());
         }
-        let credentials = match (&o.sip_auth_username, &o.sip_auth_password) {
-            (Some(u), Some(p)) if !u.is_empty() => Some((u.clone(), p.clone())),
-            _ => None,
-        };
+        let credentials = widget_credentials(&o.sip_auth_username, &o.sip_auth_password);
         let ring = Duration::from_secs(o.timeout_secs.clamp(1, MAX_RING_SECS) as u64);
         let (tx, mut events) = mpsc::unbounded_channel();
         let req = LegRequest {
@@ -248,17 +245,6 @@ async fn detect_machine(call: &mut Answered, detect_end: bool) -> AnsweredBy {
         m.untap();
     }
     who
-}
-
-fn dial(status: &str, sid: Option<String>, error: Option<String>) -> Outcome {
-    Outcome::Dial(Box::new(DialResult {
-        status: status.into(),
-        sid,
-        duration_secs: None,
-        answered_by: None,
-        recording_url: None,
-        error,
-    }))
 }
 
 fn failed(error: String) -> Outcome {
