@@ -131,7 +131,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         router: router.clone(),
         events: events.clone(),
     };
-    let ep = start_sip(&cfg).await?;
+    let (ep, outbound) = start_sip(&cfg).await?;
     let messaging = start_messaging(&cfg, &runner, &ep.handle)?;
     // HTTP is bound before calls start so recording URLs can name its real address.
     let listener = tokio::net::TcpListener::bind(cfg.http.bind)
@@ -149,7 +149,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         public_url: public_url.clone(),
         account_sid: credentials.account_sid.clone(),
     };
-    let outbound = outbound_trunks(&cfg, &ep.handle).await?;
     let calls = start_calls(
         &cfg,
         &runner,
@@ -231,7 +230,11 @@ fn start_events(
     Ok(events)
 }
 
-async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
+/// The SIP endpoint, with its trunks resolved, registered and kept alive, and the trunks
+/// calls may go out through.
+async fn start_sip(
+    cfg: &Config,
+) -> anyhow::Result<(Endpoint, Option<crate::call::outbound::Outbound>)> {
     let core_cfg = CoreConfig::from_sip(
         &cfg.sip,
         format!("switchboard/{}", env!("CARGO_PKG_VERSION")),
@@ -251,37 +254,71 @@ async fn start_sip(cfg: &Config) -> anyhow::Result<Endpoint> {
         }
     };
     let ep = endpoint::start(cfg.sip.bind, core_cfg, tls).await?;
-    register_with_trunks(cfg, &ep.handle).await?;
-    keep_trunks_alive(cfg, &ep.handle).await;
-    Ok(ep)
+    let trunks = resolve_trunks(cfg, &ep.handle).await?;
+    register_with_trunks(&trunks, &ep.handle);
+    keep_trunks_alive(&trunks, &ep.handle);
+    let outbound = outbound_trunks(cfg, &trunks);
+    Ok((ep, outbound))
 }
 
-/// OPTIONS keep-alives to each trunk with `keepalive_secs`; a trunk whose host does not
-/// resolve now is logged and left out (it may only ever send us calls).
-async fn keep_trunks_alive(cfg: &Config, sip: &crate::sip::SipHandle) {
-    for t in cfg.trunks.iter().filter(|t| t.keepalive_secs > 0) {
+/// A trunk with its address resolved (once, at start) for its registration, its keep-alives
+/// and the calls that go out through it.
+struct ResolvedTrunk<'a> {
+    cfg: &'a crate::config::TrunkConfig,
+    peer: crate::sip::Peer,
+    /// `host:port` it was resolved from.
+    target: String,
+    /// The host of its `uri` as written (the registrar's and the Request-URI's host).
+    host: String,
+}
+
+/// Resolve every trunk's `uri` once. A trunk that registers must resolve (else the gateway
+/// does not start); any other whose host does not resolve now is logged and left out (it may
+/// only ever send us calls).
+async fn resolve_trunks<'a>(
+    cfg: &'a Config,
+    sip: &crate::sip::SipHandle,
+) -> anyhow::Result<Vec<ResolvedTrunk<'a>>> {
+    let mut out = Vec::new();
+    for t in &cfg.trunks {
         let Some(target) = trunk_target(t) else {
+            if t.register {
+                anyhow::bail!("trunk {:?}: bad uri {:?}", t.name, t.uri);
+            }
             continue;
         };
         let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
             Ok(Some(a)) => a,
+            Ok(None) if t.register => {
+                anyhow::bail!("trunk {:?}: {target} has no address", t.name)
+            }
+            Err(e) if t.register => {
+                anyhow::bail!("trunk {:?}: cannot resolve {target}: {e}", t.name)
+            }
             _ => {
-                tracing::warn!(trunk = %t.name, %target, "trunk host does not resolve: no keep-alives");
+                tracing::warn!(trunk = %t.name, %target, "trunk host does not resolve: no keep-alives or calls out through it");
                 continue;
             }
         };
-        let transport = match trunk_transport(t, addr, sip) {
-            Ok(tr) => tr,
-            Err(e) => {
-                tracing::warn!(trunk = %t.name, error = %e, "no keep-alives");
-                continue;
-            }
-        };
-        sip.keepalive(crate::sip::keepalive::KeepaliveSpec {
-            trunk: t.name.clone(),
+        let transport = trunk_transport(t, addr, sip)?;
+        out.push(ResolvedTrunk {
+            cfg: t,
             peer: crate::sip::Peer { addr, transport },
-            uri: format!("sip:{target}"),
-            interval: std::time::Duration::from_secs(t.keepalive_secs),
+            host: trunk_host(t).unwrap_or(&target).to_string(),
+            target,
+        });
+    }
+    Ok(out)
+}
+
+/// OPTIONS keep-alives to each trunk with `keepalive_secs`.
+fn keep_trunks_alive(trunks: &[ResolvedTrunk<'_>], sip: &crate::sip::SipHandle) {
+    for t in trunks.iter().filter(|t| t.cfg.keepalive_secs > 0) {
+        sip.keepalive(crate::sip::keepalive::KeepaliveSpec {
+            trunk: t.cfg.name.clone(),
+            peer: t.peer,
+            uri: format!("sip:{}", t.target),
+            interval: std::time::Duration::from_secs(t.cfg.keepalive_secs),
         });
     }
 }
@@ -338,28 +375,18 @@ fn trunk_transport(
 }
 
 /// Start a registration with each `register = true` trunk (kept and refreshed by the SIP core).
-async fn register_with_trunks(cfg: &Config, sip: &crate::sip::SipHandle) -> anyhow::Result<()> {
-    for t in cfg.trunks.iter().filter(|t| t.register) {
-        let target = trunk_target(t)
-            .ok_or_else(|| anyhow::anyhow!("trunk {:?}: bad uri {:?}", t.name, t.uri))?;
-        let addr = tokio::net::lookup_host(&target)
-            .await
-            .map_err(|e| anyhow::anyhow!("trunk {:?}: cannot resolve {target}: {e}", t.name))?
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("trunk {:?}: {target} has no address", t.name))?;
-        let host = trunk_host(t).unwrap_or(&target);
-        let transport = trunk_transport(t, addr, sip)?;
+fn register_with_trunks(trunks: &[ResolvedTrunk<'_>], sip: &crate::sip::SipHandle) {
+    for t in trunks.iter().filter(|t| t.cfg.register) {
         sip.register(crate::sip::register::RegistrationSpec {
-            trunk: t.name.clone(),
-            peer: crate::sip::Peer { addr, transport },
-            registrar: format!("sip:{host}"),
-            username: t.username.clone().unwrap_or_default(),
-            password: t.password.clone().unwrap_or_default(),
-            expires: t.register_expires,
+            trunk: t.cfg.name.clone(),
+            peer: t.peer,
+            registrar: format!("sip:{}", t.host),
+            username: t.cfg.username.clone().unwrap_or_default(),
+            password: t.cfg.password.clone().unwrap_or_default(),
+            expires: t.cfg.register_expires,
         });
-        tracing::info!(trunk = %t.name, registrar = %addr, "registering with trunk");
+        tracing::info!(trunk = %t.cfg.name, registrar = %t.peer.addr, "registering with trunk");
     }
-    Ok(())
 }
 
 /// What messaging hands the layers above it.
@@ -435,46 +462,30 @@ fn start_media(cfg: &Config) -> Arc<MediaEngine> {
     })
 }
 
-/// The trunks calls may go out through, with their addresses resolved now (a trunk whose host
-/// does not resolve is logged and left out); None without `[[trunks]]`.
-async fn outbound_trunks(
+/// The trunks calls may go out through; None without `[[trunks]]`.
+fn outbound_trunks(
     cfg: &Config,
-    sip: &crate::sip::SipHandle,
-) -> anyhow::Result<Option<crate::call::outbound::Outbound>> {
+    trunks: &[ResolvedTrunk<'_>],
+) -> Option<crate::call::outbound::Outbound> {
     use crate::call::outbound::{Outbound, OutboundTrunk};
     if cfg.trunks.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let mut trunks = Vec::new();
-    for t in &cfg.trunks {
-        let Some(target) = trunk_target(t) else {
-            continue;
-        };
-        let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            _ => {
-                tracing::warn!(trunk = %t.name, %target, "trunk host does not resolve: no calls out through it");
-                continue;
-            }
-        };
-        let transport = trunk_transport(t, addr, sip)?;
-        // Our media address as the trunk must see it.
-        let media_ip = cfg.media.public_ip.unwrap_or_else(|| {
-            if cfg.media.rtp_bind.is_unspecified() {
-                endpoint::route_source(addr.ip()).unwrap_or(cfg.media.rtp_bind)
-            } else {
-                cfg.media.rtp_bind
-            }
-        });
-        let host = trunk_host(t).unwrap_or(&target).to_string();
-        trunks.push(OutboundTrunk::new(
-            t,
-            crate::sip::Peer { addr, transport },
-            host,
-            media_ip,
-        ));
-    }
-    Ok(Some(Outbound::new(trunks)))
+    let trunks = trunks
+        .iter()
+        .map(|t| {
+            // Our media address as the trunk must see it.
+            let media_ip = cfg.media.public_ip.unwrap_or_else(|| {
+                if cfg.media.rtp_bind.is_unspecified() {
+                    endpoint::route_source(t.peer.addr.ip()).unwrap_or(cfg.media.rtp_bind)
+                } else {
+                    cfg.media.rtp_bind
+                }
+            });
+            OutboundTrunk::new(t.cfg, t.peer, t.host.clone(), media_ip)
+        })
+        .collect();
+    Some(Outbound::new(trunks))
 }
 
 /// Everything a call needs: media, prompts, recordings, the runner and the SIP handle.
