@@ -1294,18 +1294,11 @@ impl SipCore {
     /// reported as failed at once.
     fn send_refer(&mut self, now: Instant, call_id: &str, target: &str) {
         let server = self.cfg.server_name.clone();
-        let fail = |core: &mut SipCore, status| {
-            core.out.push_back(Output::Event(Event::Transfer {
-                call_id: call_id.to_string(),
-                status,
-                done: true,
-            }))
-        };
         let Some(d) = self.dialogs.get_mut(call_id) else {
-            return fail(self, 481);
+            return self.transfer(call_id, 481, true);
         };
         if d.refer.is_some() || d.state != State::Confirmed {
-            return fail(self, 491);
+            return self.transfer(call_id, 491, true);
         }
         d.local_cseq += 1;
         let us = format!("<sip:switchboard@{}>", host_port(d.local));
@@ -1340,10 +1333,14 @@ impl SipCore {
             return;
         }
         d.refer = None;
+        self.transfer(&resp.call_id, resp.status, resp.status >= 300);
+    }
+
+    fn transfer(&mut self, call_id: &str, status: u16, done: bool) {
         self.out.push_back(Output::Event(Event::Transfer {
-            call_id: resp.call_id.clone(),
-            status: resp.status,
-            done: resp.status >= 300,
+            call_id: call_id.to_string(),
+            status,
+            done,
         }));
     }
 
@@ -1364,11 +1361,7 @@ impl SipCore {
             .and_then(|c| c.parse::<u16>().ok())
             .filter(|c| (100..700).contains(c));
         if let Some(status) = status {
-            self.out.push_back(Output::Event(Event::Transfer {
-                call_id: req.call_id.clone(),
-                status,
-                done: status >= 200,
-            }));
+            self.transfer(&req.call_id, status, status >= 200);
         }
     }
 
@@ -2029,11 +2022,7 @@ impl SipCore {
                     }
                     TxTimer::TimedOut => {
                         d.refer = None;
-                        self.out.push_back(Output::Event(Event::Transfer {
-                            call_id: call_id.to_string(),
-                            status: 408,
-                            done: true,
-                        }));
+                        self.transfer(call_id, 408, true);
                     }
                     TxTimer::Nothing => {
                         let next = tx.next_timer();
