@@ -82,11 +82,21 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn answer(self) -> &'static str {
+    /// The direction that answers this one (`sendonly` is answered `recvonly`).
+    fn mirrored(self) -> Direction {
         match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// The attribute that answers this direction.
+    fn answer(self) -> &'static str {
+        match self.mirrored() {
             Direction::SendRecv => "sendrecv",
-            Direction::SendOnly => "recvonly",
-            Direction::RecvOnly => "sendonly",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
             Direction::Inactive => "inactive",
         }
     }
@@ -382,13 +392,8 @@ pub fn settled(offer: &str, answer_sdp: &str) -> Result<String, SdpError> {
         .find_map(|l| l.trim_end().strip_prefix("o="))
         .and_then(|o| o.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(1);
-    let mut n = negotiate(answer_sdp, &[Codec::Pcmu, Codec::Pcma, Codec::G722])?;
-    // Their answer's direction is theirs; ours mirrors it.
-    n.direction = match n.direction {
-        Direction::SendOnly => Direction::RecvOnly,
-        Direction::RecvOnly => Direction::SendOnly,
-        d => d,
-    };
+    let n = negotiate(answer_sdp, &[Codec::Pcmu, Codec::Pcma, Codec::G722])?;
+    // `answer` writes the direction that answers theirs, which is ours.
     Ok(answer(&n, SocketAddr::new(ip, audio.port), id))
 }
 
@@ -472,6 +477,25 @@ fn strip_origin(sdp: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settled_is_our_offer_narrowed_to_their_answer() {
+        let ours = offer(
+            &[Codec::Pcmu, Codec::Pcma],
+            "127.0.0.1:20000".parse().unwrap(),
+            7,
+        );
+        let theirs = "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 30000 RTP/AVP 8\r\na=sendonly\r\n";
+        let s = settled(&ours, theirs).unwrap();
+        assert!(s.contains("m=audio 20000 RTP/AVP 8\r\n"), "{s}");
+        assert!(
+            s.contains("a=recvonly"),
+            "they only send, so we only receive: {s}"
+        );
+        assert!(s.contains("o=switchboard 7 7 "), "{s}");
+        let both = theirs.replace("a=sendonly", "a=sendrecv");
+        assert!(settled(&ours, &both).unwrap().contains("a=sendrecv"));
+    }
 
     const ALL: &[Codec] = &[Codec::Pcmu, Codec::Pcma];
 
