@@ -1296,6 +1296,67 @@ async fn the_caller_hanging_up_ends_the_far_leg_and_takes_hangup() {
     let step = step.expect("the connect step");
     assert_eq!(step.event, "hangup");
     assert_eq!(step.transitioned_to, "Ended");
+    let w = &step.context["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "completed", "{w}");
+    let secs: u32 = w["DialCallDuration"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&secs), "bridged about 2 s: {w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_hanging_up_while_it_rings_cancels_the_far_leg() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    // Rings, then expects CANCEL and answers it 200 + 487.
+    let far = carrier(&dir, "carrier-rings-no-answer.xml", port, free_port());
+    let (gw, _log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let mut phone = Phone::dial(gw.sip, "+15557770016", Offer::Rfc4733).await;
+    let start = Instant::now();
+    // The ring time is 4 s: hang up well before it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        loud_frames(&phone, start, 200..1500, 300.0) > 10,
+        "ringback while it rings"
+    );
+    phone.hangup().await;
+    assert_eq!(
+        sipp_done(far, &dir, Duration::from_secs(15)).await,
+        Some(0),
+        "the far end got CANCEL"
+    );
+    let mut step = None;
+    for _ in 0..50 {
+        let ex = executions(&gw, &flow()).await;
+        step = ex
+            .first()
+            .and_then(|(_, steps)| steps.iter().find(|s| s.name == "connect").cloned());
+        if step.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let step = step.expect("the connect step");
+    assert_eq!(step.event, "hangup");
+    let w = &step.context["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "canceled", "{w}");
+    assert!(
+        w["DialCallSid"].as_str().unwrap_or("").starts_with("CA"),
+        "{w}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1491,5 +1552,178 @@ async fn a_burst_of_calls_out_is_held_to_the_trunk_call_rate() {
         statuses,
         ["busy", "failed", "failed"],
         "one call a second gets through"
+    );
+}
+
+/// An HTTP sink for status callbacks: each request's `X-Twilio-Signature`, URL and form.
+async fn callback_sink() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<(String, String)>)>,
+) {
+    use axum::routing::post;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/recording",
+        post(
+            move |headers: axum::http::HeaderMap,
+                  axum::Form(form): axum::Form<Vec<(String, String)>>| {
+                let tx = tx.clone();
+                async move {
+                    let sig = headers
+                        .get("x-twilio-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send((sig, form));
+                    ""
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/recording", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_signed() {
+    if !peer_available("sipp") || !peer_available("espeak-ng") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(sipp_pcap("g711a.pcap"), dir.join("g711a.pcap"))
+        .expect("SIPp's g711a.pcap (package sip-tester)");
+    let port = free_port();
+    // Answers, plays 7 s of speech from 0.5 s, hangs up at about 8.5 s.
+    let far = carrier(
+        &dir,
+        "carrier-answers-plays-hangs-up.xml",
+        port,
+        free_port(),
+    );
+    let (callback, mut callbacks) = callback_sink().await;
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        &tmp.path().join("data"),
+        None,
+        &["--config", cfg.to_str().unwrap()],
+        Some((ACCOUNT_SID, AUTH_TOKEN)),
+    );
+    // Studio's export shape: the toggle off with a mode named must not run detection.
+    let definition = serde_json::json!({
+        "states": [
+            {"name": "Trigger", "type": "trigger", "properties": {},
+             "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall"},
+                             {"event": "incomingRequest", "next": "call_user"}]},
+            {"name": "call_user", "type": "make-outgoing-call-v2",
+             "properties": {"from": "{{flow.channel.address}}", "to": "{{contact.channel.address}}",
+                            "timeout": 10, "record": true, "recording_channels": "dual",
+                            "trim": "do-not-trim", "recording_status_callback": callback,
+                            "detect_answering_machine": false, "machine_detection": "Enable"},
+             "transitions": [{"event": "answered", "next": "notice"}, {"event": "busy"},
+                             {"event": "noAnswer"}, {"event": "failed"}]},
+            {"name": "notice", "type": "say-play",
+             "properties": {"say": "This call is recorded for quality."},
+             "transitions": [{"event": "audioComplete", "next": "wait"}]},
+            {"name": "wait", "type": "gather-input-on-call",
+             "properties": {"timeout": 20, "number_of_digits": 1},
+             "transitions": [{"event": "keypress"}, {"event": "speech"}, {"event": "timeout"}]}
+        ],
+        "initial_state": "Trigger",
+        "flags": {"allow_concurrent_calls": true}
+    })
+    .to_string();
+    let flow = api_post(
+        &gw,
+        "/v2/Flows",
+        &[
+            ("FriendlyName", "recorded"),
+            ("Status", "published"),
+            ("Definition", &definition),
+        ],
+    )
+    .await;
+    let fsid = flow["sid"].as_str().unwrap().to_string();
+    let exec = api_post(
+        &gw,
+        &format!("/v2/Flows/{fsid}/Executions"),
+        &[("To", "+15557770031"), ("From", "+15550001111")],
+    )
+    .await;
+    let esid = exec["sid"].as_str().unwrap().to_string();
+    let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(10))
+        .await
+        .expect("the call was answered");
+    assert_eq!(ctx["widgets"]["call_user"]["CallStatus"], "in-progress");
+    assert!(
+        ctx["widgets"]["call_user"].get("AnsweredBy").is_none(),
+        "no detection with the toggle off: {ctx}"
+    );
+    let call_sid = ctx["widgets"]["call_user"]["CallSid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sipp_done(far, &dir, Duration::from_secs(20)).await, Some(0));
+    let (sig, form) = tokio::time::timeout(Duration::from_secs(15), callbacks.recv())
+        .await
+        .expect("the recording status callback")
+        .unwrap();
+    assert!(
+        switchboard::web::signature::valid(AUTH_TOKEN, &callback, &form, &sig),
+        "signed with the auth token"
+    );
+    let field = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("RecordingStatus"), "completed", "{form:?}");
+    assert_eq!(field("CallSid"), call_sid);
+    assert_eq!(field("RecordingSource"), "OutboundAPI");
+    assert_eq!(field("RecordingChannels"), "2");
+    let secs: u32 = field("RecordingDuration").parse().unwrap();
+    assert!(
+        (6..=11).contains(&secs),
+        "answer to BYE is about 8 s: {secs}"
+    );
+    // The WAV at its URL: left what the gateway said, right the far end's speech.
+    let wav = switchboard::web::plain_client()
+        .get(format!("{}.wav", field("RecordingUrl")))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert!(wav.status().is_success(), "{}", wav.status());
+    let bytes = wav.bytes().await.unwrap();
+    let mut r = hound::WavReader::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    assert_eq!(r.spec().channels, 2);
+    let samples: Vec<i16> = r.samples::<i16>().map(Result::unwrap).collect();
+    let (left, right): (Vec<i16>, Vec<i16>) = samples.chunks(2).map(|c| (c[0], c[1])).unzip();
+    // 100 ms windows with speech on each side.
+    let loud = |pcm: &[i16], from_s: f64, to_s: f64| {
+        pcm[(from_s * 8000.0) as usize..((to_s * 8000.0) as usize).min(pcm.len())]
+            .chunks(800)
+            .filter(|w| rms(w) > 300.0)
+            .count()
+    };
+    assert!(loud(&left, 0.0, 3.0) > 8, "the notice on the left channel");
+    assert!(loud(&left, 5.0, 7.0) < 3, "then the gateway is quiet");
+    assert!(
+        loud(&right, 0.5, 7.0) > 20,
+        "the far end on the right channel"
     );
 }

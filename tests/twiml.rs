@@ -224,9 +224,7 @@ fn dialled(status: &str, sid: Option<&str>, secs: Option<u32>) -> Outcome {
         status: status.into(),
         sid: sid.map(str::to_string),
         duration_secs: secs,
-        answered_by: None,
-        recording_url: None,
-        error: None,
+        ..Default::default()
     }))
 }
 

@@ -310,3 +310,104 @@ async fn spoken_answer_is_recognised_and_branches() {
         Some("operator")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_call_records_both_directions_while_a_voicemail_records_the_caller() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let flow = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flows/record-call.json");
+    let gw = Gateway::start(Some(Path::new(flow)));
+    let speech = speech();
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    let answered = Instant::now();
+    // The beep (0.4 s), a second of silence, then the caller speaks into the voicemail and
+    // presses #.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.send_audio(&speech).await;
+    p.send_rfc4733('#').await;
+    p.wait_bye(Duration::from_secs(20)).await;
+    let stopped_by = answered.elapsed().as_secs_f64();
+    let mut steps = Vec::new();
+    for _ in 0..50 {
+        if let Some((e, s)) = executions(&gw, Path::new(flow)).await.into_iter().next() {
+            if e.status == "ended" {
+                steps = s;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s.name.as_str(), s.event.as_str()))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            ("Trigger", "incomingCall"),
+            ("start_recording", "success"),
+            ("voicemail", "recordingComplete"),
+            ("stop_recording", "success"),
+            ("goodbye", "audioComplete"),
+        ]
+    );
+    // Two recordings: the voicemail (the caller only) and the call's (the beep and the caller,
+    // mixed), saved when record-call stopped it, before "Goodbye".
+    let dir = gw.data_dir.join("recordings");
+    let mut by_source = std::collections::HashMap::new();
+    let mut saved = Vec::new();
+    for _ in 0..50 {
+        saved = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        if saved.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for meta in &saved {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(meta).unwrap()).unwrap();
+        let pcm: Vec<i16> = hound::WavReader::open(meta.with_extension("wav"))
+            .unwrap()
+            .into_samples::<i16>()
+            .map(Result::unwrap)
+            .collect();
+        by_source.insert(v["source"].as_str().unwrap().to_string(), pcm);
+    }
+    let call = by_source
+        .remove("StartCallRecordingAPI")
+        .expect("the call recording");
+    let voicemail = by_source.remove("RecordVerb").expect("the voicemail");
+    let loud = |pcm: &[i16], from_s: f64, to_s: f64| {
+        pcm[((from_s * 8000.0) as usize).min(pcm.len())..((to_s * 8000.0) as usize).min(pcm.len())]
+            .chunks(800)
+            .filter(|w| rms(w) > 300.0)
+            .count()
+    };
+    // The call recording starts at the answer: the beep we sent first, then the caller.
+    assert!(
+        loud(&call, 0.0, 0.4) >= 3,
+        "the beep is in the call recording"
+    );
+    let spoken = speech.len() as f64 / 8000.0;
+    let voicemail_secs = voicemail.len() as f64 / 8000.0;
+    assert!(
+        (voicemail_secs - spoken).abs() < 0.8,
+        "the voicemail is the caller's speech only: {voicemail_secs:.1} s of {spoken:.1} s"
+    );
+    assert!(
+        loud(&call, 1.5, 1.5 + spoken) > (spoken * 4.0) as usize,
+        "the caller is in the call recording"
+    );
+    let call_secs = call.len() as f64 / 8000.0;
+    assert!(
+        call_secs > spoken + 0.5 && call_secs < stopped_by - 0.5,
+        "recorded {call_secs:.1} s: stopped before the goodbye (call lasted {stopped_by:.1} s)"
+    );
+    assert!(rms(&voicemail) > 500.0, "the voicemail has the caller");
+}

@@ -142,16 +142,10 @@ impl VoiceChannel<'_> {
             tokio::select! {
                 sig = self.signals.recv() => match sig {
                     Some(CallSignal::Dtmf(_) | CallSignal::Transfer { .. }) => {}
-                    Some(CallSignal::Hangup) | None => {
-                        for l in &mut ringing {
-                            l.hangup();
-                        }
-                        crate::metrics::outcome(&crate::metrics::get().dials, "canceled");
-                        return self.caller_left();
-                    }
+                    Some(CallSignal::Hangup) | None => return self.canceled(&mut ringing),
                 },
                 ev = self.media.events.recv() => if ev.is_none() {
-                    return self.caller_left();
+                    return self.canceled(&mut ringing);
                 },
                 Some((id, ev)) = events.recv() => {
                     let Some(i) = ringing.iter().position(|l| l.call_id == id) else {
@@ -298,7 +292,7 @@ impl VoiceChannel<'_> {
         let recording_url = match taping.take() {
             Some(mut t) => {
                 (t.left, t.right) = (left.take(), right.take());
-                self.finish_taping(t, &leg)
+                self.finish_taping(t)
             }
             None => None,
         };
@@ -313,15 +307,31 @@ impl VoiceChannel<'_> {
         leg.hangup();
         crate::metrics::outcome(&metrics.dials, "completed");
         if caller_left {
-            return self.caller_left();
+            self.caller_left();
         }
         Outcome::Dial(Box::new(DialResult {
             status: "completed".into(),
             sid: Some(leg.sid.clone()),
             duration_secs: duration,
-            answered_by: None,
             recording_url,
-            error: None,
+            caller_hung_up: caller_left,
+            ..Default::default()
+        }))
+    }
+
+    /// The caller hung up while the other legs rang: CANCEL them all (Twilio's `canceled`).
+    fn canceled(&mut self, ringing: &mut [Leg]) -> Outcome {
+        for l in ringing.iter_mut() {
+            l.hangup();
+        }
+        crate::metrics::outcome(&crate::metrics::get().dials, "canceled");
+        tracing::info!(call_id = %self.call_id, "the caller hung up while the call out rang");
+        self.caller_left();
+        Outcome::Dial(Box::new(DialResult {
+            status: "canceled".into(),
+            sid: (ringing.len() == 1).then(|| ringing[0].sid.clone()),
+            caller_hung_up: true,
+            ..Default::default()
         }))
     }
 
@@ -346,11 +356,7 @@ impl VoiceChannel<'_> {
     }
 
     /// Stop recording and save it atomically; its URL, or None (logged) when it failed.
-    fn finish_taping(&self, mut t: Taping, leg: &Leg) -> Option<String> {
-        self.media.untap();
-        if let Some(m) = leg.media() {
-            m.untap();
-        }
+    fn finish_taping(&self, mut t: Taping) -> Option<String> {
         // Frames still in flight belong to the recording too.
         for (side, tap) in [(Side::Left, t.left.take()), (Side::Right, t.right.take())] {
             if let Some(mut tap) = tap {

@@ -285,10 +285,8 @@ pub fn dial_outcome(status: &str, sid: Option<String>, error: Option<String>) ->
     Outcome::Dial(Box::new(DialResult {
         status: status.into(),
         sid,
-        duration_secs: None,
-        answered_by: None,
-        recording_url: None,
         error,
+        ..Default::default()
     }))
 }
 

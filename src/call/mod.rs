@@ -1,6 +1,8 @@
 //! Calls: the dispatcher that turns SIP events into calls, and each call's task, which runs
 //! its flow execution and performs voice effects on its media session.
 
+pub mod call_recording;
+pub mod callbacks;
 pub mod connect;
 pub mod leg;
 pub mod outbound;

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::call_recording::{self, CallRecording};
 use super::leg::{dial_outcome as dial, dial_status, widget_credentials, Leg, LegRequest};
 use super::registry::{CallKey, CallSignal, LegEvent};
 use super::session::CallServices;
@@ -22,6 +23,9 @@ const MAX_RING_SECS: u32 = 600;
 
 /// The call an execution placed, once answered.
 struct Answered {
+    /// `record` or record-call; dropping it stops and saves it. Declared first, so that happens
+    /// before the leg hangs up.
+    recording: Option<CallRecording>,
     leg: Leg,
     signals: mpsc::UnboundedReceiver<CallSignal>,
     params: Map<String, Value>,
@@ -150,7 +154,9 @@ impl<M: Medium> OutgoingChannel<M> {
         }
         crate::metrics::outcome(&crate::metrics::get().dials, "answered");
         let sid = leg.sid.clone();
+        let recording = o.record.then(|| self.record(&leg, o)).flatten();
         let mut call = Answered {
+            recording,
             leg,
             signals,
             params,
@@ -178,6 +184,35 @@ impl<M: Medium> OutgoingChannel<M> {
         out
     }
 
+    /// `record`: the whole call from its answer, beside whatever the flow does on it.
+    fn record(&self, leg: &Leg, o: &OutgoingCall) -> Option<CallRecording> {
+        let owner = call_recording::Owner {
+            call_sid: leg.sid.clone(),
+            call_id: leg.call_id.clone(),
+            account_sid: self.calls.account_sid.clone(),
+        };
+        let options = call_recording::Options {
+            dual: o.record_dual,
+            trim: o.record_trim,
+            source: "OutboundAPI",
+            callback: o.recording_status_callback.clone(),
+        };
+        let started = CallRecording::start(
+            leg.media()?,
+            &self.calls.recordings,
+            Some(self.calls.callbacks()),
+            owner,
+            options,
+        );
+        match started {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(call_id = %leg.call_id, error = %e, "cannot record the call; it goes on unrecorded");
+                None
+            }
+        }
+    }
+
     /// A voice effect on the answered call.
     async fn on_call(&mut self, effect: &Effect) -> Option<Outcome> {
         let svc = self.calls.clone();
@@ -199,9 +234,11 @@ impl<M: Medium> OutgoingChannel<M> {
             auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
             legs: svc.legs.as_deref(),
             messages: svc.outbound_messages.clone(),
+            recording: call.recording.take(),
             hung_up: call.hung_up,
         };
         let out = voice.perform(effect).await;
+        call.recording = voice.recording.take();
         call.hung_up = voice.hung_up;
         if call.hung_up {
             // The far end hung up: nothing to BYE.
@@ -241,9 +278,6 @@ async fn detect_machine(call: &mut Answered, detect_end: bool) -> AnsweredBy {
     if call.hung_up {
         call.leg.ended();
     }
-    if let Some(m) = call.leg.media() {
-        m.untap();
-    }
     who
 }
 
@@ -260,6 +294,7 @@ impl<M: Medium> Medium for OutgoingChannel<M> {
             | Effect::Record(_)
             | Effect::Connect(_)
             | Effect::Redirect(_)
+            | Effect::RecordCall(_)
                 if self.call.is_some() =>
             {
                 self.on_call(effect).await

@@ -45,6 +45,8 @@ pub struct Recorder {
     channels: u16,
     /// Sample frames written (one sample per channel each).
     samples: u64,
+    /// Twilio's `source` for the sidecar, when not the default for its channels.
+    source: Option<&'static str>,
 }
 
 impl Recordings {
@@ -75,7 +77,8 @@ impl Recordings {
         self.start_with(rate, 2, call_sid)
     }
 
-    fn start_with(
+    /// Start a recording of `channels` (1, or 2: see [`Recorder::write_stereo`]).
+    pub fn start_with(
         &self,
         rate: u32,
         channels: u16,
@@ -108,6 +111,7 @@ impl Recordings {
             rate,
             channels,
             samples: 0,
+            source: None,
         })
     }
 
@@ -158,7 +162,7 @@ impl Recordings {
             "channels": rec.channels,
             "sample_rate": rec.rate,
             "status": "completed",
-            "source": if rec.channels == 2 { "DialVerb" } else { "RecordVerb" },
+            "source": rec.source.unwrap_or(if rec.channels == 2 { "DialVerb" } else { "RecordVerb" }),
             "media_format": "wav",
             "date_created": created,
             "date_updated": created,
@@ -284,6 +288,7 @@ impl Recordings {
             rate,
             channels,
             samples: frames as u64,
+            source: None,
         };
         self.finish(rec, false, call_sid).map(Some)
     }
@@ -331,6 +336,11 @@ fn sync(path: &Path) -> Result<(), RecordingError> {
 }
 
 impl Recorder {
+    /// Name what made the recording (`OutboundAPI`, ...) in its sidecar.
+    pub fn set_source(&mut self, source: &'static str) {
+        self.source = Some(source);
+    }
+
     pub fn write(&mut self, pcm: &[i16]) -> Result<(), RecordingError> {
         if let Some(w) = self.writer.as_mut() {
             for &s in pcm {

@@ -43,6 +43,16 @@ pub struct CallServices {
     pub legs: Option<Arc<super::leg::Legs>>,
 }
 
+impl CallServices {
+    /// Status callbacks, signed with the API auth token.
+    pub fn callbacks(&self) -> super::callbacks::Callbacks {
+        super::callbacks::Callbacks {
+            http: self.runner.http.client().clone(),
+            auth_token: self.auth_token.clone(),
+        }
+    }
+}
+
 /// Consume SIP events for the life of the process.
 pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceiver<Event>) {
     while let Some(ev) = events.recv().await {
@@ -322,6 +332,7 @@ async fn run_call(
         auth: Some((svc.account_sid.as_str(), svc.auth_token.as_str())),
         legs: svc.legs.as_deref(),
         messages: svc.outbound_messages.clone(),
+        recording: None,
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

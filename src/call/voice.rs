@@ -39,6 +39,9 @@ pub struct VoiceChannel<'a> {
     pub legs: Option<&'a super::leg::Legs>,
     /// The messaging providers (send-message from a call).
     pub messages: Option<std::sync::Arc<dyn crate::messaging::MessageSink>>,
+    /// The recording record-call started (or make-outgoing-call-v2 `record`), until stopped
+    /// or the call ends.
+    pub recording: Option<super::call_recording::CallRecording>,
     pub hung_up: bool,
 }
 
@@ -224,7 +227,7 @@ impl VoiceChannel<'_> {
                     }
                 }
                 Happening::Deadline => {
-                    self.media.untap();
+                    drop(tap.take()); // stop listening while the recogniser works
                     if talking && digits.is_empty() {
                         if let Some(r) = self.speech {
                             let hints: Vec<String> = g
@@ -253,17 +256,13 @@ impl VoiceChannel<'_> {
                     }
                     return self.end_gather(digits);
                 }
-                Happening::HungUp => {
-                    self.media.untap();
-                    return self.caller_left();
-                }
+                Happening::HungUp => return self.caller_left(),
                 _ => {}
             }
         }
     }
 
     fn end_gather(&mut self, digits: String) -> Outcome {
-        self.media.untap();
         self.media.stop_playout();
         // No digits is Studio's `timeout`; the engine maps empty Digits to it.
         Outcome::Digits { digits }
@@ -287,7 +286,6 @@ impl VoiceChannel<'_> {
         let mut rec = match self.recordings.start(tap.sample_rate, self.call_sid) {
             Ok(r) => r,
             Err(e) => {
-                self.media.untap();
                 return Outcome::Failed {
                     error: e.to_string(),
                 };
@@ -307,7 +305,6 @@ impl VoiceChannel<'_> {
             match self.next(Some(deadline), Some(&mut tap.frames)).await {
                 Happening::Audio(pcm) => {
                     if let Err(e) = rec.write(&pcm) {
-                        self.media.untap();
                         return Outcome::Failed {
                             error: e.to_string(),
                         };
@@ -331,11 +328,11 @@ impl VoiceChannel<'_> {
                 _ => {}
             }
         }
-        self.media.untap();
         // Frames still in flight when we stopped belong to the recording too.
         while let Ok(pcm) = tap.frames.try_recv() {
             let _ = rec.write(&pcm);
         }
+        drop(tap);
         if !heard {
             self.recordings.discard(rec);
             return if hung_up {
@@ -450,6 +447,7 @@ impl Medium for VoiceChannel<'_> {
             Effect::Gather(g) => Some(self.gather(g).await),
             Effect::Record(r) => Some(self.record(r).await),
             Effect::Connect(c) => Some(self.connect(c).await),
+            Effect::RecordCall(r) => Some(self.record_call(r)),
             // The "text me the link" pattern: sent while the call goes on.
             Effect::SendMessage(_) => match &self.messages {
                 Some(sink) => {

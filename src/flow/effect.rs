@@ -120,7 +120,17 @@ pub struct OutgoingCall {
     pub timeout_secs: u32,
     /// Record the call.
     pub record: bool,
-    /// Studio `machine_detection` (`Enable`, `DetectMessageEnd`).
+    /// `recording_channels = dual`: the two directions apart, in two channels.
+    #[serde(default)]
+    pub record_dual: bool,
+    /// `trim`: trim the recording's leading and trailing silence.
+    #[serde(default)]
+    pub record_trim: bool,
+    /// `recording_status_callback`: told when the recording is saved.
+    #[serde(default)]
+    pub recording_status_callback: Option<String>,
+    /// Studio `machine_detection` (`Enable`, `DetectMessageEnd`), when
+    /// `detect_answering_machine` is on.
     pub machine_detection: Option<String>,
     /// DTMF digits to send once answered.
     pub send_digits: Option<String>,
@@ -128,6 +138,19 @@ pub struct OutgoingCall {
     pub sip_auth_username: Option<String>,
     /// SIP digest password, for SIP destinations.
     pub sip_auth_password: Option<String>,
+}
+
+/// record-call: start or stop a recording of the whole call (both directions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordCall {
+    /// `record_call`: true starts, false stops.
+    pub start: bool,
+    /// `recording_channels = dual`.
+    pub dual: bool,
+    /// `trim = trim-silence`.
+    pub trim: bool,
+    /// `recording_status_callback`.
+    pub recording_status_callback: Option<String>,
 }
 
 /// add-twiml-redirect: run the TwiML at a URL until it redirects back to the flow.
@@ -142,7 +165,7 @@ pub struct Redirect {
 }
 
 /// How a connected (connect-call-to) or outgoing (make-outgoing-call-v2) call went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DialResult {
     /// `DialCallStatus` (`completed`, `busy`, `no-answer`, `failed`, ...).
     pub status: String,
@@ -157,6 +180,10 @@ pub struct DialResult {
     /// Why no call was connected (a refused target, an unreachable trunk), for the step.
     #[serde(default)]
     pub error: Option<String>,
+    /// The caller hung up (while it rang: `canceled`; while bridged: `completed`), so the
+    /// widget takes `hangup` and the call is over.
+    #[serde(default)]
+    pub caller_hung_up: bool,
 }
 
 /// Request body of an HTTP widget.
@@ -296,6 +323,8 @@ pub enum Effect {
     OutgoingCall(OutgoingCall),
     /// add-twiml-redirect.
     Redirect(Redirect),
+    /// record-call: start or stop recording the whole call.
+    RecordCall(RecordCall),
     /// Also used by `run-function` when it has a URL.
     HttpRequest(HttpRequest),
     /// send-message.
@@ -354,6 +383,8 @@ pub enum Outcome {
     },
     /// Nothing was recorded.
     NoAudio,
+    /// Done, with nothing to report (record-call started or stopped its recording).
+    Done,
     /// The caller hung up.
     Hangup,
     /// The HTTP response.

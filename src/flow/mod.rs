@@ -31,7 +31,7 @@ pub(crate) mod widgets;
 pub use definition::{Condition, Flags, FlowDefinition, State, Transition};
 pub use effect::{
     Connect, DialResult, Effect, EndReason, Gather, GatherInput, HttpAuth, HttpBody, HttpRequest,
-    Message, Outcome, OutgoingCall, Prompt, Record, Redirect, RunSubflow,
+    Message, Outcome, OutgoingCall, Prompt, Record, RecordCall, Redirect, RunSubflow,
 };
 pub use engine::{
     Advance, Engine, Execution, ExecutionInit, ExecutionStatus, Flow, FlowError, Step, Trigger,

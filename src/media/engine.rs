@@ -98,18 +98,45 @@ struct PlayItem {
     item: Item,
 }
 
-/// Decoded inbound audio for whoever listens (the recorder, voice detection).
+/// Decoded audio of one direction for whoever listens (a recorder, voice or machine
+/// detection). Several may listen at once (a whole-call recording and a voicemail); each stops
+/// when its tap is dropped.
 pub struct Tap {
     pub frames: mpsc::UnboundedReceiver<Vec<i16>>,
     pub sample_rate: u32,
+    id: u64,
+    stream: std::sync::Weak<Stream>,
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.upgrade() {
+            if let Ok(mut st) = stream.state.lock() {
+                st.remove_tap(self.id);
+            }
+        }
+    }
+}
+
+type TapSender = (u64, mpsc::UnboundedSender<Vec<i16>>);
+
+/// Who listens to a stream; boxed and made on the first tap (most calls never have one).
+#[derive(Default)]
+struct Taps {
+    next_id: u64,
+    /// What the peer sends, decoded in sequence order.
+    heard: Vec<TapSender>,
+    /// What this stream sends (prompts, relayed audio; silence for digit events and holds).
+    sent: Vec<TapSender>,
+    /// Decodes what we send, for `sent` (its state follows our own encoded stream).
+    sent_decoder: Option<Decoder>,
 }
 
 struct Inbound {
     decoder: Decoder,
     inband: Option<InbandDtmf>,
-    /// Made when someone taps the audio (it holds ~8 KB of frame slots; most calls never need it).
+    /// Made while someone taps the audio (it holds ~8 KB of frame slots; most calls never need it).
     jitter: Option<JitterBuffer>,
-    tap: Option<mpsc::UnboundedSender<Vec<i16>>>,
     pcm: Vec<i16>,
 }
 
@@ -143,6 +170,43 @@ struct StreamState {
     relay: Option<Relay>,
     /// Bridged: what the other leg relays to this stream, played when no prompt is queued.
     inlet: Option<SharedInlet>,
+    taps: Option<Box<Taps>>,
+}
+
+impl StreamState {
+    fn remove_tap(&mut self, id: u64) {
+        let Some(t) = self.taps.as_mut() else {
+            return;
+        };
+        t.heard.retain(|(i, _)| *i != id);
+        t.sent.retain(|(i, _)| *i != id);
+        if t.heard.is_empty() {
+            self.inbound.jitter = None;
+        }
+        if t.heard.is_empty() && t.sent.is_empty() {
+            self.taps = None;
+        }
+    }
+
+    /// Hand what this frame sent (decoded; silence for `skipped` late frames before it, and
+    /// for a frame that carried no audio) to the `sent` taps.
+    fn feed_sent(&mut self, audio: Option<&[u8]>, skipped: u32) {
+        let (codec, frame) = (self.codec, self.frame);
+        let Some(t) = self.taps.as_mut().filter(|t| !t.sent.is_empty()) else {
+            return;
+        };
+        let samples = frame * (codec.sample_rate() / 8000) as usize;
+        let mut pcm = Vec::with_capacity(samples * (skipped as usize + 1));
+        pcm.resize(samples * skipped as usize, 0);
+        match audio {
+            Some(a) => t
+                .sent_decoder
+                .get_or_insert_with(|| Decoder::new(codec))
+                .decode(a, &mut pcm),
+            None => pcm.resize(pcm.len() + samples, 0),
+        }
+        t.sent.retain(|(_, tx)| tx.send(pcm.clone()).is_ok());
+    }
 }
 
 struct Stream {
@@ -192,7 +256,12 @@ impl Stream {
         }
         let frame = st.frame;
         let mut payload = [0u8; MAX_FRAME];
-        let n = match self.fill(&mut st, Some(&mut payload[..frame])) {
+        let filled = self.fill(&mut st, Some(&mut payload[..frame]));
+        if st.taps.is_some() {
+            let audible = matches!(filled, Frame::Audio) && st.sending;
+            st.feed_sent(audible.then_some(&payload[..frame]), behind);
+        }
+        let n = match filled {
             Frame::Audio => {
                 let pt = st.rtp.payload_type;
                 st.rtp.write(buf, &payload[..frame], pt, false)
@@ -458,25 +527,39 @@ impl MediaSession {
             .unwrap_or(Codec::Pcmu)
     }
 
-    /// Start receiving decoded caller audio (in sequence order) until the tap is dropped.
+    /// Receive the peer's decoded audio (in sequence order) until the tap is dropped.
     pub fn tap(&self) -> Tap {
+        self.add_tap(false)
+    }
+
+    /// Receive what this stream sends, decoded, one frame per frame time (silence while
+    /// nothing plays), until the tap is dropped.
+    pub fn tap_sent(&self) -> Tap {
+        self.add_tap(true)
+    }
+
+    fn add_tap(&self, sent: bool) -> Tap {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut rate = 8000;
+        let (mut rate, mut id) = (8000, 0);
         if let Ok(mut st) = self.stream.state.lock() {
             rate = st.codec.sample_rate();
-            st.inbound.jitter = Some(JitterBuffer::new(3));
-            st.inbound.tap = Some(tx);
+            if !sent && st.inbound.jitter.is_none() {
+                st.inbound.jitter = Some(JitterBuffer::new(3));
+            }
+            let taps = st.taps.get_or_insert_with(Box::default);
+            taps.next_id += 1;
+            id = taps.next_id;
+            if sent {
+                taps.sent.push((id, tx));
+            } else {
+                taps.heard.push((id, tx));
+            }
         }
         Tap {
             frames: rx,
             sample_rate: rate,
-        }
-    }
-
-    pub fn untap(&self) {
-        if let Ok(mut st) = self.stream.state.lock() {
-            st.inbound.tap = None;
-            st.inbound.jitter = None;
+            id,
+            stream: Arc::downgrade(&self.stream),
         }
     }
 
@@ -692,13 +775,13 @@ impl MediaEngine {
                     decoder: Decoder::new(p.codec),
                     inband,
                     jitter: None,
-                    tap: None,
                     pcm: Vec::new(),
                 },
                 packets_sent: 0,
                 packets_received: 0,
                 relay: None,
                 inlet: None,
+                taps: None,
             }),
             closed: AtomicBool::new(false),
             events: tx,
@@ -820,7 +903,8 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
             });
         });
     }
-    if let (Some(tap), Some(jitter)) = (inb.tap.clone(), inb.jitter.as_mut()) {
+    let heard = st.taps.as_mut().map(|t| &mut t.heard);
+    if let (Some(heard), Some(jitter)) = (heard, inb.jitter.as_mut()) {
         let mut frame = [0u8; MAX_FRAME];
         jitter.push_ssrc(pkt.ssrc, pkt.sequence, pkt.timestamp, pkt.payload);
         // Release frames once the buffer holds more than its depth (reorder window).
@@ -835,8 +919,8 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
                 ),
                 PopResult::Empty => break,
             }
-            if tap.send(pcm).is_err() {
-                inb.tap = None;
+            heard.retain(|(_, tx)| tx.send(pcm.clone()).is_ok());
+            if heard.is_empty() {
                 break;
             }
         }

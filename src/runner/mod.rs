@@ -450,15 +450,14 @@ mod tests {
                 Effect::Gather(_) => Some(Outcome::Timeout),
                 Effect::Record(_) => Some(Outcome::NoAudio),
                 Effect::Redirect(_) => Some(Outcome::RedirectReturned { params: Map::new() }),
+                Effect::RecordCall(_) => Some(Outcome::Done),
                 Effect::SendMessage(_) => Some(Outcome::MessageSent { fields: Map::new() }),
                 // As a call with a trunk performs it: the far end answered and hung up.
                 Effect::Connect(_) => Some(Outcome::Dial(Box::new(crate::flow::DialResult {
                     status: "completed".into(),
                     sid: Some("CA1".into()),
                     duration_secs: Some(3),
-                    answered_by: None,
-                    recording_url: None,
-                    error: None,
+                    ..Default::default()
                 }))),
                 _ => None,
             }
@@ -500,6 +499,7 @@ mod tests {
         ("connect-call-to", Runs, Ends),
         ("make-outgoing-call-v2", Fails, Fails),
         ("add-twiml-redirect", Runs, Fails),
+        ("record-call", Runs, Fails),
         ("send-message", Runs, Runs),
         ("send-and-wait-for-reply", Fails, Waits),
         // Performed by the runner on every medium; here each fails on purpose (refused
@@ -509,7 +509,6 @@ mod tests {
         ("run-subflow", Fails, Fails),
         // No such service here: the failure event, decided in the engine.
         ("enqueue-call", Fails, Fails),
-        ("record-call", Fails, Fails),
         ("fork-stream", Fails, Fails),
         ("capture-payments", Fails, Fails),
         ("connect-virtual-agent", Fails, Fails),

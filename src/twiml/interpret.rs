@@ -464,6 +464,8 @@ impl<V: VoiceOps> Run<'_, '_, V> {
             return Ok(timed_out());
         };
         match outcome {
+            // The caller left: there is no call for the action's TwiML to act on.
+            Outcome::Dial(r) if r.caller_hung_up => Ok(Some(Next::Done(Outcome::Hangup))),
             Outcome::Dial(r) => {
                 let mut extra = vec![("DialCallStatus".to_string(), r.status.clone())];
                 if let Some(sid) = &r.sid {

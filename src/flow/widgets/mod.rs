@@ -163,7 +163,8 @@ pub(crate) fn enter(
         | "record-voicemail"
         | "connect-call-to"
         | "make-outgoing-call-v2"
-        | "add-twiml-redirect" => voice::effect(props).map(Action::Effect),
+        | "add-twiml-redirect"
+        | "record-call" => voice::effect(props).map(Action::Effect),
         "send-message" | "send-and-wait-for-reply" => {
             messaging::effect(props, context).map(Action::Effect)
         }
@@ -200,7 +201,8 @@ pub(crate) fn resolve(kind: &str, outcome: Outcome, context: &Value) -> Result<R
                 | "record-voicemail"
                 | "connect-call-to"
                 | "make-outgoing-call-v2"
-                | "add-twiml-redirect" => voice::resolve(kind, outcome, context),
+                | "add-twiml-redirect"
+                | "record-call" => voice::resolve(kind, outcome, context),
                 "send-message" | "send-and-wait-for-reply" => messaging::resolve(kind, outcome),
                 "make-http-request" | "run-function" | "run-subflow" => {
                     http::resolve(kind, outcome)

@@ -10,7 +10,6 @@ pub(crate) fn resolve(kind: &str) -> Result<Resolution, Fatal> {
         "connect-virtual-agent" => "virtual agents are not available in Switchboard",
         "capture-payments" => "no payment connector is available in Switchboard",
         "enqueue-call" => "call queues (TaskRouter) are not available in Switchboard",
-        "record-call" => "call recording control is not supported by Switchboard",
         "fork-stream" => "media streams are not supported by Switchboard",
         other => return Err(format!("widget type \"{other}\" is not supported")),
     };

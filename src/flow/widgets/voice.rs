@@ -7,7 +7,7 @@ use super::{PropError, Props, Resolution};
 use crate::flow::context::trigger_call;
 use crate::flow::effect::{
     Connect, DialResult, Effect, Gather, GatherInput, Outcome, OutgoingCall, Prompt, Record,
-    Redirect,
+    RecordCall, Redirect,
 };
 
 /// Studio's longest voicemail (seconds).
@@ -70,10 +70,34 @@ pub(crate) fn effect(props: &Props<'_>) -> Result<Effect, PropError> {
             to: props.text_or_empty("to")?,
             timeout_secs: props.u32_or("timeout", 60)?,
             record: props.bool_or("record", false)?,
-            machine_detection: props.text("machine_detection")?,
+            record_dual: props.text("recording_channels")?.as_deref() == Some("dual"),
+            record_trim: matches!(
+                props.text("trim")?.as_deref(),
+                Some("trim-silence" | "true")
+            ),
+            recording_status_callback: props
+                .text("recording_status_callback")?
+                .filter(|u| !u.trim().is_empty()),
+            // Studio exports keep `machine_detection` when the toggle is off: only the toggle
+            // (or a hand-written flow that names a mode without it) turns detection on.
+            machine_detection: match props.bool_or("detect_answering_machine", true)? {
+                true => props.text("machine_detection")?,
+                false => None,
+            },
             send_digits: props.text("send_digits")?,
             sip_auth_username: props.text("sip_auth_username")?,
             sip_auth_password: props.text("sip_auth_password")?,
+        }),
+        "record-call" => Effect::RecordCall(RecordCall {
+            start: props.bool_or("record_call", true)?,
+            dual: props.text("recording_channels")?.as_deref() == Some("dual"),
+            trim: matches!(
+                props.text("trim")?.as_deref(),
+                Some("trim-silence" | "true")
+            ),
+            recording_status_callback: props
+                .text("recording_status_callback")?
+                .filter(|u| !u.trim().is_empty()),
         }),
         // add-twiml-redirect
         _ => Effect::Redirect(Redirect {
@@ -174,6 +198,7 @@ pub(crate) fn resolve(
                 duration_secs,
                 recording_url,
                 error,
+                caller_hung_up,
                 ..
             } = *d;
             let mut m = map(&[
@@ -187,9 +212,14 @@ pub(crate) fn resolve(
             if let Some(r) = recording_url {
                 m.insert("RecordingUrl".into(), json!(r));
             }
+            let event = if caller_hung_up {
+                "hangup"
+            } else {
+                "callCompleted"
+            };
             Resolution {
                 error,
-                ..Resolution::published("callCompleted", m)
+                ..Resolution::published(event, m)
             }
         }
         ("make-outgoing-call-v2", Outcome::Dial(d)) => {
@@ -223,6 +253,7 @@ pub(crate) fn resolve(
             Resolution::published("return", params)
         }
         ("add-twiml-redirect", Outcome::Timeout) => Resolution::event("timeout"),
+        ("record-call", Outcome::Done) => Resolution::event("success"),
         (_, other) => return Err(other),
     })
 }
