@@ -1435,7 +1435,7 @@ async fn a_sip_endpoint_on_a_trunk_host_is_dialled_with_the_widget_credentials_a
                 {"name": "Trigger", "type": "trigger", "properties": {},
                  "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall", "next": "connect"}, {"event": "incomingRequest"}]},
                 {"name": "connect", "type": "connect-call-to",
-                 "properties": {"noun": "sip", "sip_endpoint": format!("sip:desk@127.0.0.1:{port}"),
+                 "properties": {"noun": "sip", "sip_endpoint": format!("sip:desk@127.0.0.1:{port}?X-Ticket=42&Contact=evil"),
                                 "sip_username": "acct", "sip_password": "secret", "timeout": 10},
                  "transitions": [{"event": "callCompleted"}, {"event": "hangup"}]}
             ],
@@ -1493,6 +1493,15 @@ async fn a_sip_endpoint_on_a_trunk_host_is_dialled_with_the_widget_credentials_a
         !text.contains("secret"),
         "the widget's password is not logged"
     );
+    // The URI's X- header reached the far end; the Contact it tried to set did not.
+    let trace: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().to_string_lossy().ends_with("_messages.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(trace.contains("X-Ticket: 42"), "{trace}");
+    assert!(!trace.contains("evil"), "{trace}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1725,5 +1734,119 @@ async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_s
     assert!(
         loud(&right, 0.5, 7.0) > 20,
         "the far end on the right channel"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_outbound_holds_when_ten_callers_connect_at_once_and_frees_its_slots() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The far end is a gateway that speaks for about 18 s: a bridged call holds its slot.
+    let far = Gateway::start_in(
+        &tmp.path().join("far"),
+        Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json")),
+        &[],
+    );
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"far\"\nuri = \"sip:{}\"\ninbound_from = [\"127.0.0.1/32\"]\n\
+             dial_allow = [\"+1555444*\"]\nmax_outbound = 3\ncalls_per_second = 100\nkeepalive_secs = 0\n",
+            far.sip
+        ),
+    );
+    let sip = gw.sip;
+    let dials: Vec<_> = (0..10)
+        .map(|i| {
+            tokio::spawn(async move {
+                Phone::dial(sip, &format!("+15554440{i:03}"), Offer::Rfc4733).await
+            })
+        })
+        .collect();
+    let mut phones = Vec::new();
+    for d in dials {
+        phones.push(d.await.unwrap());
+    }
+    // The seven refused hear how it went and are hung up; three stay bridged.
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        let trunks = api_get(&gw, "/v2/Trunks").await;
+        let out = trunks["trunks"][0]["calls_out"].as_u64().unwrap();
+        assert!(
+            out <= 3,
+            "{out} calls out through a trunk with max_outbound = 3"
+        );
+        most = most.max(out);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(most, 3, "three calls went out");
+    let mut bridged = Vec::new();
+    for p in phones {
+        if p.heard.lock().unwrap().bye_at.is_some() {
+            continue;
+        }
+        bridged.push(p);
+    }
+    assert_eq!(bridged.len(), 3, "three callers are still bridged");
+    for p in &mut bridged {
+        p.hangup().await;
+    }
+    // The slots are free again: one more caller gets through.
+    let mut calls_out = 3;
+    for _ in 0..50 {
+        calls_out = api_get(&gw, "/v2/Trunks").await["trunks"][0]["calls_out"]
+            .as_u64()
+            .unwrap();
+        if calls_out == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls_out, 0, "the bridged calls gave their slots back");
+    let mut late = Phone::dial(gw.sip, "+15554440999", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        late.heard.lock().unwrap().bye_at.is_none(),
+        "the late caller is bridged"
+    );
+    late.hangup().await;
+    let mut statuses: Vec<(String, Option<String>)> = Vec::new();
+    for _ in 0..50 {
+        statuses = executions(&gw, &flow())
+            .await
+            .iter()
+            .filter_map(|(_, steps)| steps.iter().find(|s| s.name == "connect"))
+            .map(|s| {
+                (
+                    s.context["widgets"]["connect"]["DialCallStatus"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    s.error.clone(),
+                )
+            })
+            .collect();
+        if statuses.len() == 11 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let completed = statuses.iter().filter(|(s, _)| s == "completed").count();
+    let refused = statuses
+        .iter()
+        .filter(|(s, e)| {
+            s == "failed"
+                && e.as_deref()
+                    .is_some_and(|e| e.contains("max_outbound of 3 calls"))
+        })
+        .count();
+    assert_eq!(
+        (completed, refused),
+        (4, 7),
+        "{statuses:?}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

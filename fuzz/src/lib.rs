@@ -207,6 +207,7 @@ pub fn sip_core(data: &[u8]) {
                     credentials: Some(("acct".into(), "secret".into())),
                     ring_timeout: Duration::from_secs(20),
                     redirect_hosts: vec!["127.0.0.1:5090".into()],
+                    headers: vec![],
                 }),
                 local: local_addr,
             },

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::outbound::{Outbound, Refusal, Route};
+use super::outbound::{caller_id_user, Outbound, Refusal, Route};
 use super::registry::{LegEvent, Registry};
 use crate::flow::{DialResult, Outcome};
 use crate::media::engine::Ports;
@@ -43,6 +43,7 @@ struct Destination {
     credentials: Option<(String, String)>,
     caller_id: Option<String>,
     redirect_hosts: Vec<String>,
+    headers: Vec<(String, String)>,
     via: String,
 }
 
@@ -126,6 +127,7 @@ impl Legs {
                     credentials: None,
                     caller_id: None,
                     redirect_hosts: Vec::new(),
+                    headers: Vec::new(),
                     via: req.target.to_string(),
                 };
                 (None, dest)
@@ -142,6 +144,7 @@ impl Legs {
                     credentials: t.credentials.clone(),
                     caller_id: t.caller_id.clone(),
                     redirect_hosts: vec![t.host.clone()],
+                    headers: route.headers.clone(),
                     via: t.name.clone(),
                 };
                 (Some(route), dest)
@@ -151,11 +154,10 @@ impl Legs {
         let ports = self.media.allocate()?;
         let local_rtp = SocketAddr::new(dest.media_ip, ports.rtp.local_addr()?.port());
         let call_id = format!("{:032x}@switchboard", rand::random::<u128>());
-        let from_user = req
-            .caller_id
-            .map(str::to_string)
-            .or(dest.caller_id)
-            .unwrap_or_else(|| "switchboard".into());
+        let from_user = match req.caller_id.filter(|c| !c.trim().is_empty()) {
+            Some(id) => caller_id_user(id).ok_or_else(|| Refusal::BadCallerId(id.to_string()))?,
+            None => dest.caller_id.unwrap_or_else(|| "switchboard".into()),
+        };
         let spec = DialSpec {
             call_id: call_id.clone(),
             peer: dest.peer,
@@ -165,6 +167,7 @@ impl Legs {
             credentials: req.credentials.clone().or(dest.credentials),
             ring_timeout: req.ring_timeout,
             redirect_hosts: dest.redirect_hosts,
+            headers: dest.headers,
         };
         // Follow it before the INVITE leaves, so no answer can overtake us.
         self.registry.insert_leg(&call_id, events.clone());

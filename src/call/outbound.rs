@@ -130,6 +130,9 @@ pub enum Refusal {
     /// The trunk does not answer its keep-alives.
     #[error("trunk {0:?} is unreachable (it does not answer OPTIONS)")]
     Unreachable(String),
+    /// A caller ID that is neither a number nor a SIP user name.
+    #[error("{0:?} cannot be a caller ID: use a number or a SIP user name")]
+    BadCallerId(String),
 }
 
 /// Where a call goes: the trunk, the Request-URI, and the slot it holds.
@@ -138,6 +141,8 @@ pub struct Route {
     pub trunk: Arc<OutboundTrunk>,
     /// Whom we INVITE: `sip:+15551234@trunk-host`.
     pub request_uri: String,
+    /// Headers the SIP URI named after `?` that may go out (see [`uri_headers`]).
+    pub headers: Vec<(String, String)>,
     /// Held for the life of the call.
     pub _slot: Slot,
 }
@@ -185,6 +190,7 @@ impl Outbound {
                     return Ok(Route {
                         trunk: t.clone(),
                         request_uri: format!("sip:{number}@{}", t.host),
+                        headers: Vec::new(),
                         _slot: slot,
                     })
                 }
@@ -242,6 +248,13 @@ impl Outbound {
     }
 
     fn route_uri(&self, uri: &str, unreachable: &[String], now: Instant) -> Result<Route, Refusal> {
+        // Rendered from a flow: nothing that could end the Request-URI or its line.
+        let printable = uri
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>\"".contains(&b));
+        if !printable || uri.len() > 512 {
+            return Err(Refusal::BadTarget(uri.into()));
+        }
         let host = uri_host(uri).ok_or_else(|| Refusal::BadTarget(uri.into()))?;
         let trunk = self
             .trunks
@@ -252,14 +265,91 @@ impl Outbound {
             return Err(Refusal::Unreachable(trunk.name.clone()));
         }
         let slot = trunk.admit(now)?;
-        // Headers and anything after `?` are the caller's to set, not the URI's.
+        // Headers after `?` go into the INVITE, not its Request-URI.
         let request_uri = uri.split('?').next().unwrap_or(uri).to_string();
         Ok(Route {
             trunk: trunk.clone(),
             request_uri,
+            headers: uri_headers(uri),
             _slot: slot,
         })
     }
+}
+
+/// Most headers a SIP URI may send along, and the longest value.
+const MAX_URI_HEADERS: usize = 8;
+const MAX_HEADER_VALUE: usize = 256;
+
+/// The headers a SIP URI names after `?` (`sip:desk@pbx.example?X-Ticket=42&X-Queue=sales`),
+/// passed on as Twilio's `<Sip>` passes them: only `X-` headers and `User-to-User`,
+/// %-decoded, without control characters, at most eight. Anything else is dropped with a log
+/// line: a flow must not set Route, Contact or whatever else the dialog depends on.
+pub fn uri_headers(uri: &str) -> Vec<(String, String)> {
+    let Some((_, query)) = uri.split_once('?') else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(name), Some(value)) = (percent_decode(name), percent_decode(value)) else {
+            tracing::warn!(header = %pair, "SIP URI header is not valid %-encoding; not sent");
+            continue;
+        };
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
+        let allowed = name.len() > 2 && name[..2].eq_ignore_ascii_case("x-")
+            || name.eq_ignore_ascii_case("user-to-user");
+        let clean = !value.chars().any(char::is_control) && value.len() <= MAX_HEADER_VALUE;
+        if !(token && allowed && clean) || out.len() == MAX_URI_HEADERS {
+            tracing::warn!(header = %name, "SIP URI header not sent: only X- headers and User-to-User, short and on one line, at most {MAX_URI_HEADERS}");
+            continue;
+        }
+        out.push((name, value));
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A caller ID as the From user: a number (spaces and dashes dropped) or a SIP user name
+/// (RFC 3261 `user` characters, up to 64); None for anything else, which could end the From
+/// header or carry another.
+pub fn caller_id_user(id: &str) -> Option<String> {
+    let id = id.trim();
+    // `client:alice` (a Twilio Client caller) and `sip:alice@host` name the user.
+    let id = match id.split_once(':') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("client") => rest,
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("sip") => {
+            rest.split(['@', ';', '>']).next().unwrap_or("")
+        }
+        _ => id,
+    };
+    if let Some(n) = normalise(id) {
+        return Some(n);
+    }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b));
+    ok.then(|| id.to_string())
 }
 
 /// A number as dialled: digits with an optional leading `+`; spaces, dashes, dots and
@@ -313,6 +403,21 @@ fn same_host(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn caller_ids_are_numbers_or_sip_users_and_nothing_else() {
+        use super::caller_id_user as c;
+        assert_eq!(c(" +1 (555) 010-0100 ").as_deref(), Some("+15550100100"));
+        assert_eq!(c("anonymous").as_deref(), Some("anonymous"));
+        assert_eq!(c("client:alice").as_deref(), Some("alice"));
+        assert_eq!(
+            c("sip:bob@pbx.example;transport=tcp").as_deref(),
+            Some("bob")
+        );
+        assert_eq!(c("x>\r\nContact: <sip:evil>"), None);
+        assert_eq!(c("alice smith"), None);
+        assert_eq!(c(&"9a".repeat(40)), None);
+    }
+
     use super::*;
     use crate::sip::Transport;
     use std::time::Duration;
@@ -385,6 +490,28 @@ mod tests {
             Some(Refusal::UnknownHost("sip:desk@evil.example".into()))
         );
         assert!(out.route("sip:desk@pbx.example:5070", &[], now).is_err());
+        // A flow-rendered URI that would end its line, or name another header, is refused.
+        assert!(matches!(
+            out.route("sip:desk@PBX.example\r\nContact: <sip:x@evil>", &[], now),
+            Err(Refusal::BadTarget(_))
+        ));
+        let r = out
+            .route(
+                "sip:desk@pbx.example?X-Ticket=4%202&Contact=evil&x-queue=sales&User-to-User=abc",
+                &[],
+                now,
+            )
+            .unwrap();
+        assert_eq!(r.request_uri, "sip:desk@pbx.example");
+        assert_eq!(
+            r.headers,
+            [
+                ("X-Ticket".to_string(), "4 2".to_string()),
+                ("x-queue".into(), "sales".into()),
+                ("User-to-User".into(), "abc".into()),
+            ]
+        );
+        assert!(uri_headers("sip:a@b?X-A=%0d%0aVia:x").is_empty());
     }
 
     #[test]

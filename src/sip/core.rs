@@ -2655,6 +2655,7 @@ mod tests {
                     credentials: None,
                     ring_timeout: Duration::from_secs(30),
                     redirect_hosts: vec![],
+                    headers: vec![],
                 }),
                 local: local(),
             },
@@ -3633,6 +3634,7 @@ mod tests {
             credentials: None,
             ring_timeout: Duration::from_secs(30),
             redirect_hosts: vec![],
+            headers: vec![],
         };
         c.handle_command(
             t0,
@@ -3720,6 +3722,7 @@ mod tests {
             credentials: None,
             ring_timeout: Duration::from_secs(30),
             redirect_hosts: vec![],
+            headers: vec![],
         };
         c.handle_command(
             t0,

@@ -38,6 +38,9 @@ pub struct DialSpec {
     pub ring_timeout: Duration,
     /// Hosts (`host[:port]`) a 3xx may send us to: the trunk's own.
     pub redirect_hosts: Vec<String>,
+    /// Extra headers for the INVITE (a SIP URI's `X-` headers), already checked by the caller;
+    /// any with a control character is dropped here all the same.
+    pub headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for DialSpec {
@@ -232,6 +235,17 @@ impl Dial {
         )
     }
 
+    fn extra_headers(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in &self.spec.headers {
+            let clean = |s: &str| !s.is_empty() && !s.bytes().any(|b| b < 0x20 || b == 0x7f);
+            if clean(name) && !name.contains(':') && clean(value) {
+                out.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        out
+    }
+
     fn send_invite(&mut self, now: Instant, auth: Option<String>) -> Vec<u8> {
         self.cseq += 1;
         self.branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
@@ -239,7 +253,7 @@ impl Dial {
         let data = format!(
             "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={};rport\r\nMax-Forwards: 70\r\n\
              From: {}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\n\
-             Contact: <sip:{}@{local}{}>\r\n{}Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n\
+             Contact: <sip:{}@{local}{}>\r\n{}{}Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n\
              Supported: timer\r\nUser-Agent: switchboard\r\nContent-Type: application/sdp\r\n\
              Content-Length: {}\r\n\r\n{}",
             self.spec.peer.transport.as_str(),
@@ -250,6 +264,7 @@ impl Dial {
             self.spec.from_user,
             self.spec.peer.transport.uri_param(),
             auth.unwrap_or_default(),
+            self.extra_headers(),
             self.spec.sdp.len(),
             self.spec.sdp,
             uri = self.uri,
@@ -594,6 +609,10 @@ mod tests {
             credentials: credentials.then(|| ("acct".into(), "secret".into())),
             ring_timeout: Duration::from_secs(20),
             redirect_hosts: vec!["127.0.0.1:5090".into()],
+            headers: vec![
+                ("X-Ticket".into(), "42".into()),
+                ("X-Evil".into(), "1\r\nContact: <sip:x@evil>".into()),
+            ],
         }
     }
 
@@ -645,6 +664,11 @@ mod tests {
         let mut d = Dial::new(spec(false), local());
         let inv = d.start(t0);
         assert!(text(&inv).starts_with("INVITE sip:+15551234@127.0.0.1:5080 SIP/2.0\r\n"));
+        assert!(text(&inv).contains("\r\nX-Ticket: 42\r\n"));
+        assert!(
+            !text(&inv).contains("evil"),
+            "a header with a line break is dropped"
+        );
         assert!(header(&inv, "From:")
             .unwrap()
             .starts_with("<sip:+15550100@127.0.0.1:5060>;tag="));
