@@ -1257,6 +1257,23 @@ async fn a_sipp_caller_and_a_sipp_far_end_hear_each_other_through_the_bridge() {
             .count();
         assert!(loud > 100, "the {who} received {loud} loud PCMA packets");
     }
+    // The outcome, as a Twilio client reads it: through the Steps API.
+    let fsid = switchboard::routing::LoadedFlow::from_file(&flow_path)
+        .unwrap()
+        .sid;
+    let list = api_get(&gw, &format!("/v2/Flows/{fsid}/Executions")).await;
+    let esid = list["executions"][0]["sid"].as_str().unwrap().to_string();
+    let ctx = context_after(&gw, &fsid, &esid, "connect", Duration::from_secs(10))
+        .await
+        .expect("the connect step");
+    let w = &ctx["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "completed", "{w}");
+    let secs: u32 = w["DialCallDuration"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .unwrap();
+    assert!(secs >= 3, "bridged while the pcap played: {w}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,10 @@ use super::voice::VoiceChannel;
 use crate::flow::{Outcome, RecordCall};
 use crate::media::engine::{MediaSession, Tap};
 
+/// How often the recording task collects audio (the stereo mixer pads a side that lags more
+/// than 160 ms, so this stays well under it).
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How a call is to be recorded.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -95,37 +99,48 @@ struct Job {
 }
 
 impl Job {
-    /// Record until stopped or until the call's media ends.
+    /// Record until stopped or until the call's media ends. The task wakes every
+    /// [`DRAIN_EVERY`] and takes what both taps hold, not once per frame: thousands of
+    /// recorded calls would otherwise cost a hundred task wake-ups a second each.
     async fn run(mut self, mut stopped: oneshot::Receiver<()>) -> Job {
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                f = self.sent.frames.recv() => match f {
-                    Some(f) => self.add(Side::Left, &f, self.sent.sample_rate),
-                    None => break,
-                },
-                f = self.heard.frames.recv() => match f {
-                    Some(f) => self.add(Side::Right, &f, self.heard.sample_rate),
-                    None => break,
-                },
+                _ = tick.tick() => {
+                    if !self.drain() {
+                        break;
+                    }
+                    let (l, r) = self.mixer.take();
+                    self.write(&l, &r);
+                }
                 _ = &mut stopped => break,
             }
         }
         // Frames already in flight belong to the recording too.
-        while let Ok(f) = self.sent.frames.try_recv() {
-            self.mixer.push(Side::Left, &f, self.sent.sample_rate);
-        }
-        while let Ok(f) = self.heard.frames.try_recv() {
-            self.mixer.push(Side::Right, &f, self.heard.sample_rate);
-        }
+        self.drain();
         let (l, r) = self.mixer.flush();
         self.write(&l, &r);
         self
     }
 
-    fn add(&mut self, side: Side, frame: &[i16], rate: u32) {
-        self.mixer.push(side, frame, rate);
-        let (l, r) = self.mixer.take();
-        self.write(&l, &r);
+    /// Move what both taps hold into the mixer; false once the call's media has ended.
+    fn drain(&mut self) -> bool {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let mut open = true;
+        for (side, tap) in [(Side::Left, &mut self.sent), (Side::Right, &mut self.heard)] {
+            loop {
+                match tap.frames.try_recv() {
+                    Ok(f) => self.mixer.push(side, &f, tap.sample_rate),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        open
     }
 
     fn write(&mut self, l: &[i16], r: &[i16]) {

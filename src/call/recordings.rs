@@ -343,9 +343,13 @@ impl Recorder {
 
     pub fn write(&mut self, pcm: &[i16]) -> Result<(), RecordingError> {
         if let Some(w) = self.writer.as_mut() {
+            // The 16-bit writer (every spec here is 16-bit integer PCM) skips the per-sample
+            // format checks: a recorder writes 8,000 samples a second for every call.
+            let mut w16 = w.get_i16_writer(pcm.len() as u32);
             for &s in pcm {
-                w.write_sample(s)?;
+                w16.write_sample(s);
             }
+            w16.flush()?;
             self.samples += pcm.len() as u64;
         }
         Ok(())
@@ -354,11 +358,14 @@ impl Recorder {
     /// Two channels of the same length, interleaved (a stereo recorder).
     pub fn write_stereo(&mut self, left: &[i16], right: &[i16]) -> Result<(), RecordingError> {
         if let Some(w) = self.writer.as_mut() {
+            let n = left.len().min(right.len());
+            let mut w16 = w.get_i16_writer(2 * n as u32);
             for (&l, &r) in left.iter().zip(right) {
-                w.write_sample(l)?;
-                w.write_sample(r)?;
+                w16.write_sample(l);
+                w16.write_sample(r);
             }
-            self.samples += left.len().min(right.len()) as u64;
+            w16.flush()?;
+            self.samples += n as u64;
         }
         Ok(())
     }

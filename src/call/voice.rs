@@ -166,7 +166,14 @@ impl VoiceChannel<'_> {
         let mut deadline = prompt.is_none().then(|| Instant::now() + timeout);
         let mut digits = String::new();
         if g.input.speech && self.speech.is_none() {
-            tracing::warn!(call_id = %self.call_id, "speech input requested but no speech recogniser is configured ([speech] engine); speech will time out");
+            // Once per process: Studio's default input is "dtmf speech", so this is every call.
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(call_id = %self.call_id, "speech input requested but no speech recogniser is configured ([speech] engine); speech will time out (logged once)");
+            } else {
+                tracing::debug!(call_id = %self.call_id, "speech input requested without a recogniser");
+            }
         }
         let mut tap = (g.input.speech && self.speech.is_some()).then(|| self.media.tap());
         let rate = tap.as_ref().map(|t| t.sample_rate).unwrap_or(8000);

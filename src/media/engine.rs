@@ -205,7 +205,23 @@ impl StreamState {
                 .decode(a, &mut pcm),
             None => pcm.resize(pcm.len() + samples, 0),
         }
-        t.sent.retain(|(_, tx)| tx.send(pcm.clone()).is_ok());
+        fan_out(&mut t.sent, pcm);
+    }
+}
+
+/// Send `pcm` to every tap (the last one gets it without a copy); drop taps whose receiver is
+/// gone.
+fn fan_out(taps: &mut Vec<TapSender>, pcm: Vec<i16>) {
+    let Some(((_, last), rest)) = taps.split_last() else {
+        return;
+    };
+    let mut closed = false;
+    for (_, tx) in rest {
+        closed |= tx.send(pcm.clone()).is_err();
+    }
+    closed |= last.send(pcm).is_err();
+    if closed {
+        taps.retain(|(_, tx)| !tx.is_closed());
     }
 }
 
@@ -919,7 +935,7 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
                 ),
                 PopResult::Empty => break,
             }
-            heard.retain(|(_, tx)| tx.send(pcm.clone()).is_ok());
+            fan_out(heard, pcm);
             if heard.is_empty() {
                 break;
             }
