@@ -93,7 +93,7 @@ pub async fn run(o: ChatOptions) -> anyhow::Result<()> {
     ))
     .await?;
     let router = Arc::new(Router::single(flow));
-    let flow = router.route("");
+    let flow = router.default_flow();
     let runner = Runner {
         store: store.clone(),
         http: HttpClient::new(None),

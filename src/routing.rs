@@ -1,5 +1,8 @@
-//! Which flow answers which number: `[[routes]]` in config, and the default flow (`--flow`, or
-//! the bundled demo IVR) for everything else. Flows are validated when loaded.
+//! Which flow answers which number: `[[routes]]` in config, numbers attached through the
+//! IncomingPhoneNumbers API (their voice and SMS URLs name flows), and the default flow for
+//! everything else: `flow`/`--flow` when configured, or the bundled demo IVR while nothing is
+//! routed at all. A number that nothing routes, with no default, has no flow (the call gets
+//! 404, the message is dropped with a log line). Flows are validated when loaded.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -126,10 +129,31 @@ fn compile(name: &str, json: &str) -> Result<Flow, RoutingError> {
     Flow::from_value(&value).map_err(|e| invalid(e.to_string()))
 }
 
+/// What arrives for a number: its voice and SMS URLs may name different flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// An INVITE to the number.
+    Call,
+    /// An SMS to the number.
+    Message,
+}
+
+/// The flows a number attached through the API names (by SID, from its URLs).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct NumberRoute {
+    voice: Option<String>,
+    sms: Option<String>,
+}
+
 /// Which flow answers a number, and the flows known by SID.
 pub struct Router {
     default: Arc<LoadedFlow>,
+    /// The default is the bundled demo (no `flow` configured): it answers only while no
+    /// number is routed.
+    default_is_demo: bool,
     by_number: HashMap<String, Arc<LoadedFlow>>,
+    /// Numbers from the IncomingPhoneNumbers API, refreshed from the store.
+    numbers: RwLock<HashMap<String, NumberRoute>>,
     /// Flows created through the REST API, by SID (their published revision, or their latest
     /// one while none is published); they change at run time.
     dynamic: RwLock<HashMap<String, Arc<LoadedFlow>>>,
@@ -186,7 +210,9 @@ impl Router {
     pub fn single(flow: LoadedFlow) -> Router {
         Router {
             default: Arc::new(flow),
+            default_is_demo: false,
             by_number: HashMap::new(),
+            numbers: RwLock::default(),
             dynamic: RwLock::default(),
         }
     }
@@ -206,17 +232,111 @@ impl Router {
         }
         Ok(Router {
             default: Arc::new(default),
+            default_is_demo: cfg.flow.is_none(),
             by_number,
+            numbers: RwLock::default(),
             dynamic: RwLock::default(),
         })
     }
 
-    /// The flow for a dialled or messaged number: its route, else the default flow.
-    pub fn route(&self, number: &str) -> Arc<LoadedFlow> {
-        self.by_number
-            .get(&normalize(number))
-            .cloned()
-            .unwrap_or_else(|| self.default.clone())
+    /// The flow for a dialled or messaged number: its `[[routes]]` entry, else the flow its
+    /// API number's URL names, else the default; None when nothing answers it.
+    pub fn route_for(&self, number: &str, incoming: Incoming) -> Option<Arc<LoadedFlow>> {
+        let n = normalize(number);
+        if let Some(f) = self.by_number.get(&n) {
+            return Some(f.clone());
+        }
+        let numbers = self.numbers.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = numbers.get(&n) {
+            let sid = match incoming {
+                Incoming::Call => r.voice.as_deref(),
+                Incoming::Message => r.sms.as_deref(),
+            };
+            // A number whose URL names no flow here is routed nowhere, not to the default.
+            return sid.and_then(|s| self.by_sid(s));
+        }
+        let demo_only = self.default_is_demo && !(self.by_number.is_empty() && numbers.is_empty());
+        (!demo_only).then(|| self.default.clone())
+    }
+
+    /// The default flow (the chat CLI's).
+    pub fn default_flow(&self) -> Arc<LoadedFlow> {
+        self.default.clone()
+    }
+
+    /// The `[[routes]]` entries: (number, flow SID).
+    pub fn configured_numbers(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .by_number
+            .iter()
+            .map(|(n, f)| (n.clone(), f.sid.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Replace the API numbers with what the store holds.
+    pub fn set_numbers(&self, records: &[crate::store::NumberRecord]) {
+        let map = records
+            .iter()
+            .map(|r| {
+                (
+                    normalize(&r.phone_number),
+                    NumberRoute {
+                        voice: flow_sid_in_url(&r.voice_url),
+                        sms: flow_sid_in_url(&r.sms_url),
+                    },
+                )
+            })
+            .collect();
+        *self.numbers.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// Reload the API numbers from the store (at start, after a change, and every few seconds
+    /// for changes other nodes made).
+    pub async fn refresh_numbers(&self, store: &Store) -> Result<(), StoreError> {
+        self.set_numbers(&store.numbers().await?);
+        Ok(())
+    }
+
+    /// What `contact` runs of `flow`: a test user of a flow created through the API runs its
+    /// latest revision (the draft), as Studio does; None when that is `flow` itself (anyone
+    /// else, configured flows, or a store that cannot say).
+    pub async fn test_revision(
+        &self,
+        store: &Store,
+        flow: &LoadedFlow,
+        contact: &str,
+    ) -> Option<Arc<LoadedFlow>> {
+        if self.configured(&flow.sid).is_some() {
+            return None;
+        }
+        match store.is_test_user(&flow.sid, contact).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(flow = %flow.sid, error = %e, "cannot look up the flow's test users");
+                return None;
+            }
+        }
+        let rev = match store.latest_revision(&flow.sid, false).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(flow = %flow.sid, error = %e, "cannot read the flow's latest revision");
+                return None;
+            }
+        };
+        match LoadedFlow::with_sid(&flow.sid, &rev.friendly_name, &rev.definition) {
+            Ok(f) => {
+                tracing::info!(flow = %flow.sid, revision = rev.revision, %contact, "test user: running the latest revision");
+                Some(Arc::new(f))
+            }
+            Err(e) => {
+                tracing::warn!(flow = %flow.sid, revision = rev.revision, error = %e, "the test users' revision does not load; running the published one");
+                None
+            }
+        }
     }
 
     /// A configured flow or one registered through the API.
@@ -257,8 +377,20 @@ impl Router {
     }
 }
 
+/// The flow SID a Studio webhook URL names (`https://webhooks.twilio.com/v1/Accounts/AC…/Flows/FW…`,
+/// or this gateway's own `…/Flows/FW…`).
+pub fn flow_sid_in_url(url: &str) -> Option<String> {
+    let path = url.split(['?', '#']).next()?;
+    let mut parts = path.split('/');
+    parts.find(|p| p.eq_ignore_ascii_case("flows"))?;
+    let sid = parts.next()?;
+    let ok =
+        sid.len() == 34 && sid.starts_with("FW") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    ok.then(|| sid.to_string())
+}
+
 /// Numbers compare without visual separators: `+1 (555) 010-0000` is `+15550100000`.
-fn normalize(n: &str) -> String {
+pub fn normalize(n: &str) -> String {
     n.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '*' || *c == '#')
         .collect()
@@ -267,6 +399,70 @@ fn normalize(n: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_route_by_their_urls_and_the_demo_answers_only_while_nothing_is_routed() {
+        let demo = LoadedFlow::from_json("demo", DEMO_FLOW).unwrap();
+        let router = Router {
+            default: Arc::new(demo),
+            default_is_demo: true,
+            by_number: HashMap::new(),
+            numbers: RwLock::default(),
+            dynamic: RwLock::default(),
+        };
+        assert!(
+            router.route_for("+15550000001", Incoming::Call).is_some(),
+            "the demo"
+        );
+        let sid = "FW0123456789abcdef0123456789abcdef";
+        router.register(Arc::new(
+            LoadedFlow::with_sid(sid, "api", DEMO_FLOW).unwrap(),
+        ));
+        let rec = |number: &str, voice: &str| crate::store::NumberRecord {
+            sid: "PN1".into(),
+            phone_number: number.into(),
+            friendly_name: String::new(),
+            voice_url: voice.into(),
+            voice_method: "POST".into(),
+            sms_url: String::new(),
+            sms_method: "POST".into(),
+            date_created: String::new(),
+            date_updated: String::new(),
+        };
+        router.set_numbers(&[
+            rec(
+                "+1 555 000 0002",
+                &format!("https://webhooks.twilio.com/v1/Accounts/AC1/Flows/{sid}"),
+            ),
+            rec("+15550000003", "https://example.com/twiml"),
+        ]);
+        assert_eq!(
+            router
+                .route_for("+15550000002", Incoming::Call)
+                .unwrap()
+                .sid,
+            sid
+        );
+        assert!(
+            router
+                .route_for("+15550000002", Incoming::Message)
+                .is_none(),
+            "no SMS URL"
+        );
+        assert!(
+            router.route_for("+15550000003", Incoming::Call).is_none(),
+            "not a flow URL"
+        );
+        assert!(
+            router.route_for("+15550000001", Incoming::Call).is_none(),
+            "once numbers are routed, the demo no longer answers the rest"
+        );
+        assert_eq!(
+            flow_sid_in_url(&format!("http://127.0.0.1:8080/v2/Flows/{sid}?x=1")).as_deref(),
+            Some(sid)
+        );
+        assert_eq!(flow_sid_in_url("http://x/Flows/FWnothex"), None);
+    }
 
     #[test]
     fn dynamic_flows_are_found_by_sid() {

@@ -125,6 +125,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         cfg.retention.clone(),
         events.clone(),
     ));
+    tokio::spawn(refresh_numbers(router.clone(), store.clone()));
     let runner = crate::runner::Runner {
         store,
         http: http_client,
@@ -215,7 +216,23 @@ async fn open_store(cfg: &Config, router: &Router) -> anyhow::Result<Store> {
     if stored > 0 {
         tracing::info!(flows = stored, "flows created through the REST API loaded");
     }
+    router.refresh_numbers(&store).await?;
     Ok(store)
+}
+
+/// How often each node rereads the phone numbers (changes made through another node).
+const NUMBERS_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keep the router's API numbers current with the store, for changes made on other nodes.
+async fn refresh_numbers(router: Arc<Router>, store: Store) {
+    let mut tick = tokio::time::interval(NUMBERS_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = router.refresh_numbers(&store).await {
+            tracing::debug!(error = %e, "phone numbers not refreshed");
+        }
+    }
 }
 
 fn start_events(

@@ -70,7 +70,9 @@ async fn setup(
     .await
     .unwrap();
     let capture = Arc::new(Capture::default());
-    let flow = router.route("+15550199999");
+    let flow = router
+        .route_for("+15550199999", switchboard::routing::Incoming::Message)
+        .expect("the routed flow");
     let runner = Runner {
         store,
         http: HttpClient::new(None),

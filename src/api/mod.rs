@@ -5,6 +5,7 @@
 //! - `paging`: `PageSize`/`Page`/`PageToken` and the `meta` block.
 //! - `flows`: Flows, Revisions, Validate, TestUsers.
 //! - `executions`: Executions, their Context, Steps and step Context.
+//! - `numbers`: IncomingPhoneNumbers (2010-04-01), the numbers routed to flows.
 //!
 //! Request parameters and Twilio-shaped error bodies are `crate::web`'s.
 
@@ -12,6 +13,7 @@ pub mod auth;
 mod executions;
 mod flows;
 pub mod listener;
+mod numbers;
 pub mod paging;
 mod recordings;
 mod trunks;
@@ -172,6 +174,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .route(
             "/2010-04-01/Accounts/{account}/Recordings/{file}",
             get(recordings::fetch),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json",
+            get(numbers::list).post(numbers::create),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/IncomingPhoneNumbers",
+            get(numbers::list).post(numbers::create),
+        )
+        .route(
+            "/2010-04-01/Accounts/{account}/IncomingPhoneNumbers/{file}",
+            get(numbers::fetch)
+                .post(numbers::update)
+                .delete(numbers::delete),
         )
         .fallback(|req: Request| async move { ApiError::NotFound(req.uri().path().to_string()) })
         .layer(from_fn_with_state(api.clone(), auth::require))

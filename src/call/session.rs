@@ -11,7 +11,7 @@ use super::registry::{info_digit, CallKey, CallSignal, LegEvent, Registry};
 use super::voice::VoiceChannel;
 use crate::flow::{ExecutionInit, Trigger};
 use crate::media::{Codec, MediaEngine, StreamParams};
-use crate::routing::{LoadedFlow, Router};
+use crate::routing::{Incoming, LoadedFlow, Router};
 use crate::runner::{Finished, NewExecution, Runner};
 use crate::sip::sdp::{self, Negotiated};
 use crate::sip::{Command, Event, IncomingInvite, SipHandle};
@@ -188,6 +188,10 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
     if !svc.runner.store.is_available() {
         return reject(svc, &call_id, 503, "Service Unavailable", Some(10));
     }
+    let Some(flow) = svc.router.route_for(&inv.called, Incoming::Call) else {
+        tracing::info!(%call_id, to = %inv.called, "no flow answers this number ([[routes]], IncomingPhoneNumbers, or a default `flow`)");
+        return reject(svc, &call_id, 404, "Not Found", None);
+    };
     let sdp_text = String::from_utf8_lossy(&inv.sdp).to_string();
     let neg = match sdp::negotiate(&sdp_text, CODECS) {
         Ok(n) => n,
@@ -203,7 +207,6 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
             return reject(svc, &call_id, 503, "Service Unavailable", Some(5));
         }
     };
-    let flow = svc.router.route(&inv.called);
     let key = CallKey {
         flow_sid: flow.sid.clone(),
         caller: inv.caller.clone(),
@@ -253,6 +256,14 @@ async fn run_call(
     received: std::time::Instant,
 ) {
     let call_id = key.call_id.clone();
+    let flow = match svc
+        .router
+        .test_revision(&svc.runner.store, &flow, &inv.caller)
+        .await
+    {
+        Some(draft) => draft,
+        None => flow,
+    };
     let concurrent = flow.flow.definition().flags.allow_concurrent_calls;
     // Studio's `allow_concurrent_calls = false`: one call per caller ID at a time. Refused
     // before the answer (486), not answered and then dropped; the store's unique session key

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Map, Value};
 
 use crate::flow::{Effect, ExecutionInit, Message, Outcome, Trigger};
-use crate::routing::LoadedFlow;
+use crate::routing::{Incoming, LoadedFlow};
 use crate::runner::{params, Finished, Medium, NewExecution, Runner};
 use crate::store::{new_sid, now_rfc3339, StoreError};
 
@@ -193,6 +193,13 @@ impl Conversations {
         flow: &LoadedFlow,
         m: InboundMessage,
     ) -> Result<Delivery, StoreError> {
+        // A test user runs the latest revision, from its first message to its last.
+        let draft = self
+            .runner
+            .router
+            .test_revision(&self.runner.store, flow, &m.from)
+            .await;
+        let flow = draft.as_deref().unwrap_or(flow);
         let key = session_key(&flow.sid, &m.from);
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
@@ -293,7 +300,10 @@ impl Conversations {
     /// `deliver_sm`) to the flow routed for the number they were sent to.
     pub async fn run_inbound(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<InboundMessage>) {
         while let Some(m) = rx.recv().await {
-            let flow = self.runner.router.route(&m.to);
+            let Some(flow) = self.runner.router.route_for(&m.to, Incoming::Message) else {
+                tracing::warn!(to = %m.to, from = %m.from, "message dropped: no flow answers this number ([[routes]], IncomingPhoneNumbers, or a default `flow`)");
+                continue;
+            };
             let conv = self.clone();
             // Per-contact order is kept by the session lock; contacts do not wait on each other.
             tokio::spawn(async move {

@@ -20,9 +20,11 @@ macro_rules! revision_columns {
 
 mod catalog;
 mod disk;
+mod numbers;
 mod retention;
 
 pub use catalog::{ExecutionFilter, FlowRecord, RevisionRecord};
+pub use numbers::NumberRecord;
 pub use retention::Swept;
 
 use std::sync::Arc;
@@ -275,6 +277,17 @@ const SCHEMA: &[&str] = &[
         flow_sid TEXT NOT NULL,
         address TEXT NOT NULL,
         PRIMARY KEY (flow_sid, address))",
+    // Numbers attached to flows through the IncomingPhoneNumbers API.
+    "CREATE TABLE IF NOT EXISTS phone_numbers (
+        sid TEXT PRIMARY KEY,
+        phone_number TEXT NOT NULL UNIQUE,
+        friendly_name TEXT NOT NULL,
+        voice_url TEXT NOT NULL,
+        voice_method TEXT NOT NULL,
+        sms_url TEXT NOT NULL,
+        sms_method TEXT NOT NULL,
+        date_created TEXT NOT NULL,
+        date_updated TEXT NOT NULL)",
 ];
 
 /// Now, as the store writes times: RFC 3339 UTC with milliseconds (they compare as text).

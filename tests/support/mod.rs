@@ -564,6 +564,11 @@ pub enum Offer {
 
 impl Phone {
     pub async fn dial(target: SocketAddr, from: &str, offer: Offer) -> Phone {
+        Phone::dial_number(target, from, "ivr", offer).await
+    }
+
+    /// Call `to` (the Request-URI user) from `from`; panics unless answered.
+    pub async fn dial_number(target: SocketAddr, from: &str, to: &str, offer: Offer) -> Phone {
         let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // RTP on an even port with RTCP on the next one, as RFC 3550 pairs them.
         let (rtp, rtcp) = loop {
@@ -586,8 +591,8 @@ impl Phone {
         );
         let branch = format!("z9hG4bK{:08x}", rand::random::<u32>());
         let invite = format!(
-            "INVITE sip:ivr@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
-             From: <sip:{from}@{me}>;tag=ph{branch}\r\nTo: <sip:ivr@{target}>\r\nCall-ID: {branch}@phone\r\nCSeq: 1 INVITE\r\n\
+            "INVITE sip:{to}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+             From: <sip:{from}@{me}>;tag=ph{branch}\r\nTo: <sip:{to}@{target}>\r\nCall-ID: {branch}@phone\r\nCSeq: 1 INVITE\r\n\
              Contact: <sip:{from}@{me}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
             sdp.len()
         );
