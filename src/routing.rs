@@ -295,7 +295,19 @@ impl Router {
     /// Reload the API numbers from the store (at start, after a change, and every few seconds
     /// for changes other nodes made).
     pub async fn refresh_numbers(&self, store: &Store) -> Result<(), StoreError> {
-        self.set_numbers(&store.numbers().await?);
+        let records = store.numbers().await?;
+        // A number may name a flow another node created after this one loaded its flows.
+        for r in &records {
+            for sid in [flow_sid_in_url(&r.voice_url), flow_sid_in_url(&r.sms_url)]
+                .into_iter()
+                .flatten()
+            {
+                if self.by_sid(&sid).is_none() {
+                    self.load_stored_flow(store, &sid).await?;
+                }
+            }
+        }
+        self.set_numbers(&records);
         Ok(())
     }
 

@@ -861,3 +861,115 @@ async fn a_database_outage_refuses_new_calls_keeps_the_call_in_progress_and_reco
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_attached_on_one_node_routes_calls_on_the_other_on_postgres() {
+    let Some(db_url) = database() else { return };
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    switchboard::web::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    // A configured route elsewhere: no default flow, so an unrouted number gets 404.
+    let cfg = tmp.path().join("switchboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[database]\nurl = \"{db_url}\"\n\n[[routes]]\nnumber = \"+15550109999\"\n\
+             flow = \"{}/tests/flows/answers-hello.json\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let a = Gateway::start_in(&tmp.path().join("node-a"), None, &["--config", cfg]);
+    let b = Gateway::start_in(&tmp.path().join("node-b"), None, &["--config", cfg]);
+    let number = format!("+1555020{:04}", rand::random::<u16>() % 10_000);
+    let call = |gw: &Gateway| {
+        let (sip, to) = (gw.sip, number.clone());
+        async move {
+            Ua::new()
+                .await
+                .call(
+                    sip,
+                    CallOptions {
+                        to_user: to,
+                        max_duration: Duration::from_secs(10),
+                        hangup_after: Some(Duration::from_millis(300)),
+                        ..CallOptions::default()
+                    },
+                )
+                .await
+                .final_status
+        }
+    };
+    assert_eq!(call(&b).await, 404);
+    // Node A makes the flow and attaches the number; node B has loaded neither.
+    let http = switchboard::web::plain_client();
+    let definition = json!({
+        "states": [
+            {"name": "Trigger", "type": "trigger", "properties": {},
+             "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall", "next": "hi"}, {"event": "incomingRequest"}]},
+            {"name": "hi", "type": "say-play", "properties": {"say": "Hi."},
+             "transitions": [{"event": "audioComplete"}]}
+        ],
+        "initial_state": "Trigger"
+    })
+    .to_string();
+    let flow: Value = http
+        .post(format!("{}/v2/Flows", a.base_url()))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .form(&[
+            ("FriendlyName", "shared"),
+            ("Status", "published"),
+            ("Definition", &definition),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let fsid = flow["sid"].as_str().unwrap().to_string();
+    let voice_url = format!("https://webhooks.twilio.com/v1/Accounts/{ACCOUNT_SID}/Flows/{fsid}");
+    let created = http
+        .post(format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers.json",
+            a.base_url()
+        ))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .form(&[("PhoneNumber", number.as_str()), ("VoiceUrl", &voice_url)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let pn: Value = created.json().await.unwrap();
+    // Node B routes it within its refresh (3 s).
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut status = 0;
+    while Instant::now() < until {
+        status = call(&b).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(status, 200, "node B answers the number node A attached");
+    let store = Store::open(&db_url).await.unwrap();
+    let ex = store.executions_for_flow(&fsid).await.unwrap();
+    assert!(!ex.is_empty(), "the call ran the flow");
+    // Removed on node A: node B stops routing it too.
+    let gone = http
+        .delete(format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers/{}.json",
+            a.base_url(),
+            pn["sid"].as_str().unwrap()
+        ))
+        .basic_auth(ACCOUNT_SID, Some(AUTH_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 204);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(call(&b).await, 404);
+}
