@@ -21,6 +21,9 @@ pub struct Config {
     /// Twilio Function SIDs mapped to URLs that serve them (run-function widgets in exported
     /// flows name Functions by SID only).
     pub functions: std::collections::HashMap<String, String>,
+    /// `[subflows]`: child flows that exported parents name by a Twilio Flow SID that does not
+    /// exist here, mapped to a flow file or to a flow SID of this gateway.
+    pub subflows: std::collections::HashMap<String, String>,
     /// `[sip]`: the SIP listener and its limits.
     pub sip: SipConfig,
     /// `[http]`: the REST API, webhook and `/metrics` listener.
@@ -601,6 +604,7 @@ impl Default for Config {
             flow: None,
             routes: Vec::new(),
             functions: std::collections::HashMap::new(),
+            subflows: std::collections::HashMap::new(),
             sip: SipConfig::default(),
             http: HttpConfig::default(),
             media: MediaSettings::default(),
@@ -700,6 +704,7 @@ impl Config {
             "retention",
             "speech",
             "functions",
+            "subflows",
             "shutdown",
             "metrics",
             "trunks",

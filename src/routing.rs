@@ -152,6 +152,10 @@ pub struct Router {
     /// number is routed.
     default_is_demo: bool,
     by_number: HashMap<String, Arc<LoadedFlow>>,
+    /// `[subflows]` flow files (configured flows, by their own SIDs).
+    subflow_files: Vec<Arc<LoadedFlow>>,
+    /// `[subflows]`: a Twilio Flow SID a parent names → the SID of the flow that runs for it.
+    subflow_alias: HashMap<String, String>,
     /// Numbers from the IncomingPhoneNumbers API, refreshed from the store.
     numbers: RwLock<HashMap<String, NumberRoute>>,
     /// Flows created through the REST API, by SID (their published revision, or their latest
@@ -212,6 +216,8 @@ impl Router {
             default: Arc::new(flow),
             default_is_demo: false,
             by_number: HashMap::new(),
+            subflow_files: Vec::new(),
+            subflow_alias: HashMap::new(),
             numbers: RwLock::default(),
             dynamic: RwLock::default(),
         }
@@ -230,10 +236,26 @@ impl Router {
                 Arc::new(LoadedFlow::from_file(&r.flow)?),
             );
         }
+        let mut subflow_files = Vec::new();
+        let mut subflow_alias = HashMap::new();
+        for (twilio_sid, target) in &cfg.subflows {
+            let target = target.trim();
+            let sid = if is_flow_sid(target) {
+                target.to_string()
+            } else {
+                let f = Arc::new(LoadedFlow::from_file(Path::new(target))?);
+                let sid = f.sid.clone();
+                subflow_files.push(f);
+                sid
+            };
+            subflow_alias.insert(twilio_sid.trim().to_string(), sid);
+        }
         Ok(Router {
             default: Arc::new(default),
             default_is_demo: cfg.flow.is_none(),
             by_number,
+            subflow_files,
+            subflow_alias,
             numbers: RwLock::default(),
             dynamic: RwLock::default(),
         })
@@ -367,9 +389,20 @@ impl Router {
         self.flows().find(|f| f.sid == sid).cloned()
     }
 
-    /// The configured flows (the default and the routed ones).
+    /// The configured flows (the default, the routed ones and `[subflows]` files).
     pub fn flows(&self) -> impl Iterator<Item = &Arc<LoadedFlow>> {
-        std::iter::once(&self.default).chain(self.by_number.values())
+        std::iter::once(&self.default)
+            .chain(self.by_number.values())
+            .chain(self.subflow_files.iter())
+    }
+
+    /// The SID of the flow that runs for a run-subflow's `flow_sid`: its `[subflows]` mapping,
+    /// or itself.
+    pub fn subflow_sid<'a>(&'a self, flow_sid: &'a str) -> &'a str {
+        self.subflow_alias
+            .get(flow_sid.trim())
+            .map(String::as_str)
+            .unwrap_or(flow_sid)
     }
 
     /// Make a flow findable by its SID (replacing an earlier version of it).
@@ -396,9 +429,11 @@ pub fn flow_sid_in_url(url: &str) -> Option<String> {
     let mut parts = path.split('/');
     parts.find(|p| p.eq_ignore_ascii_case("flows"))?;
     let sid = parts.next()?;
-    let ok =
-        sid.len() == 34 && sid.starts_with("FW") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
-    ok.then(|| sid.to_string())
+    is_flow_sid(sid).then(|| sid.to_string())
+}
+
+fn is_flow_sid(s: &str) -> bool {
+    s.len() == 34 && s.starts_with("FW") && s[2..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Numbers compare without visual separators: `+1 (555) 010-0000` is `+15550100000`.
@@ -419,6 +454,8 @@ mod tests {
             default: Arc::new(demo),
             default_is_demo: true,
             by_number: HashMap::new(),
+            subflow_files: Vec::new(),
+            subflow_alias: HashMap::new(),
             numbers: RwLock::default(),
             dynamic: RwLock::default(),
         };

@@ -550,7 +550,7 @@ fn start_calls(
         public_ip: cfg.media.public_ip,
         max_calls: cfg.sip.max_calls,
         draining: Default::default(),
-        speech: crate::speech::from_config(&cfg.speech),
+        speech: crate::speech::from_config(&cfg.speech).map(std::sync::Arc::from),
         account_sid: credentials.account_sid.clone(),
         auth_token: credentials.auth_token().to_string(),
     })

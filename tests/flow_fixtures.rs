@@ -264,7 +264,7 @@ fn needs(state: &Value) -> Option<String> {
         "enqueue-call" => "call queues: not yet".into(),
         "fork-stream" => "media streams: not yet".into(),
         "run-subflow" => format!(
-            "child flow {} (a Twilio SID): mapping it to a local flow is not yet possible",
+            "child flow {} (a Twilio SID): a `[subflows]` mapping",
             text("flow_sid")
         ),
         "run-function" if text("url").is_empty() && text("function_sid").is_empty() => {
@@ -278,7 +278,7 @@ fn needs(state: &Value) -> Option<String> {
             "speech: a `[speech]` engine".into()
         }
         "record-voicemail" if props["transcribe"].as_bool() == Some(true) => {
-            "transcription callback: not yet".into()
+            "transcription: a `[speech]` engine".into()
         }
         _ => return None,
     })

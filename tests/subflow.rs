@@ -38,8 +38,22 @@ fn parent(child_sid: &str) -> String {
     )
 }
 
+/// Where the parent finds its child.
+#[derive(PartialEq)]
+enum Child {
+    /// Loaded (a route's flow), named by its own SID.
+    Loaded,
+    /// Named by a Twilio SID that `[subflows]` maps to the child's file.
+    Mapped,
+    /// Nowhere.
+    Missing,
+}
+
+/// The Twilio Flow SID an exported parent names.
+const TWILIO_CHILD: &str = "FW50120385f4d1e8dcf30c0bcd83695969";
+
 async fn setup(
-    child_in_router: bool,
+    child: Child,
 ) -> (
     Conversations,
     Arc<LoadedFlow>,
@@ -51,16 +65,26 @@ async fn setup(
     let child_path = dir.path().join("child.json");
     let parent_path = dir.path().join("parent.json");
     std::fs::write(&child_path, CHILD).unwrap();
-    std::fs::write(&parent_path, parent(&child_sid)).unwrap();
+    let named = if child == Child::Mapped {
+        TWILIO_CHILD.to_string()
+    } else {
+        child_sid
+    };
+    std::fs::write(&parent_path, parent(&named)).unwrap();
     let mut cfg = Config {
         flow: Some(parent_path),
         ..Config::default()
     };
-    if child_in_router {
-        cfg.routes.push(Route {
+    match child {
+        Child::Loaded => cfg.routes.push(Route {
             number: "+15550000001".into(),
             flow: child_path,
-        });
+        }),
+        Child::Mapped => {
+            cfg.subflows
+                .insert(TWILIO_CHILD.into(), child_path.display().to_string());
+        }
+        Child::Missing => {}
     }
     let router = Arc::new(Router::from_config(&cfg).unwrap());
     let store = Store::open(&format!(
@@ -98,7 +122,7 @@ fn msg(body: &str) -> InboundMessage {
 
 #[tokio::test]
 async fn subflow_returns_its_variables() {
-    let (conv, flow, capture, _dir) = setup(true).await;
+    let (conv, flow, capture, _dir) = setup(Child::Loaded).await;
     let d = conv.inbound(&flow, msg("ada")).await.unwrap();
     assert!(matches!(d, Delivery::Started { .. }), "{d:?}");
     assert_eq!(*capture.0.lock().unwrap(), ["Hello ADA from FW"]);
@@ -115,7 +139,7 @@ async fn subflow_returns_its_variables() {
 
 #[tokio::test]
 async fn missing_subflow_takes_failed() {
-    let (conv, flow, capture, _dir) = setup(false).await;
+    let (conv, flow, capture, _dir) = setup(Child::Missing).await;
     conv.inbound(&flow, msg("ada")).await.unwrap();
     assert_eq!(*capture.0.lock().unwrap(), ["subflow failed"]);
     let exec = &conv
@@ -130,5 +154,82 @@ async fn missing_subflow_takes_failed() {
     assert!(
         sub.error.as_deref().unwrap_or("").contains("not loaded"),
         "{sub:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_named_by_a_twilio_sid_runs_the_flow_subflows_maps_it_to() {
+    let (conv, flow, capture, _dir) = setup(Child::Mapped).await;
+    let d = conv.inbound(&flow, msg("ada")).await.unwrap();
+    assert!(matches!(d, Delivery::Started { .. }), "{d:?}");
+    assert_eq!(*capture.0.lock().unwrap(), ["Hello ADA from FW"]);
+}
+
+#[tokio::test]
+async fn flow_revision_picks_a_stored_revision_of_the_child() {
+    use switchboard::store::{now_rfc3339, RevisionRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db").display()
+    ))
+    .await
+    .unwrap();
+    // A child made through the API: revision 1 says "Hello", revision 2 (published) "Bye".
+    let sid = "FW0123456789abcdef0123456789abcdef";
+    let rev = |n: i64, definition: &str, status: &str| RevisionRecord {
+        flow_sid: sid.into(),
+        revision: n,
+        friendly_name: "child".into(),
+        definition: definition.into(),
+        status: status.into(),
+        commit_message: None,
+        valid: true,
+        errors: serde_json::json!([]),
+        warnings: serde_json::json!([]),
+        date_created: now_rfc3339(),
+        date_updated: now_rfc3339(),
+    };
+    store.create_flow(&rev(1, CHILD, "draft")).await.unwrap();
+    store
+        .add_revision(&rev(2, &CHILD.replace("Hello", "Bye"), "published"))
+        .await
+        .unwrap();
+    let mut bodies = Vec::new();
+    for revision in ["1", "LatestPublished"] {
+        let parent_path = dir.path().join(format!("parent-{revision}.json"));
+        std::fs::write(
+            &parent_path,
+            parent(sid).replace(
+                r#""flow_sid":"#,
+                &format!(r#""flow_revision":"{revision}","flow_sid":"#),
+            ),
+        )
+        .unwrap();
+        let cfg = Config {
+            flow: Some(parent_path),
+            ..Config::default()
+        };
+        let router = Arc::new(Router::from_config(&cfg).unwrap());
+        let flow = router.default_flow();
+        let capture = Arc::new(Capture::default());
+        let runner = Runner {
+            store: store.clone(),
+            http: HttpClient::new(None),
+            router,
+            events: None,
+        };
+        let conv = Conversations::new(runner, capture.clone());
+        let mut m = msg("ada");
+        m.from = format!("+1555010{}", bodies.len());
+        conv.inbound(&flow, m).await.unwrap();
+        bodies.push(capture.0.lock().unwrap().clone());
+    }
+    assert_eq!(
+        bodies,
+        [
+            vec!["Hello ADA from FW".to_string()],
+            vec!["Bye ADA from FW".to_string()]
+        ]
     );
 }

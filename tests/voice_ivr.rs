@@ -411,3 +411,114 @@ async fn record_call_records_both_directions_while_a_voicemail_records_the_calle
     );
     assert!(rms(&voicemail) > 500.0, "the voicemail has the caller");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voicemail_is_transcribed_and_both_callbacks_arrive_signed() {
+    if !peer_available("espeak-ng") || !peer_available("pocketsphinx_continuous") {
+        return;
+    }
+    use axum::routing::post;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::unbounded_channel::<(String, String, Vec<(String, String)>)>();
+    let sink = |name: &'static str| {
+        let tx = tx.clone();
+        post(
+            move |headers: axum::http::HeaderMap,
+                  axum::Form(form): axum::Form<Vec<(String, String)>>| {
+                let tx = tx.clone();
+                async move {
+                    let sig = headers
+                        .get("x-twilio-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send((name.to_string(), sig, form));
+                    ""
+                }
+            },
+        )
+    };
+    let app = axum::Router::new()
+        .route("/recording", sink("recording"))
+        .route("/transcription", sink("transcription"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let flow = dir.path().join("voicemail-transcribed.json");
+    std::fs::write(
+        &flow,
+        serde_json::json!({
+            "states": [
+                {"name": "Trigger", "type": "trigger", "properties": {},
+                 "transitions": [{"event": "incomingMessage"}, {"event": "incomingCall", "next": "voicemail"}, {"event": "incomingRequest"}]},
+                {"name": "voicemail", "type": "record-voicemail",
+                 "properties": {"timeout": 2, "finish_on_key": "#", "max_length": 30, "play_beep": "false",
+                                "trim": "do-not-trim", "transcribe": true,
+                                "transcription_callback_url": format!("{base}/transcription"),
+                                "recording_status_callback_url": format!("{base}/recording")},
+                 "transitions": [{"event": "recordingComplete"}, {"event": "noAudio"}, {"event": "hangup"}]}
+            ],
+            "initial_state": "Trigger",
+            "flags": {"allow_concurrent_calls": true}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cfg = dir.path().join("sb.toml");
+    std::fs::write(&cfg, "[speech]\nengine = \"pocketsphinx\"\n").unwrap();
+    let gw = Gateway::start_in(
+        dir.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let tts = switchboard::media::tts::Tts::new(dir.path(), "espeak-ng", 150);
+    let words = tts
+        .say("Please call me back about the order.", "woman", "en-US")
+        .await
+        .unwrap();
+    let mut p = Phone::dial(gw.sip, "+15550100000", Offer::Rfc4733).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.send_audio(words.pcm()).await;
+    p.send_rfc4733('#').await;
+    let bye = p.wait_bye(Duration::from_secs(15)).await;
+    let mut got = std::collections::HashMap::new();
+    while got.len() < 2 {
+        let (name, sig, form) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("both callbacks")
+            .unwrap();
+        let url = format!("{base}/{name}");
+        assert!(
+            switchboard::web::signature::valid(AUTH_TOKEN, &url, &form, &sig),
+            "{name} callback signed"
+        );
+        got.insert(name, (form, std::time::Instant::now()));
+    }
+    let field = |name: &str, k: &str| {
+        got[name]
+            .0
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("recording", "RecordingStatus"), "completed");
+    assert!(field("recording", "RecordingSid").starts_with("RE"));
+    assert_eq!(field("transcription", "TranscriptionStatus"), "completed");
+    assert_eq!(
+        field("transcription", "RecordingSid"),
+        field("recording", "RecordingSid")
+    );
+    assert!(field("transcription", "TranscriptionSid").starts_with("TR"));
+    let text = field("transcription", "TranscriptionText");
+    assert!(!text.trim().is_empty(), "recognised something: {text:?}");
+    assert_eq!(field("transcription", "From"), "+15550100000");
+    // The call did not wait for the transcription: it ended before that callback came.
+    assert!(
+        got["transcription"].1 > bye,
+        "transcribed after the call ended"
+    );
+}

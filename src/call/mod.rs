@@ -13,6 +13,7 @@ pub mod registry;
 pub mod session;
 pub mod stereo;
 pub mod voice;
+mod voicemail_callbacks;
 
 pub use registry::{CallSignal, Registry};
 pub use session::{dispatch, CallServices};

@@ -227,7 +227,7 @@ impl<M: Medium> OutgoingChannel<M> {
             recordings: &svc.recordings,
             call_id: &call_id,
             call_sid: &sid,
-            speech: svc.speech.as_deref(),
+            speech: svc.speech.as_ref(),
             http: svc.runner.http.client(),
             call_params: &call.params,
             flow_sid: &self.flow_sid,

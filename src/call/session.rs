@@ -31,7 +31,7 @@ pub struct CallServices {
     pub max_calls: usize,
     /// Set when the gateway is shutting down: new calls get 503.
     pub draining: std::sync::atomic::AtomicBool,
-    pub speech: Option<Box<dyn crate::speech::Recognizer>>,
+    pub speech: Option<Arc<dyn crate::speech::Recognizer>>,
     /// Where inbound SIP MESSAGEs go (the messaging adapter), if enabled.
     pub messages: Option<mpsc::Sender<crate::messaging::InboundMessage>>,
     /// The messaging providers: send-message from a call goes out through them.
@@ -336,7 +336,7 @@ async fn run_call(
         recordings: &svc.recordings,
         call_id: &call_id,
         call_sid: &call_sid,
-        speech: svc.speech.as_deref(),
+        speech: svc.speech.as_ref(),
         http: svc.runner.http.client(),
         call_params: &params,
         flow_sid: &flow.sid,

@@ -29,7 +29,7 @@ pub struct VoiceChannel<'a> {
     pub call_id: &'a str,
     pub call_sid: &'a str,
     /// Speech recognition for gathers with speech input, when configured.
-    pub speech: Option<&'a dyn crate::speech::Recognizer>,
+    pub speech: Option<&'a Arc<dyn crate::speech::Recognizer>>,
     /// What TwiML redirects need: the HTTP client, `trigger.call`, the flow, the API account.
     pub http: &'a reqwest::Client,
     pub call_params: &'a serde_json::Map<String, serde_json::Value>,
@@ -352,6 +352,7 @@ impl VoiceChannel<'_> {
         match self.recordings.finish(rec, r.trim_silence, self.call_sid) {
             Ok(saved) => {
                 tracing::info!(call_id = %self.call_id, recording = %saved.sid, seconds, "recording saved");
+                self.after_voicemail(r, &saved);
                 Outcome::Recording {
                     url: saved.url,
                     sid: saved.sid,

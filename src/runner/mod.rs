@@ -119,6 +119,33 @@ impl Runner {
         }
     }
 
+    /// The child a run-subflow runs: its `flow_sid` (or the flow `[subflows]` maps it to), at
+    /// `flow_revision` when that names a stored revision, else as loaded (the latest
+    /// published revision).
+    async fn child_flow(&self, s: &crate::flow::RunSubflow) -> Result<Arc<LoadedFlow>, String> {
+        let sid = self.router.subflow_sid(&s.flow_sid).to_string();
+        let not_here = || {
+            format!(
+                "subflow {:?} is not loaded here (create it through the API, or map it in [subflows])",
+                s.flow_sid
+            )
+        };
+        if let Ok(n) = s.revision.trim().parse::<i64>() {
+            if self.router.configured(&sid).is_none() {
+                let rev = self
+                    .store
+                    .revision(&sid, n)
+                    .await
+                    .map_err(|e| format!("subflow {sid} revision {n}: {e}"))?
+                    .ok_or_else(|| format!("subflow {sid} has no revision {n}"))?;
+                return LoadedFlow::with_sid(&sid, &rev.friendly_name, &rev.definition)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
+            }
+        }
+        self.flow_by_sid(&sid).await.ok_or_else(not_here)
+    }
+
     /// Start an execution and drive it until it ends or waits.
     pub(crate) async fn start<M: Medium>(
         &self,
@@ -247,10 +274,9 @@ impl Runner {
                 error: format!("subflows nest deeper than {MAX_SUBFLOW_DEPTH}"),
             };
         }
-        let Some(child_flow) = self.flow_by_sid(&s.flow_sid).await else {
-            return Outcome::Failed {
-                error: format!("subflow {:?} is not loaded here", s.flow_sid),
-            };
+        let child_flow = match self.child_flow(s).await {
+            Ok(f) => f,
+            Err(error) => return Outcome::Failed { error },
         };
         let ctx = &parent.context;
         let text = |p: &str| {
