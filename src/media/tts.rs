@@ -78,9 +78,24 @@ pub(crate) fn espeak_voice(voice: &str, language: &str) -> String {
             ]
             .iter()
             .any(|n| v[6..].starts_with(n))
+        || google_female(&v)
         || v.contains("female")
         || v.ends_with("-f");
     format!("{lang}+{}", if female { "f3" } else { "m3" })
+}
+
+/// Google voices are named `Google.<ll-CC>-<Standard|Wavenet|Neural2|…>-<letter>`; for US
+/// English Google publishes C, E, F, G and H as female. Other locales' letters differ and are
+/// taken as male unless the name says otherwise.
+fn google_female(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix("google.") else {
+        return false;
+    };
+    rest.starts_with("en-us-")
+        && rest
+            .rsplit('-')
+            .next()
+            .is_some_and(|l| matches!(l, "c" | "e" | "f" | "g" | "h"))
 }
 
 pub(crate) fn cache_key(engine: &str, voice: &str, text: &str) -> String {
@@ -218,6 +233,21 @@ impl Tts {
             .join(format!(".render-{:016x}.wav", rand::random::<u64>()));
         let mut cmd = tokio::process::Command::new(&self.command);
         let text_file = tmp.with_extension("txt");
+        // SSML: espeak-ng renders the known elements with -m; flite gets plain text.
+        let mut markup = false;
+        let prepared;
+        let text = if super::ssml::is_ssml(text) {
+            prepared = match super::ssml::render(text, !self.is_flite()) {
+                super::ssml::Rendered::Ssml(s) => {
+                    markup = true;
+                    s
+                }
+                super::ssml::Rendered::Plain(p) => p,
+            };
+            prepared.as_str()
+        } else {
+            text
+        };
         if self.is_flite() {
             // flite reads text from a file (an argument with spaces would be taken literally,
             // one without as a file name).
@@ -230,6 +260,9 @@ impl Tts {
             cmd.args(["-v", voice, "-s", &self.speed_wpm.to_string(), "-w"])
                 .arg(&tmp)
                 .arg("--stdin");
+            if markup {
+                cmd.arg("-m");
+            }
         }
         let child = cmd
             .stdin(std::process::Stdio::piped())
@@ -314,6 +347,8 @@ mod tests {
         assert_eq!(espeak_voice("woman", "de-DE"), "de+f3");
         assert_eq!(espeak_voice("", ""), "en-us+m3");
         assert_eq!(espeak_voice("Polly.", "ja-JP"), "ja+m3");
+        assert_eq!(espeak_voice("Google.en-US-Wavenet-F", "en-US"), "en-us+f3");
+        assert_eq!(espeak_voice("Google.en-US-Standard-D", "en-US"), "en-us+m3");
     }
 
     #[test]
@@ -322,6 +357,68 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert_eq!(a, cache_key("espeak-ng", "en-us+f3", "hello"));
         assert_ne!(a, cache_key("espeak-ng", "en-us+m3", "hello"));
+    }
+
+    /// The longest run of quiet 20 ms windows in a clip, in seconds.
+    fn longest_quiet(clip: &Clip) -> f64 {
+        let (mut run, mut best) = (0usize, 0usize);
+        for w in clip.pcm().chunks(160) {
+            let rms = (w.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+            if rms < 100.0 {
+                run += 1;
+                best = best.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        best as f64 * 0.02
+    }
+
+    #[tokio::test]
+    async fn ssml_breaks_are_silence_and_its_tags_are_not_read_aloud() {
+        let dir = tempfile::tempdir().unwrap();
+        let tts = Tts::new(dir.path(), "espeak-ng", 160);
+        if !tts.engine_available() {
+            assert_ne!(
+                std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref(),
+                Ok("1"),
+                "espeak-ng is required in CI"
+            );
+            return;
+        }
+        let with = tts
+            .say(r#"Hello. <break time="2s"/> Goodbye."#, "alice", "en-US")
+            .await
+            .unwrap();
+        let without = tts.say("Hello. Goodbye.", "alice", "en-US").await.unwrap();
+        let pause = longest_quiet(&with);
+        assert!(
+            (1.8..2.6).contains(&pause),
+            "a 2 s break: {pause:.2} s of silence"
+        );
+        assert!(longest_quiet(&without) < 1.0);
+        // The markup adds the pause and nothing spoken.
+        let extra = with.duration().as_secs_f64() - without.duration().as_secs_f64();
+        assert!((1.3..2.6).contains(&extra), "{extra:.2} s longer");
+        let digits = tts
+            .say(
+                r#"<say-as interpret-as="digits">2024</say-as>"#,
+                "alice",
+                "en-US",
+            )
+            .await
+            .unwrap();
+        let spelled = tts.say("2 0 2 4", "alice", "en-US").await.unwrap();
+        let year = tts.say("2024", "alice", "en-US").await.unwrap();
+        let secs = |c: &Clip| c.duration().as_secs_f64();
+        assert!(
+            (secs(&digits) - secs(&spelled)).abs() < 0.15
+                && (secs(&digits) - secs(&year)).abs() > 0.15,
+            "digits one by one ({:.2} s), as \"2 0 2 4\" ({:.2} s), not as a year ({:.2} s)",
+            secs(&digits),
+            secs(&spelled),
+            secs(&year)
+        );
     }
 
     #[tokio::test]

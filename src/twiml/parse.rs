@@ -384,6 +384,10 @@ struct Open {
     nouns: Vec<DialNoun>,
     /// An SSML element inside `<Say>`: its text belongs to the `<Say>`.
     ssml: bool,
+    /// The same content as markup (text escaped, SSML elements kept), and whether it holds
+    /// any SSML: a `<Say>` with SSML is spoken from this (see `media::ssml`).
+    xml: String,
+    has_ssml: bool,
 }
 
 /// Parse a TwiML voice document.
@@ -507,6 +511,7 @@ fn name_of(e: &BytesStart<'_>) -> String {
 fn push_text(stack: &mut [Open], text: &str) {
     if let Some(top) = stack.last_mut() {
         top.text.push_str(text);
+        top.xml.push_str(&quick_xml::escape::escape(text));
     }
 }
 
@@ -569,6 +574,8 @@ fn open(e: &BytesStart<'_>, stack: &[Open], at: Position) -> Result<Open, ParseE
         attrs,
         at,
         text: String::new(),
+        xml: String::new(),
+        has_ssml: false,
         prompts: Vec::new(),
         nouns: Vec::new(),
         ssml,
@@ -603,6 +610,18 @@ fn close(open: Open, stack: &mut [Open], verbs: &mut Vec<Verb>) -> Result<bool, 
         }
         parent.text.push_str(&open.text);
         parent.text.push(' ');
+        parent.xml.push('<');
+        parent.xml.push_str(&open.name);
+        for (k, v) in &open.attrs {
+            parent.xml.push_str(&format!(
+                " {k}=\"{}\"",
+                quick_xml::escape::escape(v.as_str())
+            ));
+        }
+        parent.xml.push('>');
+        parent.xml.push_str(&open.xml);
+        parent.xml.push_str(&format!("</{}>", open.name));
+        parent.has_ssml = true;
         return Ok(false);
     }
     if parent.name == "Dial" || parent.name == "Refer" {
@@ -720,10 +739,11 @@ fn build(open: Open) -> Result<Verb, ParseError> {
         attrs: &open.attrs,
     };
     let text = open.text.trim();
+    let spoken = if open.has_ssml { &open.xml } else { text };
     Ok(match open.name.as_str() {
         "Say" => Verb::Say(Say {
             // SSML and line breaks leave runs of whitespace: speak them as one space.
-            text: text.split_whitespace().collect::<Vec<_>>().join(" "),
+            text: spoken.split_whitespace().collect::<Vec<_>>().join(" "),
             voice: a.text("voice"),
             language: a.text("language"),
             loop_count: a.u32_or("loop", 1)?,
@@ -1241,7 +1261,12 @@ mod tests {
         .expect("parses");
         assert_eq!(verbs[0], say("Tom & Jerry <3 AB"));
         assert_eq!(verbs[1], say("<raw> & text"));
-        assert!(matches!(&verbs[2], Verb::Say(s) if s.text == "Bonjour tout le monde"));
+        // SSML stays markup, for the TTS engine to render (media::ssml).
+        assert!(
+            matches!(&verbs[2], Verb::Say(s) if s.text == "Bonjour <prosody rate=\"slow\">tout</prosody><break time=\"1s\"></break>le monde"),
+            "{:?}",
+            verbs[2]
+        );
         assert_eq!(verbs[3], say("several lines"));
         assert_eq!(verbs[4], say("caf\u{e9} \u{1F600}"));
     }
