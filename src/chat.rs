@@ -99,6 +99,7 @@ pub async fn run(o: ChatOptions) -> anyhow::Result<()> {
         http: HttpClient::new(None),
         router,
         events: None,
+        replies: Default::default(),
     };
     let conv = Conversations::new(runner, Arc::new(Terminal));
     let data: Map<String, Value> = o
@@ -133,6 +134,7 @@ pub async fn run(o: ChatOptions) -> anyhow::Result<()> {
                 match conv.inbound(&flow, m).await? {
                     Delivery::Started { state, .. } | Delivery::Resumed { state, .. } => report(&state).await,
                     Delivery::Busy { sid } => eprintln!("execution {sid} is busy; message ignored"),
+                    Delivery::ToCall { sid } => eprintln!("reply delivered to call execution {sid}"),
                 }
             }
             _ = tokio::time::sleep(wait) => {

@@ -131,6 +131,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http: http_client,
         router: router.clone(),
         events: events.clone(),
+        replies: Default::default(),
     };
     let (ep, outbound) = start_sip(&cfg).await?;
     let messaging = start_messaging(&cfg, &runner, &ep.handle)?;

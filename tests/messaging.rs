@@ -1017,3 +1017,57 @@ async fn send_message_during_a_call_texts_the_caller_and_the_call_goes_on() {
         .is_some_and(|s| s.starts_with("SM")));
     assert_eq!(step_names(&ex[0].1), ["hello", "text_link", "bye", "Ended"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_the_callers_sms_reply_and_goes_on_with_it() {
+    if !peer_available("espeak-ng") {
+        return;
+    }
+    let recorder = Recorder::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = recorder.config(tmp.path(), "");
+    let flow = flow_path("call-asks-by-sms.json");
+    let gw = Gateway::start_in(
+        tmp.path(),
+        Some(&flow),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let phone = Phone::dial(gw.sip, CONTACT, Offer::Rfc4733).await;
+    let sent = recorder.wait_messages(1, Duration::from_secs(15)).await;
+    assert_eq!(sent.len(), 1, "the question went out by SMS");
+    assert_eq!(sent[0].get("To"), CONTACT);
+    assert_eq!(sent[0].get("Body"), "Reply with your zip code");
+    // The caller answers by SMS while still on the call.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        phone.heard.lock().unwrap().bye_at.is_none(),
+        "still on the call"
+    );
+    let replied_at = Instant::now();
+    let flow_sid = LoadedFlow::from_file(&flow).unwrap().sid;
+    let (status, _, _) = Inbound::new(&gw, &flow_sid).send(CONTACT, "90210").await;
+    assert_eq!(status, StatusCode::OK);
+    phone.wait_bye(Duration::from_secs(20)).await;
+    let spoken = phone
+        .heard
+        .lock()
+        .unwrap()
+        .audio_frames()
+        .iter()
+        .filter(|(t, f)| *t > replied_at && rms(f) > 500.0)
+        .count();
+    assert!(
+        spoken > 25,
+        "the caller heard the answer: {spoken} loud frames"
+    );
+    let ex = wait_until(&gw, &flow, Duration::from_secs(10), |ex| {
+        ex.len() == 1 && ex[0].0.status == "ended"
+    })
+    .await;
+    assert_eq!(step_names(&ex[0].1), ["ask", "thanks", "Ended"]);
+    let ask = ex[0].1.iter().find(|s| s.name == "ask").unwrap();
+    assert_eq!(ask.event, "incomingMessage");
+    assert_eq!(ask.context["widgets"]["ask"]["inbound"]["Body"], "90210");
+    // The reply was the call's: no conversation was started for it.
+    assert_eq!(ex.len(), 1);
+}

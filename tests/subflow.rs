@@ -102,6 +102,7 @@ async fn setup(
         http: HttpClient::new(None),
         router,
         events: None,
+        replies: Default::default(),
     };
     (
         Conversations::new(runner, capture.clone()),
@@ -218,6 +219,7 @@ async fn flow_revision_picks_a_stored_revision_of_the_child() {
             http: HttpClient::new(None),
             router,
             events: None,
+            replies: Default::default(),
         };
         let conv = Conversations::new(runner, capture.clone());
         let mut m = msg("ada");

@@ -30,6 +30,8 @@ struct Answered {
     signals: mpsc::UnboundedReceiver<CallSignal>,
     params: Map<String, Value>,
     hung_up: bool,
+    /// Who was called (`contact.channel.address`).
+    contact: String,
     registry: std::sync::Arc<super::Registry>,
 }
 
@@ -161,6 +163,7 @@ impl<M: Medium> OutgoingChannel<M> {
             signals,
             params,
             hung_up: false,
+            contact: to.to_string(),
             registry,
         };
         let answered_by = match o.machine_detection.as_deref().map(str::to_ascii_lowercase) {
@@ -235,6 +238,8 @@ impl<M: Medium> OutgoingChannel<M> {
             legs: svc.legs.as_deref(),
             messages: svc.outbound_messages.clone(),
             recording: call.recording.take(),
+            contact: &call.contact,
+            replies: Some(svc.runner.replies.clone()),
             hung_up: call.hung_up,
         };
         let out = voice.perform(effect).await;
@@ -295,12 +300,18 @@ impl<M: Medium> Medium for OutgoingChannel<M> {
             | Effect::Connect(_)
             | Effect::Redirect(_)
             | Effect::RecordCall(_)
+            | Effect::SendAndWait { .. }
+            | Effect::AwaitReply { .. }
                 if self.call.is_some() =>
             {
                 self.on_call(effect).await
             }
             _ => self.inner.perform(effect).await,
         }
+    }
+
+    fn waits_for_replies(&self) -> bool {
+        self.call.is_some()
     }
 
     fn name(&self) -> &'static str {

@@ -344,6 +344,8 @@ async fn run_call(
         legs: svc.legs.as_deref(),
         messages: svc.outbound_messages.clone(),
         recording: None,
+        contact: &inv.caller,
+        replies: Some(svc.runner.replies.clone()),
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

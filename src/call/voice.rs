@@ -42,6 +42,10 @@ pub struct VoiceChannel<'a> {
     /// The recording record-call started (or make-outgoing-call-v2 `record`), until stopped
     /// or the call ends.
     pub recording: Option<super::call_recording::CallRecording>,
+    /// The other party's number (`contact.channel.address`): whose SMS reply a
+    /// send-and-wait-for-reply waits for, through `replies`.
+    pub contact: &'a str,
+    pub replies: Option<Arc<crate::runner::replies::Replies>>,
     pub hung_up: bool,
 }
 
@@ -90,6 +94,28 @@ impl VoiceChannel<'_> {
             },
             Some(frame) = audio => Happening::Audio(frame),
             _ = sleep => Happening::Deadline,
+        }
+    }
+
+    /// send-and-wait-for-reply during a call: the caller's SMS (delivered by the messaging
+    /// side through `replies`) while the call goes on in silence, or the timeout.
+    async fn await_reply(&mut self, timeout_secs: u32) -> Outcome {
+        let Some(replies) = self.replies.clone() else {
+            return Outcome::Timeout;
+        };
+        let key = crate::runner::replies::session_key(self.flow_sid, self.contact);
+        let mut wait = replies.wait(&key, self.call_sid);
+        tracing::info!(call_id = %self.call_id, contact = %self.contact, timeout_secs, "waiting for the caller's SMS reply");
+        let until = Instant::now() + Duration::from_secs(timeout_secs.clamp(1, 86_400) as u64);
+        loop {
+            tokio::select! {
+                Some(fields) = wait.replies.recv() => return Outcome::Reply { fields },
+                h = self.next(Some(until), None) => match h {
+                    Happening::HungUp => return self.caller_left(),
+                    Happening::Deadline => return Outcome::Timeout,
+                    _ => {}
+                },
+            }
         }
     }
 
@@ -456,8 +482,9 @@ impl Medium for VoiceChannel<'_> {
             Effect::Record(r) => Some(self.record(r).await),
             Effect::Connect(c) => Some(self.connect(c).await),
             Effect::RecordCall(r) => Some(self.record_call(r)),
+            Effect::AwaitReply { timeout_secs } => Some(self.await_reply(*timeout_secs).await),
             // The "text me the link" pattern: sent while the call goes on.
-            Effect::SendMessage(_) => match &self.messages {
+            Effect::SendMessage(_) | Effect::SendAndWait { .. } => match &self.messages {
                 Some(sink) => {
                     let mut m = crate::messaging::MessagingChannel { sink: sink.clone() };
                     m.perform(effect).await
@@ -483,6 +510,10 @@ impl Medium for VoiceChannel<'_> {
 
     fn name(&self) -> &'static str {
         "voice call"
+    }
+
+    fn waits_for_replies(&self) -> bool {
+        true
     }
 }
 

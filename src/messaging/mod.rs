@@ -109,6 +109,11 @@ pub enum Delivery {
         /// Where it stands.
         state: Finished,
     },
+    /// It was the reply a call's execution waited for (during the call).
+    ToCall {
+        /// The call's execution.
+        sid: String,
+    },
     /// The contact's execution is busy (not waiting for a reply); the message was not used.
     Busy {
         /// The contact's active execution.
@@ -164,9 +169,7 @@ fn question_sent_or_stale(rec: &crate::store::ExecutionRecord) -> bool {
     sent || stale
 }
 
-pub(crate) fn session_key(flow_sid: &str, contact: &str) -> String {
-    format!("contact|{flow_sid}|{contact}")
-}
+pub(crate) use crate::runner::replies::session_key;
 
 impl Conversations {
     /// Conversations that run flows with `runner` and send through `sink`.
@@ -201,6 +204,11 @@ impl Conversations {
             .await;
         let flow = draft.as_deref().unwrap_or(flow);
         let key = session_key(&flow.sid, &m.from);
+        // The contact is on a call whose flow waits for this reply.
+        if let Some(sid) = self.runner.replies.deliver(&key, m.fields()) {
+            tracing::info!(execution = %sid, from = %m.from, "reply delivered to the call waiting for it");
+            return Ok(Delivery::ToCall { sid });
+        }
         let lock = self.lock_for(&key);
         let _guard = lock.lock().await;
         let mut channel = MessagingChannel {

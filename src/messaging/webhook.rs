@@ -142,7 +142,9 @@ async fn inbound(
                 Delivery::Busy { sid } => {
                     tracing::info!(execution = %sid, from = %from, message = %message_sid, "message ignored: the contact's execution is not waiting for a reply")
                 }
-                Delivery::Started { sid, .. } | Delivery::Resumed { sid, .. } => {
+                Delivery::Started { sid, .. }
+                | Delivery::Resumed { sid, .. }
+                | Delivery::ToCall { sid } => {
                     tracing::debug!(execution = %sid, message = %message_sid, "message delivered")
                 }
             }

@@ -4,6 +4,7 @@
 //! the `Medium` — the voice channel of a call or the messaging channel of a conversation.
 
 pub(crate) mod http;
+pub mod replies;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +28,11 @@ pub(crate) trait Medium: Send {
     fn perform(&mut self, effect: &Effect) -> impl Future<Output = Option<Outcome>> + Send;
     /// A short name for step errors ("voice call", "SMS conversation").
     fn name(&self) -> &'static str;
+    /// Whether it waits for a send-and-wait's reply itself (a call, in memory), rather than
+    /// leaving the execution waiting in the store for the messaging side to resume.
+    fn waits_for_replies(&self) -> bool {
+        false
+    }
 }
 
 type Driven<'a> =
@@ -56,6 +62,8 @@ pub struct Runner {
     pub router: Arc<Router>,
     /// Event Streams (execution started/ended, step ended); None when no sink is configured.
     pub events: Option<crate::events::Events>,
+    /// Replies that calls wait for in memory (send-and-wait-for-reply during a call).
+    pub replies: Arc<replies::Replies>,
 }
 
 /// Run an engine step (pure CPU: widgets and all their Liquid) so that it cannot stall the
@@ -196,6 +204,12 @@ impl Runner {
                 // A send-and-wait counts as waiting from before its message goes out, so a
                 // crash right after sending still leaves the execution ready for the reply.
                 let waiting = match &adv.effect {
+                    // A call waits itself; a crash ends it like any call.
+                    Effect::AwaitReply { .. } | Effect::SendAndWait { .. }
+                        if medium.waits_for_replies() =>
+                    {
+                        None
+                    }
                     Effect::AwaitReply { timeout_secs }
                     | Effect::SendAndWait { timeout_secs, .. } => Some(
                         (chrono::Utc::now() + chrono::Duration::seconds(*timeout_secs as i64))
@@ -240,6 +254,12 @@ impl Runner {
                             crate::events::end_code(reason),
                         );
                         return Ok((exec, Finished::Ended(reason.clone())));
+                    }
+                    Effect::AwaitReply { .. } if medium.waits_for_replies() => {
+                        match medium.perform(&adv.effect).await {
+                            Some(o) => o,
+                            None => Outcome::Timeout,
+                        }
                     }
                     Effect::AwaitReply { .. } => {
                         let until = waiting.unwrap_or_default();
@@ -585,6 +605,7 @@ mod tests {
                 LoadedFlow::from_json(kind, &def.to_string()).expect("flow"),
             )),
             events: None,
+            replies: Default::default(),
         };
         let trigger = if voice {
             Trigger::IncomingCall { call: Map::new() }
