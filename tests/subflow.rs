@@ -235,3 +235,69 @@ async fn flow_revision_picks_a_stored_revision_of_the_child() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_child_that_asks_and_waits_for_a_reply_runs_in_a_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let asking_child = r#"{"states":[
+      {"name":"Trigger","type":"trigger","properties":{},"transitions":[{"event":"incomingParent","next":"ask"}]},
+      {"name":"ask","type":"send-and-wait-for-reply","properties":{"body":"What is your name?","timeout":"60"},
+       "transitions":[{"event":"incomingMessage","next":"set"},{"event":"timeout"},{"event":"deliveryFailure"}]},
+      {"name":"set","type":"set-variables","properties":{"variables":[{"key":"greeting","value":"Hello {{widgets.ask.inbound.Body}}"}]},
+       "transitions":[{"event":"next"}]}],
+      "initial_state":"Trigger","flags":{"allow_concurrent_calls":true}}"#;
+    let child_sid = LoadedFlow::from_json("child", asking_child).unwrap().sid;
+    let child_path = dir.path().join("child.json");
+    let parent_path = dir.path().join("parent.json");
+    std::fs::write(&child_path, asking_child).unwrap();
+    std::fs::write(&parent_path, parent(&child_sid)).unwrap();
+    let mut cfg = Config {
+        flow: Some(parent_path),
+        ..Config::default()
+    };
+    cfg.routes.push(Route {
+        number: "+15550000001".into(),
+        flow: child_path,
+    });
+    let router = Arc::new(Router::from_config(&cfg).unwrap());
+    let flow = router.default_flow();
+    let store = Store::open(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db").display()
+    ))
+    .await
+    .unwrap();
+    let capture = Arc::new(Capture::default());
+    let runner = Runner {
+        store: store.clone(),
+        http: HttpClient::new(None),
+        router,
+        events: None,
+        replies: Default::default(),
+    };
+    let conv = Conversations::new(runner, capture.clone());
+    // The first message runs the parent into the child, which asks and waits.
+    let d = conv.inbound(&flow, msg("hi")).await.unwrap();
+    assert!(matches!(d, Delivery::Started { .. }), "{d:?}");
+    assert_eq!(*capture.0.lock().unwrap(), ["What is your name?"]);
+    let parent = store.executions_for_flow(&flow.sid).await.unwrap();
+    assert_eq!(parent.len(), 1);
+    assert_eq!(parent[0].status, "active");
+    assert!(
+        parent[0].wait_until.is_some(),
+        "the parent waits with its child"
+    );
+    // The reply goes to the child; it completes, and the parent goes on with its variables.
+    let d = conv.inbound(&flow, msg("Ada")).await.unwrap();
+    assert!(matches!(d, Delivery::Resumed { .. }), "{d:?}");
+    assert_eq!(
+        *capture.0.lock().unwrap(),
+        ["What is your name?", "Hello Ada"]
+    );
+    let parent = store.execution(&parent[0].sid).await.unwrap().unwrap();
+    assert_eq!(parent.status, "ended");
+    let child = store.executions_for_flow(&child_sid).await.unwrap();
+    assert_eq!(child.len(), 1);
+    assert_eq!(child[0].status, "ended");
+    assert_eq!(store.subflow_child(&parent.sid).await.unwrap(), None);
+}

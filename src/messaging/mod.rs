@@ -221,7 +221,9 @@ impl Conversations {
                 let Some(until) = rec.wait_until.clone() else {
                     return Ok(Delivery::Busy { sid: rec.sid });
                 };
-                if !question_sent_or_stale(&rec) {
+                // A parent waits on its child's question, not one of its own.
+                let on_child = self.runner.store.subflow_child(&rec.sid).await?.is_some();
+                if !on_child && !question_sent_or_stale(&rec) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }

@@ -35,6 +35,11 @@ pub(crate) trait Medium: Send {
     }
 }
 
+/// A resumed child's outcome for its parent, or Err(deadline) while it waits again.
+type ChildResumed<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<Result<Outcome, String>, StoreError>> + Send + 'a>,
+>;
+
 type Driven<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<(Execution, Finished), StoreError>> + Send + 'a>>;
 
@@ -184,6 +189,24 @@ impl Runner {
         outcome: Outcome,
         medium: &mut M,
     ) -> Result<(Execution, Finished), StoreError> {
+        // A parent whose run-subflow child waits: the outcome is the child's.
+        let outcome = match self.store.subflow_child(&rec.sid).await? {
+            None => outcome,
+            Some(child) => match self.resume_child(&child, outcome, medium).await? {
+                Ok(o) => {
+                    self.store.clear_subflow_wait(&rec.sid).await?;
+                    o
+                }
+                Err(until) => {
+                    let exec: Execution = serde_json::from_value(rec.state.clone())?;
+                    let mut waiting = rec;
+                    waiting.wait_until = Some(until.clone());
+                    waiting.date_updated = now_rfc3339();
+                    self.store.record_progress(&waiting, &[]).await?;
+                    return Ok((exec, Finished::Waiting { until }));
+                }
+            },
+        };
         let base = Base::from(&rec);
         let mut exec: Execution = serde_json::from_value(rec.state)?;
         let adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
@@ -266,7 +289,23 @@ impl Runner {
                         return Ok((exec, Finished::Waiting { until }));
                     }
                     Effect::HttpRequest(r) => self.http.perform(r).await,
-                    Effect::RunSubflow(s) => self.subflow(&exec, s, medium, depth).await,
+                    Effect::RunSubflow(s) => match self.subflow(&exec, s, medium, depth).await {
+                        Ok(o) => o,
+                        // The child waits for a reply: so does this execution, until the
+                        // reply (or the timeout) resumes the child through it.
+                        Err(ChildWaits { child, until }) => {
+                            self.store.set_subflow_wait(&exec.sid, &child).await?;
+                            let rec = record(
+                                &exec,
+                                &base.contact,
+                                base.active_key.clone(),
+                                &base.date_created,
+                                Some(until.clone()),
+                            );
+                            self.store.record_progress(&rec, &[]).await?;
+                            return Ok((exec, Finished::Waiting { until }));
+                        }
+                    },
                     other => match medium.perform(other).await {
                         Some(o) => o,
                         // The widget takes its failure event, or the execution ends with
@@ -282,21 +321,49 @@ impl Runner {
     }
 
     /// run-subflow: a child execution on the same medium; its `flow.variables` come back.
+    /// Resume a waiting child with `outcome`: how it went for its parent, or Err(deadline)
+    /// when it waits again.
+    fn resume_child<'a, M: Medium>(
+        &'a self,
+        child_sid: &'a str,
+        outcome: Outcome,
+        medium: &'a mut M,
+    ) -> ChildResumed<'a> {
+        Box::pin(async move {
+            let gone = |why: &str| {
+                Ok(Ok(Outcome::Failed {
+                    error: format!("subflow execution {child_sid} {why}"),
+                }))
+            };
+            let Some(child) = self.store.execution(child_sid).await? else {
+                return gone("no longer exists");
+            };
+            if child.status != "active" {
+                return gone("has ended");
+            }
+            let Some(flow) = self.flow_by_sid(&child.flow_sid).await else {
+                return gone("runs a flow that is not loaded here");
+            };
+            let done = self.resume(&flow, child, outcome, medium).await;
+            Ok(child_outcome(done))
+        })
+    }
+
     async fn subflow<M: Medium>(
         &self,
         parent: &Execution,
         s: &crate::flow::RunSubflow,
         medium: &mut M,
         depth: u32,
-    ) -> Outcome {
+    ) -> Result<Outcome, ChildWaits> {
         if depth >= MAX_SUBFLOW_DEPTH {
-            return Outcome::Failed {
+            return Ok(Outcome::Failed {
                 error: format!("subflows nest deeper than {MAX_SUBFLOW_DEPTH}"),
-            };
+            });
         }
         let child_flow = match self.child_flow(s).await {
             Ok(f) => f,
-            Err(error) => return Outcome::Failed { error },
+            Err(error) => return Ok(Outcome::Failed { error }),
         };
         let ctx = &parent.context;
         let text = |p: &str| {
@@ -334,38 +401,49 @@ impl Runner {
             None,
         );
         if let Err(e) = self.store.create_execution(&rec).await {
-            return Outcome::Failed {
+            return Ok(Outcome::Failed {
                 error: format!("cannot store subflow execution: {e}"),
-            };
+            });
         }
         if let Some(ev) = &self.events {
             ev.execution_started(&rec);
         }
-        match self
+        let child = rec.sid.clone();
+        let done = self
             .drive(&child_flow, exec, adv, Base::from(&rec), medium, depth + 1)
-            .await
-        {
-            Ok((child, Finished::Ended(EndReason::Completed { .. }))) => {
-                let variables = child
-                    .context
-                    .pointer("/flow/variables")
-                    .and_then(Value::as_object)
-                    .cloned()
-                    .unwrap_or_default();
-                Outcome::SubflowCompleted { variables }
-            }
-            Ok((_, Finished::Ended(EndReason::Hangup { .. }))) => Outcome::Hangup,
-            Ok((_, Finished::Ended(reason))) => Outcome::Failed {
-                error: format!("subflow failed: {reason}"),
-            },
-            Ok((_, Finished::Waiting { .. })) => Outcome::Failed {
-                error: "subflows that wait for a reply are not supported".into(),
-            },
-            Err(e) => Outcome::Failed {
-                error: format!("subflow: {e}"),
-            },
-        }
+            .await;
+        child_outcome(done).map_err(|until| ChildWaits { child, until })
     }
+}
+
+/// A run-subflow child that waits for a reply (in a conversation), and until when.
+struct ChildWaits {
+    child: String,
+    until: String,
+}
+
+/// How a child's run went, as its parent's run-subflow hears it; Err(deadline) while the
+/// child waits for a reply.
+fn child_outcome(done: Result<(Execution, Finished), StoreError>) -> Result<Outcome, String> {
+    Ok(match done {
+        Ok((child, Finished::Ended(EndReason::Completed { .. }))) => {
+            let variables = child
+                .context
+                .pointer("/flow/variables")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            Outcome::SubflowCompleted { variables }
+        }
+        Ok((_, Finished::Ended(EndReason::Hangup { .. }))) => Outcome::Hangup,
+        Ok((_, Finished::Ended(reason))) => Outcome::Failed {
+            error: format!("subflow failed: {reason}"),
+        },
+        Ok((_, Finished::Waiting { until })) => return Err(until),
+        Err(e) => Outcome::Failed {
+            error: format!("subflow: {e}"),
+        },
+    })
 }
 
 pub(crate) fn record(

@@ -277,6 +277,11 @@ const SCHEMA: &[&str] = &[
         flow_sid TEXT NOT NULL,
         address TEXT NOT NULL,
         PRIMARY KEY (flow_sid, address))",
+    // A parent execution waiting while its run-subflow child waits for a reply: the reply
+    // (or the timeout) resumes the child first.
+    "CREATE TABLE IF NOT EXISTS subflow_waits (
+        parent_sid TEXT PRIMARY KEY,
+        child_sid TEXT NOT NULL)",
     // Numbers attached to flows through the IncomingPhoneNumbers API.
     "CREATE TABLE IF NOT EXISTS phone_numbers (
         sid TEXT PRIMARY KEY,
@@ -701,9 +706,42 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Record that `parent` waits for its run-subflow child `child`, which waits for a reply.
+    pub async fn set_subflow_wait(&self, parent: &str, child: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subflow_waits WHERE parent_sid = $1")
+            .bind(parent)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO subflow_waits (parent_sid, child_sid) VALUES ($1, $2)")
+            .bind(parent)
+            .bind(child)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The waiting child of `parent`, if it has one.
+    pub async fn subflow_child(&self, parent: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT child_sid FROM subflow_waits WHERE parent_sid = $1")
+            .bind(parent)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get::<String, _>(0)).transpose()?)
+    }
+
+    /// `parent`'s child no longer waits.
+    pub async fn clear_subflow_wait(&self, parent: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subflow_waits WHERE parent_sid = $1")
+            .bind(parent)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Executions whose wait for a reply has run out by `now` (RFC 3339, UTC: compares as text).
     pub async fn due_waits(&self, now: &str) -> Result<Vec<ExecutionRecord>, StoreError> {
-        let rows = sqlx::query(concat!("SELECT ", execution_columns!(), " FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' ORDER BY wait_until"))
+        // Children (no session key) are resumed through their parent.
+        let rows = sqlx::query(concat!("SELECT ", execution_columns!(), " FROM executions WHERE wait_until IS NOT NULL AND wait_until <= $1 AND status = 'active' AND active_key IS NOT NULL ORDER BY wait_until"))
             .bind(now)
             .fetch_all(&self.pool)
             .await?;
@@ -712,7 +750,7 @@ impl Store {
 
     /// The earliest pending reply deadline, to know when to look again.
     pub async fn next_wait(&self) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT MIN(wait_until) FROM executions WHERE wait_until IS NOT NULL AND status = 'active'")
+        let row = sqlx::query("SELECT MIN(wait_until) FROM executions WHERE wait_until IS NOT NULL AND status = 'active' AND active_key IS NOT NULL")
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<Option<String>, _>(0)?)
