@@ -6,21 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{Gateway, ACCOUNT_SID, AUTH_TOKEN};
-
-fn twilio_library_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import twilio"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        if std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref() == Ok("1") {
-            panic!("the twilio Python library is required (SWITCHBOARD_REQUIRE_PEERS=1): python3 -m pip install 'twilio>=9,<10'");
-        }
-        eprintln!("skipping: python3 with the twilio library is not available (python3 -m pip install 'twilio>=9,<10')");
-    }
-    ok
-}
+use support::{twilio_library_available, Gateway, ACCOUNT_SID, AUTH_TOKEN};
 
 #[test]
 fn twilio_python_library_drives_the_studio_api() {

@@ -14,21 +14,6 @@ use support::*;
 
 const NUMBER: &str = "+15550102000";
 
-fn twilio_library_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import twilio"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert_ne!(
-            std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref(),
-            Ok("1"),
-            "the twilio Python library is required: python3 -m pip install 'twilio>=9,<10'"
-        );
-    }
-    ok
-}
-
 /// A gateway whose only configured route is another number: no default flow, so numbers
 /// nothing routes get 404.
 fn gateway(tmp: &Path) -> Gateway {

@@ -427,16 +427,7 @@ async fn the_twilio_library_starts_an_execution_that_calls_out_and_the_callee_he
     if !peer_available("sipp") || !peer_available("tshark") || !peer_available("python3") {
         return;
     }
-    let python_has_twilio = Command::new("python3")
-        .args(["-c", "import twilio"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !python_has_twilio {
-        assert_ne!(
-            std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref(),
-            Ok("1"),
-            "the twilio Python library is required: python3 -m pip install 'twilio>=9,<10'"
-        );
+    if !twilio_library_available() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -503,6 +494,32 @@ async fn the_twilio_library_starts_an_execution_that_calls_out_and_the_callee_he
     assert!(loud > 50, "{loud} loud PCMU packets reached the callee");
 }
 
+/// A published flow made through the REST API; its SID.
+async fn published_flow(gw: &Gateway, name: &str, definition: &str) -> String {
+    let flow = api_post(
+        gw,
+        "/v2/Flows",
+        &[
+            ("FriendlyName", name),
+            ("Status", "published"),
+            ("Definition", definition),
+        ],
+    )
+    .await;
+    flow["sid"].as_str().unwrap().to_string()
+}
+
+/// A REST execution of `fsid` to `to` from +15550001111; its SID.
+async fn start_execution(gw: &Gateway, fsid: &str, to: &str) -> String {
+    let exec = api_post(
+        gw,
+        &format!("/v2/Flows/{fsid}/Executions"),
+        &[("To", to), ("From", "+15550001111")],
+    )
+    .await;
+    exec["sid"].as_str().unwrap().to_string()
+}
+
 async fn api_post(gw: &Gateway, path: &str, form: &[(&str, &str)]) -> Value {
     let resp = switchboard::web::plain_client()
         .post(format!("{}{path}", gw.base_url()))
@@ -560,24 +577,8 @@ async fn rest_executions_calling_out_take_failed_busy_and_no_answer() {
         "flags": {"allow_concurrent_calls": true}
     })
     .to_string();
-    let flow = api_post(
-        &gw,
-        "/v2/Flows",
-        &[
-            ("FriendlyName", "calls"),
-            ("Status", "published"),
-            ("Definition", &definition),
-        ],
-    )
-    .await;
-    let fsid = flow["sid"].as_str().unwrap().to_string();
-    let exec = api_post(
-        &gw,
-        &format!("/v2/Flows/{fsid}/Executions"),
-        &[("To", "+33123456789"), ("From", "+15550001111")],
-    )
-    .await;
-    let esid = exec["sid"].as_str().unwrap().to_string();
+    let fsid = published_flow(&gw, "calls", &definition).await;
+    let esid = start_execution(&gw, &fsid, "+33123456789").await;
     let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(10))
         .await
         .expect("make-outgoing-call-v2 finished");
@@ -591,13 +592,7 @@ async fn rest_executions_calling_out_take_failed_busy_and_no_answer() {
     );
     // A busy callee, and one that rings past the widget's 5 s (our CANCEL).
     for (to, event) in [("+15558880001", "busy"), ("+15559990001", "noAnswer")] {
-        let exec = api_post(
-            &gw,
-            &format!("/v2/Flows/{fsid}/Executions"),
-            &[("To", to), ("From", "+15550001111")],
-        )
-        .await;
-        let esid = exec["sid"].as_str().unwrap().to_string();
+        let esid = start_execution(&gw, &fsid, to).await;
         context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(15))
             .await
             .unwrap_or_else(|| panic!("calling {to} did not finish"));
@@ -971,28 +966,12 @@ async fn machine_detection_tells_a_person_from_an_answering_machine() {
         "flags": {"allow_concurrent_calls": true}
     })
     .to_string();
-    let flow = api_post(
-        &gw,
-        "/v2/Flows",
-        &[
-            ("FriendlyName", "amd"),
-            ("Status", "published"),
-            ("Definition", &definition),
-        ],
-    )
-    .await;
-    let fsid = flow["sid"].as_str().unwrap().to_string();
+    let fsid = published_flow(&gw, "amd", &definition).await;
     for (to, expect) in [
         ("+15550000010", "human"),
         ("+15550000020", "machine_end_beep"),
     ] {
-        let exec = api_post(
-            &gw,
-            &format!("/v2/Flows/{fsid}/Executions"),
-            &[("To", to), ("From", "+15550001111")],
-        )
-        .await;
-        let esid = exec["sid"].as_str().unwrap().to_string();
+        let esid = start_execution(&gw, &fsid, to).await;
         let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(30))
             .await
             .unwrap_or_default();
@@ -1581,39 +1560,6 @@ async fn a_burst_of_calls_out_is_held_to_the_trunk_call_rate() {
     );
 }
 
-/// An HTTP sink for status callbacks: each request's `X-Twilio-Signature`, URL and form.
-async fn callback_sink() -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<(String, String)>)>,
-) {
-    use axum::routing::post;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = axum::Router::new().route(
-        "/recording",
-        post(
-            move |headers: axum::http::HeaderMap,
-                  axum::Form(form): axum::Form<Vec<(String, String)>>| {
-                let tx = tx.clone();
-                async move {
-                    let sig = headers
-                        .get("x-twilio-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send((sig, form));
-                    ""
-                }
-            },
-        ),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/recording", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, rx)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_signed() {
     if !peer_available("sipp") || !peer_available("espeak-ng") {
@@ -1632,7 +1578,8 @@ async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_s
         port,
         free_port(),
     );
-    let (callback, mut callbacks) = callback_sink().await;
+    let (sink, mut callbacks) = callback_sink().await;
+    let callback = format!("{sink}/recording");
     let cfg = tmp.path().join("switchboard.toml");
     std::fs::write(
         &cfg,
@@ -1672,24 +1619,8 @@ async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_s
         "flags": {"allow_concurrent_calls": true}
     })
     .to_string();
-    let flow = api_post(
-        &gw,
-        "/v2/Flows",
-        &[
-            ("FriendlyName", "recorded"),
-            ("Status", "published"),
-            ("Definition", &definition),
-        ],
-    )
-    .await;
-    let fsid = flow["sid"].as_str().unwrap().to_string();
-    let exec = api_post(
-        &gw,
-        &format!("/v2/Flows/{fsid}/Executions"),
-        &[("To", "+15557770031"), ("From", "+15550001111")],
-    )
-    .await;
-    let esid = exec["sid"].as_str().unwrap().to_string();
+    let fsid = published_flow(&gw, "recorded", &definition).await;
+    let esid = start_execution(&gw, &fsid, "+15557770031").await;
     let ctx = context_after(&gw, &fsid, &esid, "call_user", Duration::from_secs(10))
         .await
         .expect("the call was answered");
@@ -1703,21 +1634,16 @@ async fn a_recorded_outgoing_call_is_saved_in_two_channels_and_its_callback_is_s
         .unwrap()
         .to_string();
     assert_eq!(sipp_done(far, &dir, Duration::from_secs(20)).await, Some(0));
-    let (sig, form) = tokio::time::timeout(Duration::from_secs(15), callbacks.recv())
+    let posted = tokio::time::timeout(Duration::from_secs(15), callbacks.recv())
         .await
         .expect("the recording status callback")
         .unwrap();
     assert!(
-        switchboard::web::signature::valid(AUTH_TOKEN, &callback, &form, &sig),
+        switchboard::web::signature::valid(AUTH_TOKEN, &callback, &posted.form, &posted.signature),
         "signed with the auth token"
     );
-    let field = |k: &str| {
-        form.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    assert_eq!(field("RecordingStatus"), "completed", "{form:?}");
+    let field = |k: &str| posted.get(k);
+    assert_eq!(field("RecordingStatus"), "completed", "{:?}", posted.form);
     assert_eq!(field("CallSid"), call_sid);
     assert_eq!(field("RecordingSource"), "OutboundAPI");
     assert_eq!(field("RecordingChannels"), "2");

@@ -87,29 +87,34 @@ async fn setup(
         Child::Missing => {}
     }
     let router = Arc::new(Router::from_config(&cfg).unwrap());
-    let store = Store::open(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db").display()
-    ))
-    .await
-    .unwrap();
+    let store = open_store(dir.path()).await;
     let capture = Arc::new(Capture::default());
     let flow = router
         .route_for("+15550199999", switchboard::routing::Incoming::Message)
         .expect("the routed flow");
-    let runner = Runner {
-        store,
-        http: HttpClient::new(None),
-        router,
-        events: None,
-        replies: Default::default(),
-    };
+    let runner = runner(store, router);
     (
         Conversations::new(runner, capture.clone()),
         flow,
         capture,
         dir,
     )
+}
+
+async fn open_store(dir: &std::path::Path) -> Store {
+    Store::open(&format!("sqlite://{}?mode=rwc", dir.join("db").display()))
+        .await
+        .unwrap()
+}
+
+fn runner(store: Store, router: Arc<Router>) -> Runner {
+    Runner {
+        store,
+        http: HttpClient::new(None),
+        router,
+        events: None,
+        replies: Default::default(),
+    }
 }
 
 fn msg(body: &str) -> InboundMessage {
@@ -170,12 +175,7 @@ async fn a_child_named_by_a_twilio_sid_runs_the_flow_subflows_maps_it_to() {
 async fn flow_revision_picks_a_stored_revision_of_the_child() {
     use switchboard::store::{now_rfc3339, RevisionRecord};
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db").display()
-    ))
-    .await
-    .unwrap();
+    let store = open_store(dir.path()).await;
     // A child made through the API: revision 1 says "Hello", revision 2 (published) "Bye".
     let sid = "FW0123456789abcdef0123456789abcdef";
     let rev = |n: i64, definition: &str, status: &str| RevisionRecord {
@@ -214,13 +214,7 @@ async fn flow_revision_picks_a_stored_revision_of_the_child() {
         let router = Arc::new(Router::from_config(&cfg).unwrap());
         let flow = router.default_flow();
         let capture = Arc::new(Capture::default());
-        let runner = Runner {
-            store: store.clone(),
-            http: HttpClient::new(None),
-            router,
-            events: None,
-            replies: Default::default(),
-        };
+        let runner = runner(store.clone(), router);
         let conv = Conversations::new(runner, capture.clone());
         let mut m = msg("ada");
         m.from = format!("+1555010{}", bodies.len());
@@ -261,20 +255,9 @@ async fn a_child_that_asks_and_waits_for_a_reply_runs_in_a_conversation() {
     });
     let router = Arc::new(Router::from_config(&cfg).unwrap());
     let flow = router.default_flow();
-    let store = Store::open(&format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db").display()
-    ))
-    .await
-    .unwrap();
+    let store = open_store(dir.path()).await;
     let capture = Arc::new(Capture::default());
-    let runner = Runner {
-        store: store.clone(),
-        http: HttpClient::new(None),
-        router,
-        events: None,
-        replies: Default::default(),
-    };
+    let runner = runner(store.clone(), router);
     let conv = Conversations::new(runner, capture.clone());
     // The first message runs the parent into the child, which asks and waits.
     let d = conv.inbound(&flow, msg("hi")).await.unwrap();

@@ -417,35 +417,7 @@ async fn a_voicemail_is_transcribed_and_both_callbacks_arrive_signed() {
     if !peer_available("espeak-ng") || !peer_available("pocketsphinx_continuous") {
         return;
     }
-    use axum::routing::post;
-    let (tx, mut rx) =
-        tokio::sync::mpsc::unbounded_channel::<(String, String, Vec<(String, String)>)>();
-    let sink = |name: &'static str| {
-        let tx = tx.clone();
-        post(
-            move |headers: axum::http::HeaderMap,
-                  axum::Form(form): axum::Form<Vec<(String, String)>>| {
-                let tx = tx.clone();
-                async move {
-                    let sig = headers
-                        .get("x-twilio-signature")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send((name.to_string(), sig, form));
-                    ""
-                }
-            },
-        )
-    };
-    let app = axum::Router::new()
-        .route("/recording", sink("recording"))
-        .route("/transcription", sink("transcription"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (base, mut rx) = callback_sink().await;
     let dir = tempfile::tempdir().unwrap();
     let flow = dir.path().join("voicemail-transcribed.json");
     std::fs::write(
@@ -486,25 +458,20 @@ async fn a_voicemail_is_transcribed_and_both_callbacks_arrive_signed() {
     let bye = p.wait_bye(Duration::from_secs(15)).await;
     let mut got = std::collections::HashMap::new();
     while got.len() < 2 {
-        let (name, sig, form) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        let posted = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .expect("both callbacks")
             .unwrap();
-        let url = format!("{base}/{name}");
+        let url = format!("{base}{}", posted.path);
         assert!(
-            switchboard::web::signature::valid(AUTH_TOKEN, &url, &form, &sig),
-            "{name} callback signed"
+            switchboard::web::signature::valid(AUTH_TOKEN, &url, &posted.form, &posted.signature),
+            "{} callback signed",
+            posted.path
         );
-        got.insert(name, (form, std::time::Instant::now()));
+        let name = posted.path.trim_start_matches('/').to_string();
+        got.insert(name, (posted, std::time::Instant::now()));
     }
-    let field = |name: &str, k: &str| {
-        got[name]
-            .0
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let field = |name: &str, k: &str| got[name].0.get(k);
     assert_eq!(field("recording", "RecordingStatus"), "completed");
     assert!(field("recording", "RecordingSid").starts_with("RE"));
     assert_eq!(field("transcription", "TranscriptionStatus"), "completed");

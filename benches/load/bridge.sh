@@ -36,25 +36,10 @@ BRIDGE_SECS=26  # far-end.json: "one" sixteen times, then BYE
 for tool in python3; do
   command -v "$tool" >/dev/null || { echo "bridge.sh: $tool is required" >&2; exit 1; }
 done
-hard=$(ulimit -Hn)
-ulimit -n "$hard" 2>/dev/null || true
-need=$((4 * N + 512))
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
-  echo "bridge.sh: ulimit -n is $(ulimit -n), below the $need that $N bridged calls need" >&2
-  exit 1
-fi
-
-mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  # The gateways' logs (warnings and errors) stay for a look at any failure.
-  for d in "$work"/gw-*; do [ -f "$d/log" ] && cp "$d/log" "$OUT/bridge-$(basename "$d").log"; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/load/lib.sh
+. benches/load/lib.sh
+need_fds bridge.sh $((4 * N + 512)) "$N bridged calls"
+start_scratch bridge
 
 echo "building (release)..." >&2
 cargo build --release --quiet --bin switchboard --example rtp-baseline
@@ -62,8 +47,6 @@ mkdir -p "$work/bin"
 cp "$TARGET_DIR/release/switchboard" "$TARGET_DIR/release/examples/rtp-baseline" "$work/bin/"
 SB=$work/bin/switchboard
 BASE=$work/bin/rtp-baseline
-# shellcheck source=benches/load/lib.sh
-. benches/load/lib.sh
 
 echo "a. raw baseline: $((2 * N)) sockets" >&2
 "$BASE" $((2 * N)) $((WINDOW + 6)) > "$work/base.out" &

@@ -1,5 +1,38 @@
-# Helpers shared by the load scripts (sourced; bash). Callers set $work (a scratch directory),
-# $SB (the switchboard binary), $GW_LOG, and the array pids (processes to clean up).
+# Helpers shared by the load scripts (sourced; bash). Callers call start_scratch (it makes
+# $work, a scratch directory, and the array pids, processes to clean up), then set $SB (the
+# switchboard binary) and $GW_LOG.
+
+# need_fds SCRIPT N WHAT: raise the soft limit on open files to the hard one; stop unless N fit.
+need_fds() {
+  local hard
+  hard=$(ulimit -Hn)
+  ulimit -n "$hard" 2>/dev/null || true
+  if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$2" ]; then
+    echo "$1: ulimit -n is $(ulimit -n), below the $2 that $3 need" >&2
+    exit 1
+  fi
+}
+
+# start_scratch [LOG_PREFIX]: $work and pids, removed (processes killed) on exit; with a
+# prefix, each gateway's log is kept as $OUT/PREFIX-gw-NAME.log for a look at any failure.
+start_scratch() {
+  LOG_PREFIX=${1:-}
+  mkdir -p "$OUT"
+  work=$(mktemp -d)
+  pids=()
+  trap cleanup EXIT
+}
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "$LOG_PREFIX" ]; then
+    for d in "$work"/gw-*; do
+      [ -f "$d/log" ] && cp "$d/log" "$OUT/$LOG_PREFIX-$(basename "$d").log"
+    done
+  fi
+  rm -rf "$work"
+}
 
 TICK=$(getconf CLK_TCK)
 

@@ -24,32 +24,16 @@ GW_LOG=${GW_LOG:-warn}
 CALL_SECS=18   # ivr-load.json: a digit after 2 s, then "one" ten times
 
 command -v python3 >/dev/null || { echo "record.sh: python3 is required" >&2; exit 1; }
-hard=$(ulimit -Hn)
-ulimit -n "$hard" 2>/dev/null || true
-need=$((2 * N + 512))
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
-  echo "record.sh: ulimit -n is $(ulimit -n), below the $need that $N calls need" >&2
-  exit 1
-fi
-
-mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  for d in "$work"/gw-*; do [ -f "$d/log" ] && cp "$d/log" "$OUT/record-$(basename "$d").log"; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/load/lib.sh
+. benches/load/lib.sh
+need_fds record.sh $((2 * N + 512)) "$N calls"
+start_scratch record
 
 echo "building (release)..." >&2
 cargo build --release --quiet --bin switchboard
 mkdir -p "$work/bin"
 cp "$TARGET_DIR/release/switchboard" "$work/bin/"
 SB=$work/bin/switchboard
-# shellcheck source=benches/load/lib.sh
-. benches/load/lib.sh
 
 for phase in plain recorded; do
   flow=benches/load/ivr-load.json

@@ -40,24 +40,11 @@ for tool in sipp tshark python3; do
 done
 [ -f "$SCENARIOS/press-1-wait-for-bye.xml" ] || { echo "run.sh: no $SCENARIOS/press-1-wait-for-bye.xml (set SCENARIOS=)" >&2; exit 1; }
 
+# shellcheck source=benches/load/lib.sh
+. benches/load/lib.sh
 # File descriptors: one RTP socket per call in the gateway and in the load generator.
-hard=$(ulimit -Hn)
-ulimit -n "$hard" 2>/dev/null || true
-need=$((CAP + 512))
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
-  echo "run.sh: ulimit -n is $(ulimit -n), below the $need that $CAP calls need" >&2
-  exit 1
-fi
-
-mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+need_fds run.sh $((CAP + 512)) "$CAP calls"
+start_scratch
 
 echo "building (release)..." >&2
 cargo build --release --quiet --bin switchboard --example rtp-baseline
@@ -66,8 +53,6 @@ mkdir -p "$work/bin"
 cp "$TARGET_DIR/release/switchboard" "$TARGET_DIR/release/examples/rtp-baseline" "$work/bin/"
 SB=$work/bin/switchboard
 BASE=$work/bin/rtp-baseline
-# shellcheck source=benches/load/lib.sh
-. benches/load/lib.sh
 
 # capture PORT SECONDS NAME: inter-packet intervals (ms) of packets sent from PORT on lo.
 capture() {

@@ -215,6 +215,70 @@ pub fn peer_available(bin: &str) -> bool {
     found
 }
 
+/// Whether python3 with the official twilio library is there (required in CI).
+pub fn twilio_library_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import twilio"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("SWITCHBOARD_REQUIRE_PEERS").as_deref() == Ok("1") {
+            panic!("the twilio Python library is required (SWITCHBOARD_REQUIRE_PEERS=1): python3 -m pip install 'twilio>=9,<10'");
+        }
+        eprintln!("skipping: python3 with the twilio library is not available (python3 -m pip install 'twilio>=9,<10')");
+    }
+    ok
+}
+
+/// A form POST a [`callback_sink`] received: its path, `X-Twilio-Signature` and parameters.
+pub struct Posted {
+    pub path: String,
+    pub signature: String,
+    pub form: Vec<(String, String)>,
+}
+
+impl Posted {
+    pub fn get(&self, name: &str) -> String {
+        self.form
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A loopback HTTP server that takes form POSTs on any path (status callbacks) and reports
+/// each; its base URL (`http://127.0.0.1:PORT`).
+pub async fn callback_sink() -> (String, tokio::sync::mpsc::UnboundedReceiver<Posted>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              axum::Form(form): axum::Form<Vec<(String, String)>>| {
+            let tx = tx.clone();
+            async move {
+                let signature = headers
+                    .get("x-twilio-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(Posted {
+                    path: uri.path().to_string(),
+                    signature,
+                    form,
+                });
+                ""
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (base, rx)
+}
+
 pub fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
     msg.split("\r\n").find_map(|l| {
         let (k, v) = l.split_once(':')?;
