@@ -149,6 +149,21 @@ fn loud_frames(
         .count()
 }
 
+/// The connect step of the first execution of [`flow`], once committed (as the call ends).
+async fn connect_step(gw: &Gateway) -> switchboard::store::StepRecord {
+    for _ in 0..50 {
+        let ex = executions(gw, &flow()).await;
+        let step = ex
+            .first()
+            .and_then(|(_, steps)| steps.iter().find(|s| s.name == "connect").cloned());
+        if let Some(s) = step {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no connect step");
+}
+
 fn gateway(tmp: &Path, config: &str) -> (Gateway, PathBuf) {
     gateway_with_flow(tmp, Some(&flow()), config)
 }
@@ -1278,18 +1293,7 @@ async fn the_caller_hanging_up_ends_the_far_leg_and_takes_hangup() {
     // The far end gets our BYE (its scenario ends only on one).
     assert_eq!(sipp_done(far, &dir, Duration::from_secs(15)).await, Some(0));
     // The step is committed as the call ends: give it a moment.
-    let mut step = None;
-    for _ in 0..50 {
-        let ex = executions(&gw, &flow()).await;
-        step = ex
-            .first()
-            .and_then(|(_, steps)| steps.iter().find(|s| s.name == "connect").cloned());
-        if step.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let step = step.expect("the connect step");
+    let step = connect_step(&gw).await;
     assert_eq!(step.event, "hangup");
     assert_eq!(step.transitioned_to, "Ended");
     let w = &step.context["widgets"]["connect"];
@@ -1334,18 +1338,7 @@ async fn the_caller_hanging_up_while_it_rings_cancels_the_far_leg() {
         Some(0),
         "the far end got CANCEL"
     );
-    let mut step = None;
-    for _ in 0..50 {
-        let ex = executions(&gw, &flow()).await;
-        step = ex
-            .first()
-            .and_then(|(_, steps)| steps.iter().find(|s| s.name == "connect").cloned());
-        if step.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let step = step.expect("the connect step");
+    let step = connect_step(&gw).await;
     assert_eq!(step.event, "hangup");
     let w = &step.context["widgets"]["connect"];
     assert_eq!(w["DialCallStatus"], "canceled", "{w}");
