@@ -158,6 +158,8 @@ pub struct Router {
     subflow_alias: HashMap<String, String>,
     /// Numbers from the IncomingPhoneNumbers API, refreshed from the store.
     numbers: RwLock<HashMap<String, NumberRoute>>,
+    /// One refresh at a time: a slow periodic read must not overwrite a newer one.
+    refreshing: tokio::sync::Mutex<()>,
     /// Flows created through the REST API, by SID (their published revision, or their latest
     /// one while none is published); they change at run time.
     dynamic: RwLock<HashMap<String, Arc<LoadedFlow>>>,
@@ -219,6 +221,7 @@ impl Router {
             subflow_files: Vec::new(),
             subflow_alias: HashMap::new(),
             numbers: RwLock::default(),
+            refreshing: tokio::sync::Mutex::new(()),
             dynamic: RwLock::default(),
         }
     }
@@ -257,6 +260,7 @@ impl Router {
             subflow_files,
             subflow_alias,
             numbers: RwLock::default(),
+            refreshing: tokio::sync::Mutex::new(()),
             dynamic: RwLock::default(),
         })
     }
@@ -317,6 +321,7 @@ impl Router {
     /// Reload the API numbers from the store (at start, after a change, and every few seconds
     /// for changes other nodes made).
     pub async fn refresh_numbers(&self, store: &Store) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().await;
         let records = store.numbers().await?;
         // A number may name a flow another node created after this one loaded its flows.
         for r in &records {
@@ -457,6 +462,7 @@ mod tests {
             subflow_files: Vec::new(),
             subflow_alias: HashMap::new(),
             numbers: RwLock::default(),
+            refreshing: tokio::sync::Mutex::new(()),
             dynamic: RwLock::default(),
         };
         assert!(

@@ -111,7 +111,8 @@ impl Job {
                     if !self.drain() {
                         break;
                     }
-                    let (l, r) = self.mixer.take();
+                    // What we send keeps time: the far end cannot stretch the recording.
+                    let (l, r) = self.mixer.take_left_clocked();
                     self.write(&l, &r);
                 }
                 _ = &mut stopped => break,

@@ -299,7 +299,8 @@ pub fn uri_headers(uri: &str) -> Vec<(String, String)> {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b));
-        let allowed = name.len() > 2 && name[..2].eq_ignore_ascii_case("x-")
+        // `get`: the name is %-decoded, so it may hold multi-byte characters.
+        let allowed = name.len() > 2 && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
             || name.eq_ignore_ascii_case("user-to-user");
         let clean = !value.chars().any(char::is_control) && value.len() <= MAX_HEADER_VALUE;
         if !(token && allowed && clean) || out.len() == MAX_URI_HEADERS {
@@ -512,6 +513,8 @@ mod tests {
             ]
         );
         assert!(uri_headers("sip:a@b?X-A=%0d%0aVia:x").is_empty());
+        // A decoded name that starts with a multi-byte character is refused, not a panic.
+        assert!(uri_headers("sip:a@b?%E2%82%ACx=1&%C3%A9=2").is_empty());
     }
 
     #[test]

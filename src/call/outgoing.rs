@@ -32,6 +32,8 @@ struct Answered {
     hung_up: bool,
     /// Who was called (`contact.channel.address`).
     contact: String,
+    /// A send-and-wait's reply wait, between its question and its wait.
+    pending_reply: Option<crate::runner::replies::ReplyWait>,
     registry: std::sync::Arc<super::Registry>,
 }
 
@@ -164,6 +166,7 @@ impl<M: Medium> OutgoingChannel<M> {
             params,
             hung_up: false,
             contact: to.to_string(),
+            pending_reply: None,
             registry,
         };
         let answered_by = match o.machine_detection.as_deref().map(str::to_ascii_lowercase) {
@@ -240,10 +243,12 @@ impl<M: Medium> OutgoingChannel<M> {
             recording: call.recording.take(),
             contact: &call.contact,
             replies: Some(svc.runner.replies.clone()),
+            pending_reply: call.pending_reply.take(),
             hung_up: call.hung_up,
         };
         let out = voice.perform(effect).await;
         call.recording = voice.recording.take();
+        call.pending_reply = voice.pending_reply.take();
         call.hung_up = voice.hung_up;
         if call.hung_up {
             // The far end hung up: nothing to BYE.

@@ -346,6 +346,7 @@ async fn run_call(
         recording: None,
         contact: &inv.caller,
         replies: Some(svc.runner.replies.clone()),
+        pending_reply: None,
         hung_up: false,
     };
     match svc.runner.start(&flow, new, &mut voice).await {

@@ -54,6 +54,17 @@ impl StereoMixer {
         )
     }
 
+    /// As [`take`](Self::take), with the left side as the clock: a right side that runs ahead
+    /// (a peer sending faster than real time) loses what is beyond the lag instead of
+    /// lengthening the recording.
+    pub fn take_left_clocked(&mut self) -> (Vec<i16>, Vec<i16>) {
+        let (l, r) = (self.left.len(), self.right.len());
+        if r > l + MAX_LAG {
+            self.right.truncate(l + MAX_LAG);
+        }
+        self.take()
+    }
+
     /// Everything left, the shorter side padded.
     pub fn flush(&mut self) -> (Vec<i16>, Vec<i16>) {
         let n = self.left.len().max(self.right.len());

@@ -46,6 +46,9 @@ pub struct VoiceChannel<'a> {
     /// send-and-wait-for-reply waits for, through `replies`.
     pub contact: &'a str,
     pub replies: Option<Arc<crate::runner::replies::Replies>>,
+    /// A send-and-wait's wait, registered before its question leaves (a fast reply must
+    /// reach the call, not start a conversation).
+    pub pending_reply: Option<crate::runner::replies::ReplyWait>,
     pub hung_up: bool,
 }
 
@@ -99,12 +102,15 @@ impl VoiceChannel<'_> {
 
     /// send-and-wait-for-reply during a call: the caller's SMS (delivered by the messaging
     /// side through `replies`) while the call goes on in silence, or the timeout.
+    fn reply_wait(&self) -> Option<crate::runner::replies::ReplyWait> {
+        let key = crate::runner::replies::session_key(self.flow_sid, self.contact);
+        Some(self.replies.as_ref()?.wait(&key, self.call_sid))
+    }
+
     async fn await_reply(&mut self, timeout_secs: u32) -> Outcome {
-        let Some(replies) = self.replies.clone() else {
+        let Some(mut wait) = self.pending_reply.take().or_else(|| self.reply_wait()) else {
             return Outcome::Timeout;
         };
-        let key = crate::runner::replies::session_key(self.flow_sid, self.contact);
-        let mut wait = replies.wait(&key, self.call_sid);
         tracing::info!(call_id = %self.call_id, contact = %self.contact, timeout_secs, "waiting for the caller's SMS reply");
         let until = Instant::now() + Duration::from_secs(timeout_secs.clamp(1, 86_400) as u64);
         loop {
@@ -484,13 +490,23 @@ impl Medium for VoiceChannel<'_> {
             Effect::RecordCall(r) => Some(self.record_call(r)),
             Effect::AwaitReply { timeout_secs } => Some(self.await_reply(*timeout_secs).await),
             // The "text me the link" pattern: sent while the call goes on.
-            Effect::SendMessage(_) | Effect::SendAndWait { .. } => match &self.messages {
-                Some(sink) => {
-                    let mut m = crate::messaging::MessagingChannel { sink: sink.clone() };
-                    m.perform(effect).await
+            Effect::SendMessage(_) | Effect::SendAndWait { .. } => {
+                let waits = matches!(effect, Effect::SendAndWait { .. });
+                if waits {
+                    self.pending_reply = self.reply_wait();
                 }
-                None => None,
-            },
+                let out = match &self.messages {
+                    Some(sink) => {
+                        let mut m = crate::messaging::MessagingChannel { sink: sink.clone() };
+                        m.perform(effect).await
+                    }
+                    None => None,
+                };
+                if waits && !matches!(out, Some(Outcome::MessageSent { .. })) {
+                    self.pending_reply = None; // nothing was asked: nothing to wait for
+                }
+                out
+            }
             Effect::Redirect(r) => {
                 let env = crate::twiml::RedirectEnv {
                     http: self.http,

@@ -20,6 +20,10 @@ const KEPT: &[(&str, &[&str])] = &[
 
 /// Deepest element nesting taken as SSML (deeper text is spoken as plain text).
 const MAX_DEPTH: usize = 32;
+/// Longest `<break>` (Twilio's limit), and all breaks of one text together: text from a
+/// flow's variables must not make the engine render hours of silence.
+const MAX_BREAK_MS: u64 = 10_000;
+const MAX_BREAKS_MS: u64 = 60_000;
 
 /// Whether `text` holds SSML markup worth interpreting.
 pub fn is_ssml(text: &str) -> bool {
@@ -105,6 +109,7 @@ fn convert(doc: &str, ssml: bool) -> Option<String> {
     let mut reader = Reader::from_str(doc);
     reader.config_mut().check_end_names = true;
     let mut out = String::new();
+    let mut breaks_ms = 0u64;
     let mut stack: Vec<Open> = Vec::new();
     loop {
         match reader.read_event().ok()? {
@@ -112,11 +117,11 @@ fn convert(doc: &str, ssml: bool) -> Option<String> {
                 if stack.len() >= MAX_DEPTH {
                     return None;
                 }
-                let open = start(&e, ssml, &mut out)?;
+                let open = start(&e, ssml, &mut out, &mut breaks_ms)?;
                 stack.push(open);
             }
             Event::Empty(e) => {
-                if let Some(open) = start(&e, ssml, &mut out) {
+                if let Some(open) = start(&e, ssml, &mut out, &mut breaks_ms) {
                     finish(open, &mut out, ssml);
                 }
             }
@@ -151,7 +156,7 @@ fn attr(e: &BytesStart<'_>, name: &str) -> Option<String> {
 
 /// Open an element: write what it becomes and say how it ends. None only for malformed
 /// attributes.
-fn start(e: &BytesStart<'_>, ssml: bool, out: &mut String) -> Option<Open> {
+fn start(e: &BytesStart<'_>, ssml: bool, out: &mut String, breaks_ms: &mut u64) -> Option<Open> {
     let name = e.local_name().as_ref().to_ascii_lowercase();
     let plain = |close: Option<String>| {
         Some(Open {
@@ -180,6 +185,24 @@ fn start(e: &BytesStart<'_>, ssml: bool, out: &mut String) -> Option<Open> {
             out.push_str(", ");
             plain(None)
         }
+        "break" => {
+            // Its length in milliseconds, clamped; `strength` alone is espeak-ng's to size.
+            let wanted = attr(e, "time").and_then(|t| break_ms(&t));
+            match wanted {
+                Some(ms) => {
+                    let ms = ms.min(MAX_BREAK_MS).min(MAX_BREAKS_MS - *breaks_ms);
+                    *breaks_ms += ms;
+                    out.push_str(&format!("<break time=\"{ms}ms\">"));
+                }
+                None => match attr(e, "strength") {
+                    Some(s) if s.chars().all(|c| c.is_ascii_alphabetic() || c == '-') => {
+                        out.push_str(&format!("<break strength=\"{}\">", &s[..s.len().min(8)]))
+                    }
+                    _ => out.push_str("<break>"),
+                },
+            }
+            plain(Some("</break>".into()))
+        }
         _ if !ssml => plain(None),
         other => match KEPT.iter().find(|(n, _)| *n == other) {
             Some((n, allowed)) => {
@@ -202,6 +225,17 @@ fn start(e: &BytesStart<'_>, ssml: bool, out: &mut String) -> Option<Open> {
             None => plain(None),
         },
     }
+}
+
+/// `2s`, `500ms`, `1.5s` in milliseconds.
+fn break_ms(t: &str) -> Option<u64> {
+    let t = t.trim().to_ascii_lowercase();
+    let (num, scale) = match t.strip_suffix("ms") {
+        Some(n) => (n, 1.0),
+        None => (t.strip_suffix('s')?, 1000.0),
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| (v * scale).min(1e9) as u64)
 }
 
 fn finish(open: Open, out: &mut String, ssml: bool) {
@@ -304,7 +338,7 @@ mod tests {
         assert_eq!(
             r,
             Rendered::Ssml(
-                "<speak>Your code is  4 2 7 .<break time=\"2s\"></break>Call  1, 5 5 5, 0 1 0 0  <prosody rate=\"slow\">now</prosody></speak>".into()
+                "<speak>Your code is  4 2 7 .<break time=\"2000ms\"></break>Call  1, 5 5 5, 0 1 0 0  <prosody rate=\"slow\">now</prosody></speak>".into()
             )
         );
         assert_eq!(
@@ -333,6 +367,12 @@ mod tests {
             Rendered::Plain("unclosed".into())
         );
         assert!(!is_ssml("Press 1 for sales"));
+        // Breaks are clamped: 10 s each, a minute in all.
+        let Rendered::Ssml(long) = render(&r#"<break time="1200s"/>"#.repeat(10), true) else {
+            panic!("SSML");
+        };
+        assert_eq!(long.matches("time=\"10000ms\"").count(), 6, "{long}");
+        assert_eq!(long.matches("time=\"0ms\"").count(), 4, "{long}");
         assert!(is_ssml("Wait <break time=\"1s\"/> please"));
     }
 }

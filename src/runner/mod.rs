@@ -189,10 +189,26 @@ impl Runner {
         outcome: Outcome,
         medium: &mut M,
     ) -> Result<(Execution, Finished), StoreError> {
+        self.resume_at(flow, rec, outcome, medium, 0).await
+    }
+
+    /// [`resume`](Self::resume) for an execution `depth` subflows down (a waiting child is
+    /// resumed through its parent, and its own subflows count from its depth).
+    async fn resume_at<M: Medium>(
+        &self,
+        flow: &LoadedFlow,
+        rec: ExecutionRecord,
+        outcome: Outcome,
+        medium: &mut M,
+        depth: u32,
+    ) -> Result<(Execution, Finished), StoreError> {
         // A parent whose run-subflow child waits: the outcome is the child's.
         let outcome = match self.store.subflow_child(&rec.sid).await? {
             None => outcome,
-            Some(child) => match self.resume_child(&child, outcome, medium).await? {
+            Some(child) => match self
+                .resume_child(&child, outcome, medium, depth + 1)
+                .await?
+            {
                 Ok(o) => {
                     self.store.clear_subflow_wait(&rec.sid).await?;
                     o
@@ -210,7 +226,7 @@ impl Runner {
         let base = Base::from(&rec);
         let mut exec: Execution = serde_json::from_value(rec.state)?;
         let adv = off_worker(|| Engine::resume(&flow.flow, &mut exec, outcome, now()));
-        self.drive(flow, exec, adv, base, medium, 0).await
+        self.drive(flow, exec, adv, base, medium, depth).await
     }
 
     fn drive<'a, M: Medium>(
@@ -328,8 +344,14 @@ impl Runner {
         child_sid: &'a str,
         outcome: Outcome,
         medium: &'a mut M,
+        depth: u32,
     ) -> ChildResumed<'a> {
         Box::pin(async move {
+            if depth > MAX_SUBFLOW_DEPTH {
+                return Ok(Ok(Outcome::Failed {
+                    error: format!("subflows nest deeper than {MAX_SUBFLOW_DEPTH}"),
+                }));
+            }
             let gone = |why: &str| {
                 Ok(Ok(Outcome::Failed {
                     error: format!("subflow execution {child_sid} {why}"),
@@ -344,7 +366,7 @@ impl Runner {
             let Some(flow) = self.flow_by_sid(&child.flow_sid).await else {
                 return gone("runs a flow that is not loaded here");
             };
-            let done = self.resume(&flow, child, outcome, medium).await;
+            let done = self.resume_at(&flow, child, outcome, medium, depth).await;
             Ok(child_outcome(done))
         })
     }

@@ -26,19 +26,24 @@ pub struct ReplyWait {
     /// The inbound message's fields (`Body`, `From`, ...).
     pub replies: mpsc::UnboundedReceiver<Map<String, Value>>,
     key: String,
+    execution: String,
     owner: Arc<Replies>,
 }
 
 impl Drop for ReplyWait {
     fn drop(&mut self) {
         if let Ok(mut w) = self.owner.waiting.lock() {
-            w.remove(&self.key);
+            // Only our own registration: a later wait of the same contact took the key over.
+            if w.get(&self.key).is_some_and(|(e, _)| *e == self.execution) {
+                w.remove(&self.key);
+            }
         }
     }
 }
 
 impl Replies {
-    /// Wait for the next message of session `key` (execution `execution` waits).
+    /// Wait for the next message of session `key` (execution `execution` waits). A newer wait
+    /// of the same session (the contact's second call in the same flow) takes the messages.
     pub fn wait(self: &Arc<Self>, key: &str, execution: &str) -> ReplyWait {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut w) = self.waiting.lock() {
@@ -47,6 +52,7 @@ impl Replies {
         ReplyWait {
             replies: rx,
             key: key.to_string(),
+            execution: execution.to_string(),
             owner: self.clone(),
         }
     }

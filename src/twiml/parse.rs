@@ -739,7 +739,9 @@ fn build(open: Open) -> Result<Verb, ParseError> {
         attrs: &open.attrs,
     };
     let text = open.text.trim();
-    let spoken = if open.has_ssml { &open.xml } else { text };
+    // Wrapped in <speak>, so the TTS reads it as SSML whatever elements it holds.
+    let markup = format!("<speak>{}</speak>", open.xml.trim());
+    let spoken = if open.has_ssml { markup.as_str() } else { text };
     Ok(match open.name.as_str() {
         "Say" => Verb::Say(Say {
             // SSML and line breaks leave runs of whitespace: speak them as one space.
@@ -1263,7 +1265,7 @@ mod tests {
         assert_eq!(verbs[1], say("<raw> & text"));
         // SSML stays markup, for the TTS engine to render (media::ssml).
         assert!(
-            matches!(&verbs[2], Verb::Say(s) if s.text == "Bonjour <prosody rate=\"slow\">tout</prosody><break time=\"1s\"></break>le monde"),
+            matches!(&verbs[2], Verb::Say(s) if s.text == "<speak>Bonjour <prosody rate=\"slow\">tout</prosody><break time=\"1s\"></break>le monde</speak>"),
             "{:?}",
             verbs[2]
         );
