@@ -219,10 +219,25 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
     tracing::info!(%call_id, from = %inv.caller, to = %inv.called, flow = %flow.name, "incoming call");
     let svc = svc.clone();
     tokio::spawn(async move {
-        let call_id = key.call_id.clone();
+        // Dropped however the task ends, a panic included: a dead call never holds a
+        // max_calls slot or its Call-ID.
+        let _gone = Unregister {
+            registry: svc.registry.clone(),
+            call_id: key.call_id.clone(),
+        };
         run_call(&svc, flow, key, inv, neg, socket, rx, received).await;
-        svc.registry.remove(&call_id);
     });
+}
+
+struct Unregister {
+    registry: Arc<Registry>,
+    call_id: String,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.registry.remove(&self.call_id);
+    }
 }
 
 fn call_params(svc: &CallServices, call_sid: &str, inv: &IncomingInvite) -> Map<String, Value> {
