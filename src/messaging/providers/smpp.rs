@@ -753,6 +753,18 @@ impl Link {
         let mut keepalive = tokio::time::interval(s.enquire_link);
         keepalive.tick().await;
         let mut unanswered_links = 0u32;
+        // PDUs that came in the same read as the bind answer (an SMSC may deliver_sm at once):
+        // handle them now, not when more bytes happen to arrive.
+        loop {
+            let p = match pdu::decode(&mut self.buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => return finish(pending, Err(e.into())),
+            };
+            if let Err(e) = self.handle(s, p, &mut pending, inbound).await {
+                return finish(pending, Err(e));
+            }
+        }
         let result = loop {
             tokio::select! {
                 submit = rx.recv() => {
