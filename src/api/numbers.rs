@@ -80,17 +80,14 @@ fn url(p: &Params, name: &str, current: &str) -> Result<String, ApiError> {
 
 /// E.164: `+` and 1 to 15 digits (spaces, dashes, dots and brackets dropped).
 fn e164(raw: &str) -> Result<String, ApiError> {
-    let n: String = raw
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
-        .collect();
-    let digits = n.strip_prefix('+').unwrap_or("");
-    if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::bad(format!(
-            "PhoneNumber {raw:?} is not an E.164 number (+ and up to 15 digits)"
-        )));
-    }
-    Ok(n)
+    // The dialler's normaliser (separators dropped, digits only), with E.164's `+` and length.
+    crate::call::outbound::normalise(raw)
+        .filter(|n| n.starts_with('+') && n.len() <= 16)
+        .ok_or_else(|| {
+            ApiError::bad(format!(
+                "PhoneNumber {raw:?} is not an E.164 number (+ and up to 15 digits)"
+            ))
+        })
 }
 
 fn to_json(api: &Api, account: &str, n: &NumberRecord, origin: &str) -> Value {

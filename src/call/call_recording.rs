@@ -203,30 +203,15 @@ impl Job {
         if url.trim().is_empty() {
             return;
         }
-        let mut params = vec![
-            ("AccountSid", owner.account_sid.clone()),
-            ("CallSid", owner.call_sid.clone()),
-            ("RecordingSource", options.source.to_string()),
-            ("RecordingStartTime", started),
-            ("RecordingTrack", "both".to_string()),
-            (
-                "RecordingChannels",
-                if options.dual { "2" } else { "1" }.to_string(),
-            ),
-        ];
-        match saved {
-            Some(s) => params.extend([
-                ("RecordingSid", s.sid),
-                ("RecordingUrl", s.url),
-                ("RecordingStatus", "completed".to_string()),
-                ("RecordingDuration", s.duration_secs.to_string()),
-            ]),
-            None => params.push(("RecordingStatus", "failed".to_string())),
-        }
-        let params = params
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut params = super::callbacks::recording_status(
+            &owner.account_sid,
+            &owner.call_sid,
+            saved.as_ref(),
+            if options.dual { 2 } else { 1 },
+            options.source,
+        );
+        params.push(("RecordingStartTime".into(), started));
+        params.push(("RecordingTrack".into(), "both".into()));
         cb.post("recording_status_callback", url, params);
     }
 }
@@ -249,10 +234,7 @@ impl VoiceChannel<'_> {
         if self.recording.is_some() {
             return failed("record-call: this call is already being recorded");
         }
-        let callbacks = self.auth.map(|(_, token)| Callbacks {
-            http: self.http.clone(),
-            auth_token: token.to_string(),
-        });
+        let callbacks = self.callbacks();
         let owner = Owner {
             call_sid: self.call_sid.to_string(),
             call_id: self.call_id.to_string(),

@@ -10,6 +10,33 @@ const RETRY_PAUSES: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs
 /// Twilio waits 15 s for a callback's answer.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Twilio's recording-status parameters for a recording of `call_sid` that was saved
+/// (`completed`) or not (`failed`).
+pub fn recording_status(
+    account_sid: &str,
+    call_sid: &str,
+    saved: Option<&super::recordings::SavedRecording>,
+    channels: u16,
+    source: &str,
+) -> Vec<(String, String)> {
+    let mut p = vec![
+        ("AccountSid", account_sid.to_string()),
+        ("CallSid", call_sid.to_string()),
+        ("RecordingSource", source.to_string()),
+        ("RecordingChannels", channels.to_string()),
+    ];
+    match saved {
+        Some(s) => p.extend([
+            ("RecordingSid", s.sid.clone()),
+            ("RecordingUrl", s.url.clone()),
+            ("RecordingStatus", "completed".to_string()),
+            ("RecordingDuration", s.duration_secs.to_string()),
+        ]),
+        None => p.push(("RecordingStatus", "failed".to_string())),
+    }
+    p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 /// Where callbacks go from, and how they are signed.
 #[derive(Clone)]
 pub struct Callbacks {

@@ -355,7 +355,7 @@ pub fn caller_id_user(id: &str) -> Option<String> {
 
 /// A number as dialled: digits with an optional leading `+`; spaces, dashes, dots and
 /// brackets dropped.
-fn normalise(number: &str) -> Option<String> {
+pub(crate) fn normalise(number: &str) -> Option<String> {
     let n: String = number
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))

@@ -125,6 +125,14 @@ impl VoiceChannel<'_> {
         }
     }
 
+    /// Status callbacks signed with the API auth token; None without API credentials.
+    pub(super) fn callbacks(&self) -> Option<super::callbacks::Callbacks> {
+        self.auth.map(|(_, token)| super::callbacks::Callbacks {
+            http: self.http.clone(),
+            auth_token: token.to_string(),
+        })
+    }
+
     /// The caller hung up: stop what plays and report the hangup to the flow.
     pub(super) fn caller_left(&mut self) -> Outcome {
         self.hung_up = true;

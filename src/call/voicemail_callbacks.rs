@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use super::callbacks::Callbacks;
 use super::recordings::SavedRecording;
 use super::voice::VoiceChannel;
 use crate::flow::Record;
@@ -28,13 +27,9 @@ impl VoiceChannel<'_> {
         if status_url.is_none() && !r.transcribe {
             return;
         }
-        let Some((account, token)) = self.auth else {
+        let (Some((account, _)), Some(callbacks)) = (self.auth, self.callbacks()) else {
             tracing::warn!(call_id = %self.call_id, "voicemail callbacks need the API credentials to sign them; not sent");
             return;
-        };
-        let callbacks = Callbacks {
-            http: self.http.clone(),
-            auth_token: token.to_string(),
         };
         let param = |k: &str| {
             self.call_params
@@ -50,16 +45,13 @@ impl VoiceChannel<'_> {
             ("RecordingUrl".to_string(), saved.url.clone()),
         ];
         if let Some(url) = status_url {
-            let mut p = common.clone();
-            p.extend([
-                ("RecordingStatus".to_string(), "completed".to_string()),
-                (
-                    "RecordingDuration".to_string(),
-                    saved.duration_secs.to_string(),
-                ),
-                ("RecordingChannels".to_string(), "1".to_string()),
-                ("RecordingSource".to_string(), "RecordVerb".to_string()),
-            ]);
+            let p = super::callbacks::recording_status(
+                account,
+                self.call_sid,
+                Some(saved),
+                1,
+                "RecordVerb",
+            );
             callbacks.post("recording_status_callback", &url, p);
         }
         if !r.transcribe {
