@@ -1,5 +1,6 @@
 //! Hot paths of a call: G.711/G.722 encode and decode, RTP packetising and parsing, in-band
-//! DTMF detection (Goertzel), the jitter buffer and Liquid rendering. Throughput is per 20 ms
+//! DTMF detection (Goertzel), the jitter buffer, SRTP protect/unprotect next to a plain packet,
+//! and Liquid rendering. Throughput is per 20 ms
 //! frame (160 samples at 8 kHz, 320 at 16 kHz), the unit the media engine works in.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
@@ -10,6 +11,7 @@ use switchboard::media::g722::{G722Decoder, G722Encoder};
 use switchboard::media::goertzel::InbandDtmf;
 use switchboard::media::jitter::JitterBuffer;
 use switchboard::media::rtp::{self, RtpSender};
+use switchboard::media::srtp::{MasterKey, Srtp, SrtpKeys, Suite};
 
 fn speechy(n: usize, rate: f64) -> Vec<i16> {
     (0..n)
@@ -114,5 +116,48 @@ fn liquid(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codecs, rtp_and_dtmf, liquid);
+/// What SRTP adds to each 20 ms packet: the plain packetise+parse pair is the baseline, the
+/// protected pair adds AES-CM and HMAC-SHA1 each way (one packet out, one in, as a call does).
+fn srtp(c: &mut Criterion) {
+    let mut g = c.benchmark_group("srtp");
+    g.throughput(Throughput::Elements(1));
+    let payload = [0xD5u8; 160];
+    let mut buf = [0u8; 172];
+    let mut s = RtpSender::new(0);
+    g.bench_function("plain_send_and_receive_20ms", |b| {
+        b.iter(|| {
+            let n = s.write(&mut buf, black_box(&payload), 0, false);
+            s.advance(160);
+            black_box(rtp::parse(black_box(&buf[..n])).map(|p| p.payload.len()))
+        })
+    });
+    for suite in Suite::ALL {
+        let (a, k) = (MasterKey::random(), MasterKey::random());
+        let mut us = Srtp::new(&SrtpKeys {
+            suite,
+            local: a.clone(),
+            remote: k.clone(),
+        })
+        .expect("keys");
+        let mut them = Srtp::new(&SrtpKeys {
+            suite,
+            local: k,
+            remote: a,
+        })
+        .expect("keys");
+        let mut s = RtpSender::new(0);
+        g.bench_function(format!("{}_send_and_receive_20ms", suite.name()), |b| {
+            b.iter(|| {
+                let n = s.write(&mut buf, black_box(&payload), 0, false);
+                s.advance(160);
+                let wire = us.protect_rtp(&buf[..n]).expect("protect");
+                let plain = them.unprotect_rtp(&wire).expect("unprotect");
+                black_box(rtp::parse(&plain).map(|p| p.payload.len()))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, codecs, rtp_and_dtmf, srtp, liquid);
 criterion_main!(benches);

@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-TARGETS=(sip_parse sip_core sdp rtp rtcp dtmf twiml flow liquid smpp webhook)
+TARGETS=(sip_parse sip_core sdp rtp rtcp srtp dtmf twiml flow liquid smpp webhook)
 # Builds share one lock with everything else that runs cargo on this machine.
 LOCK=${CARGO_BUILD_LOCK:-/tmp/cargo-build.lock}
 

@@ -54,17 +54,17 @@ pub struct Config {
     pub users: Vec<UserConfig>,
 }
 
-/// `srtp` policy of a trunk.
+/// `srtp` policy of a trunk, or of `[sip]` for phones and other callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SrtpPolicy {
-    /// Plain RTP only.
+    /// Plain RTP only: an offer with only `RTP/SAVP` is answered 488.
     #[default]
     Off,
-    /// SRTP when the peer offers it, plain RTP otherwise. Until SRTP is implemented this is
-    /// plain RTP (an SRTP-only offer is answered 488).
+    /// SRTP (SDES keys) when the peer offers it, plain RTP otherwise; calls we place offer
+    /// `RTP/AVP` with keys, which a peer that knows SDES answers encrypted.
     Optional,
-    /// SRTP or no call. Refused at start until SRTP is implemented.
+    /// SRTP or no call: plain offers get 488, and calls we place offer `RTP/SAVP`.
     Required,
 }
 
@@ -201,9 +201,6 @@ pub enum TrunkError {
     /// `register_expires` under 60.
     #[error("trunk {0:?}: register_expires must be at least 60 (RFC 3261 §10.2.8)")]
     ShortExpiry(String),
-    /// `srtp = "required"` while SRTP does not exist.
-    #[error("trunk {0:?}: srtp = \"required\" cannot be met: SRTP is not implemented yet")]
-    SrtpRequired(String),
     /// A user with an empty or repeated username.
     #[error("user {0:?}: the username is used twice or is empty")]
     User(String),
@@ -258,9 +255,6 @@ impl Config {
             }
             if t.register && t.register_expires < 60 {
                 return Err(TrunkError::ShortExpiry(t.name.clone()));
-            }
-            if t.srtp == SrtpPolicy::Required {
-                return Err(TrunkError::SrtpRequired(t.name.clone()));
             }
         }
         let mut users = std::collections::HashSet::new();
@@ -534,6 +528,9 @@ pub struct SipConfig {
     /// the first challenge, and baresip 1.0 (Debian 12) gives up on the whole 401 when any
     /// challenge names an algorithm it lacks, so offering SHA-256 too would lock them out.
     pub digest_algorithms: Vec<String>,
+    /// SRTP for calls that come from no trunk (`[[users]]` phones, or the ACL without trunks):
+    /// `optional` by default, so a phone set to encrypt is answered encrypted.
+    pub srtp: SrtpPolicy,
 }
 
 /// `[http]`: the HTTP listener (REST API, messaging webhook, `/metrics`).
@@ -636,6 +633,7 @@ impl Default for SipConfig {
             tcp_max_connections_per_ip: 32,
             defence: DefenceConfig::default(),
             digest_algorithms: vec!["MD5".into()],
+            srtp: SrtpPolicy::Optional,
             public_addr: None,
             tls_bind: None,
             tls_cert: None,

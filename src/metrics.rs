@@ -72,6 +72,8 @@ pub struct Metrics {
     /// One group commit of execution progress, in seconds.
     pub store_write_seconds: Histogram,
     pub panics_contained: Counter,
+    /// SRTP/SRTCP packets refused: failed authentication, replays, too short.
+    pub srtp_refused: Counter,
 }
 
 fn register<M: prometheus_client::registry::Metric + Clone>(
@@ -220,6 +222,12 @@ impl Metrics {
                 &mut r,
                 "panics_contained",
                 "Panics caught and contained (media streams)",
+                Counter::default(),
+            ),
+            srtp_refused: register(
+                &mut r,
+                "srtp_refused",
+                "SRTP and SRTCP packets refused (authentication, replay, length)",
                 Counter::default(),
             ),
             registry: r,

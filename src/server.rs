@@ -531,6 +531,7 @@ fn start_calls(
             media: media.clone(),
             registry: registry.clone(),
             public_ip: cfg.media.public_ip,
+            user_srtp: cfg.sip.srtp,
         })
     });
     Arc::new(CallServices {

@@ -79,6 +79,53 @@ fn one_call_sends_dtmf_and_records_both_prompts() {
 }
 
 #[test]
+fn an_srtp_call_hears_both_prompts_and_its_digit_is_heard() {
+    // RTP/SAVP with SDES keys: the prompts, and the digit's RFC 4733 events, all go encrypted;
+    // the second prompt plays only if the gateway decrypted the digit.
+    let gw = Gateway::start(Some(Path::new(FLOW)));
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("heard.wav");
+    let target = format!("sip:ivr@{}", gw.sip);
+    let out = call(&[
+        &target,
+        "--srtp",
+        "required",
+        "--dtmf",
+        "1",
+        "--dtmf-after",
+        "1500ms",
+        "--record",
+        wav.to_str().unwrap(),
+        "--max-duration",
+        "30s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(
+        stderr.contains("SRTP AES_CM_128_HMAC_SHA1_80"),
+        "answered encrypted: {stderr}"
+    );
+    assert_eq!(summary(&out)["completed"], 1);
+    let loud = loud_seconds(&wav, 1000.0);
+    assert!(
+        (1.4..=1.8).contains(&loud),
+        "heard {loud} s of tones: {stderr}"
+    );
+    // A trunk-less gateway with `[sip] srtp = "off"` refuses the same offer, saying why.
+    let cfg = dir.path().join("off.toml");
+    std::fs::write(&cfg, "[sip]\nsrtp = \"off\"\n").unwrap();
+    let off = Gateway::start_in(
+        &dir.path().join("off"),
+        Some(Path::new(FLOW)),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let out = call(&[&format!("sip:ivr@{}", off.sip), "--srtp", "required"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("488"), "{stderr}");
+}
+
+#[test]
 fn without_the_digit_the_flow_never_plays_its_second_prompt() {
     let gw = Gateway::start(Some(Path::new(FLOW)));
     let dir = tempfile::tempdir().unwrap();

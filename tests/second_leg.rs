@@ -238,11 +238,14 @@ async fn a_caller_connected_through_the_trunk_hears_the_far_end_and_is_heard_tra
         port,
         media_port,
     );
+    // `srtp = "optional"`: our offer carries SDES keys in RTP/AVP, and SIPp's plain answer
+    // makes the leg plain RTP (checked on the wire below).
     let (gw, log) = gateway(
         tmp.path(),
         &format!(
             "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
-             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n\
+             srtp = \"optional\"\n"
         ),
     );
     // The caller comes in through the trunk (trusted by address); the flow connects them to
@@ -820,7 +823,9 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
          [[trunks]]\nname = \"pstn\"\nuri = \"sip:127.0.0.1:9\"\ninbound_from = [\"127.0.0.1/32\"]\nkeepalive_secs = 0\n",
     );
     // baresip as alice's desk phone: registers with digest, answers by itself, plays a tone
-    // as its microphone and writes what it hears to a WAV.
+    // as its microphone and writes what it hears to a WAV. Its `srtp` module takes the
+    // gateway's best-effort offer (RTP/AVP with SDES keys, `[sip] srtp = "optional"`), so the
+    // bridge joins a plain caller to an encrypted leg.
     let conf = tmp.path().join("baresip");
     let rec = tmp.path().join("heard");
     std::fs::create_dir_all(&conf).unwrap();
@@ -834,7 +839,7 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
             "sip_listen 127.0.0.1:{port}\nnet_interface 127.0.0.1\n\
              audio_player sndfile,{rec}\naudio_source aufile,{mic}\naudio_alert sndfile,{rec}\n\
              module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\n\
-             module sndfile.so\nmodule menu.so\nmodule account.so\nsnd_path {rec}\n",
+             module sndfile.so\nmodule srtp.so\nmodule menu.so\nmodule account.so\nsnd_path {rec}\n",
             rec = rec.display(),
             mic = mic.display(),
         ),
@@ -843,7 +848,7 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
     std::fs::write(
         conf.join("accounts"),
         format!(
-            "<sip:alice@{}>;auth_pass=wonderland;regint=60;answermode=auto\n",
+            "<sip:alice@{}>;auth_pass=wonderland;regint=60;answermode=auto;mediaenc=srtp\n",
             gw.sip
         ),
     )
@@ -909,6 +914,18 @@ async fn connect_call_to_a_client_rings_the_registered_phone_and_bridges_it() {
         .map(|s| s.unwrap_or(0))
         .collect();
     assert!(rms(&samples) > 1000.0, "alice heard rms {}", rms(&samples));
+    // The leg to alice was encrypted.
+    assert!(said.contains("SRTP is Enabled"), "baresip: {said}");
+    let text = plain_log(&std::fs::read_to_string(&log).unwrap_or_default());
+    let leg = text
+        .lines()
+        .find(|l| l.contains("far end media"))
+        .expect("the leg's media line");
+    assert_eq!(
+        log_field(leg, "srtp"),
+        Some("AES_CM_128_HMAC_SHA1_80"),
+        "{leg}"
+    );
     // baresip un-registered as it quit: the same flow now says alice cannot be reached.
     let phone = Phone::dial(gw.sip, "+15550101", Offer::Rfc4733).await;
     phone.wait_bye(Duration::from_secs(10)).await;

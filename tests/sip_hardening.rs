@@ -1,4 +1,4 @@
-//! SIP hardening (issue #10) against the real gateway on loopback: SRTP offers, audio+video
+//! SIP hardening (issue #10) against the real gateway on loopback: refused SRTP offers, audio+video
 //! offers, log flooding, TCP resource limits and the scanner defence. 127.0.0.2 and 127.0.0.3
 //! serve as other sources (all of 127.0.0.0/8 is loopback).
 
@@ -17,23 +17,27 @@ fn sdp(media: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn srtp_only_offer_is_refused_with_488_and_warning() {
-    let gw = SipGateway::start("[sip]\nmax_calls = 10\n");
+async fn srtp_offers_the_policy_refuses_get_488_and_a_warning() {
+    let gw = SipGateway::start("[sip]\nmax_calls = 10\nsrtp = \"off\"\n");
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = sock.local_addr().unwrap();
-    let offer = sdp("m=audio 40000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
-                     a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n");
-    sock.send_to(invite_with_sdp("srtp1", me, &offer).as_bytes(), gw.sip)
-        .await
-        .unwrap();
-    let got = udp_collect(&sock, WAIT).await;
-    let last = got.last().expect("an answer");
-    assert_eq!(status_of(last), Some(488), "{got:?}");
-    let warning = header(last, "warning").unwrap_or("");
-    assert!(
-        warning.starts_with("399 127.0.0.1 \"") && warning.contains("SRTP"),
-        "{warning}"
-    );
+    let savp = sdp("m=audio 40000 RTP/SAVP 0\r\na=rtpmap:0 PCMU/8000\r\n\
+                    a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n");
+    // DTLS-SRTP (WebRTC's keying) is refused whatever the policy.
+    let dtls = sdp("m=audio 40000 UDP/TLS/RTP/SAVPF 0\r\na=fingerprint:sha-256 AB:CD\r\n");
+    for (call_id, offer, why) in [("srtp1", savp, "SRTP is off"), ("dtls1", dtls, "DTLS-SRTP")] {
+        sock.send_to(invite_with_sdp(call_id, me, &offer).as_bytes(), gw.sip)
+            .await
+            .unwrap();
+        let got = udp_collect(&sock, WAIT).await;
+        let last = got.last().expect("an answer");
+        assert_eq!(status_of(last), Some(488), "{got:?}");
+        let warning = header(last, "warning").unwrap_or("");
+        assert!(
+            warning.starts_with("399 127.0.0.1 \"") && warning.contains(why),
+            "{warning}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,6 +144,8 @@ pub fn sip_core(data: &[u8]) {
             switchboard::sip::digest::Algorithm::Sha256,
         ],
         advertise: None,
+        srtp: switchboard::config::SrtpPolicy::Optional,
+        trunk_srtp: Default::default(),
     };
     let cfg = if trusting {
         let trunk = switchboard::config::TrunkConfig {
@@ -302,6 +304,7 @@ fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, sen
                         let sdp = switchboard::sip::sdp::negotiate(
                             &String::from_utf8_lossy(&inv.sdp),
                             &[Codec::Pcmu, Codec::Pcma, Codec::G722],
+                            inv.srtp,
                         )
                         .map(|n| switchboard::sip::sdp::answer(&n, inv.local, 1))
                         .unwrap_or_default();
@@ -348,11 +351,18 @@ fn drain(core: &mut SipCore, now: Instant, ctl: u8, calls: &mut Vec<String>, sen
 // ---------------------------------------------------------------------------------------------
 // 2. SDP
 
-/// Offer/answer: the first byte chooses our codec preference, the rest is the offer.
+/// Offer/answer: the first byte chooses our codec preference (bits 0-2), the SRTP policy
+/// (bits 3-4) and the address family (bit 7); the rest is the offer. It is also taken as a
+/// re-offer to our answer, and as the answer to an offer of ours.
 pub fn sdp(data: &[u8]) {
-    use switchboard::sip::sdp;
+    use switchboard::sip::sdp::{self, SrtpPolicy};
     let mut input = Input::new(data);
     let ctl = input.u8();
+    let policy = match (ctl >> 3) & 0x03 {
+        0 => SrtpPolicy::Off,
+        1 => SrtpPolicy::Optional,
+        _ => SrtpPolicy::Required,
+    };
     let all = [Codec::Pcmu, Codec::Pcma, Codec::G722];
     let supported: Vec<Codec> = all
         .iter()
@@ -361,19 +371,33 @@ pub fn sdp(data: &[u8]) {
         .map(|(_, c)| *c)
         .collect();
     let offer = String::from_utf8_lossy(input.rest());
-    if let Ok(n) = sdp::negotiate(&offer, &supported) {
+    let _ = sdp::offer_refusal(&offer, policy);
+    let ours = sdp::offer(
+        &supported,
+        "127.0.0.1:40000".parse().unwrap_or_else(|_| unreachable!()),
+        1,
+        policy,
+    );
+    let _ = sdp::negotiate_answer(&ours, &offer, &supported);
+    if let Ok(n) = sdp::negotiate(&offer, &supported, policy) {
         let local: SocketAddr = if ctl & 0x80 != 0 {
             "[::1]:40000".parse().unwrap_or_else(|_| unreachable!())
         } else {
             "127.0.0.1:40000".parse().unwrap_or_else(|_| unreachable!())
         };
         let answer = sdp::answer(&n, local, u64::from(ctl));
-        // Our own answer must be an offer we accept.
-        let again = sdp::negotiate(&answer, &[n.codec]);
+        // Our own answer must be an offer we accept, encrypted exactly when it was.
+        let again = sdp::negotiate(&answer, &[n.codec], policy);
         assert!(
-            again.is_ok(),
+            again.as_ref().is_ok_and(|a| a.srtp.is_some() == n.srtp.is_some()),
             "our answer does not parse: {answer:?} {again:?}"
         );
+        // The same offer again inside the dialog keeps the session.
+        let re = sdp::reanswer(&offer, &answer);
+        if let (Ok(re), Some(sdes)) = (&re, &n.srtp) {
+            let keys = re.srtp.as_ref().map(|k| &k.local);
+            assert_eq!(keys, Some(&sdes.keys.local), "our key changed: {re:?}");
+        }
     }
     for pt in 0..=u8::MAX {
         let _ = sdp::static_payload(pt);
@@ -413,6 +437,48 @@ pub fn rtcp(data: &[u8]) {
         let mut stats = rtcp::ReceiverStats::default();
         if let Some(ntp) = r.sr_ntp_middle {
             stats.on_sender_report(ntp);
+        }
+    }
+}
+
+/// SRTP/SRTCP unprotect on a stream keyed with a fixed key: arbitrary packets must be refused
+/// cleanly, and packets that parse as RTP are also protected and must come back unchanged.
+/// Input: packets, each preceded by a length byte; the first byte's low bit picks the suite.
+pub fn srtp(data: &[u8]) {
+    use switchboard::media::{
+        rtp,
+        srtp::{MasterKey, Srtp, SrtpKeys, Suite},
+    };
+    let mut input = Input::new(data);
+    let suite = if input.u8() & 1 == 0 {
+        Suite::AesCm128HmacSha1_80
+    } else {
+        Suite::AesCm128HmacSha1_32
+    };
+    let key = MasterKey::from_base64("WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz")
+        .unwrap_or_else(|| unreachable!());
+    let keys = SrtpKeys {
+        suite,
+        local: key.clone(),
+        remote: key,
+    };
+    let (Ok(mut rx), Ok(mut tx)) = (Srtp::new(&keys), Srtp::new(&keys)) else {
+        return;
+    };
+    while !input.is_empty() {
+        let len = usize::from(input.u8());
+        let pkt = input.bytes(len);
+        if let Ok(plain) = rx.unprotect_rtp(pkt) {
+            assert!(plain.len() <= pkt.len());
+            let _ = rtp::parse(&plain);
+        }
+        let _ = rx.unprotect_rtcp(pkt);
+        if rtp::parse(pkt).is_some() {
+            if let Ok(wire) = tx.protect_rtp(pkt) {
+                if let Ok(back) = rx.unprotect_rtp(&wire) {
+                    assert_eq!(&back[..], pkt, "round trip changed the packet");
+                }
+            }
         }
     }
 }

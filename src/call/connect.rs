@@ -131,9 +131,7 @@ impl VoiceChannel<'_> {
         if ringing.is_empty() {
             return not_connected("failed", Some(refusals.join("; ")));
         }
-        let codec = self.media.codec();
-        self.media
-            .play(ringback().encoded(codec), super::voice::LOOP_FOREVER);
+        self.media.play(&ringback(), super::voice::LOOP_FOREVER);
         let give_up = Instant::now() + ring + CANCEL_GRACE;
         let single = ringing.len() == 1;
         let mut last_failure: Option<(u16, String)> = None;

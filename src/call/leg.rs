@@ -33,6 +33,8 @@ pub struct Legs {
     pub registry: Arc<Registry>,
     /// `[media] public_ip`: the address our SDP names, when set.
     pub public_ip: Option<std::net::IpAddr>,
+    /// `[sip] srtp`: what offers to registered phones carry.
+    pub user_srtp: sdp::SrtpPolicy,
 }
 
 /// Where one INVITE goes, however it was chosen.
@@ -45,6 +47,7 @@ struct Destination {
     redirect_hosts: Vec<String>,
     headers: Vec<(String, String)>,
     via: String,
+    srtp: sdp::SrtpPolicy,
 }
 
 /// Why a leg could not be placed.
@@ -91,6 +94,8 @@ pub struct Leg {
     /// Whom it went to: a trunk's name or `client:NAME`.
     via: String,
     ports: Option<Ports>,
+    /// Our SDP offer: its keys are what an encrypted answer is matched against.
+    offer: String,
     media: Option<MediaSession>,
     sip: SipHandle,
     engine: Arc<MediaEngine>,
@@ -129,6 +134,7 @@ impl Legs {
                     redirect_hosts: Vec::new(),
                     headers: Vec::new(),
                     via: req.target.to_string(),
+                    srtp: self.user_srtp,
                 };
                 (None, dest)
             }
@@ -146,6 +152,7 @@ impl Legs {
                     redirect_hosts: vec![t.host.clone()],
                     headers: route.headers.clone(),
                     via: t.name.clone(),
+                    srtp: t.srtp,
                 };
                 (Some(route), dest)
             }
@@ -158,12 +165,13 @@ impl Legs {
             Some(id) => caller_id_user(id).ok_or_else(|| Refusal::BadCallerId(id.to_string()))?,
             None => dest.caller_id.unwrap_or_else(|| "switchboard".into()),
         };
+        let offer = sdp::offer(OFFER, local_rtp, rand::random::<u32>() as u64, dest.srtp);
         let spec = DialSpec {
             call_id: call_id.clone(),
             peer: dest.peer,
             request_uri: dest.request_uri.clone(),
             from_user,
-            sdp: sdp::offer(OFFER, local_rtp, rand::random::<u32>() as u64),
+            sdp: offer.clone(),
             credentials: req.credentials.clone().or(dest.credentials),
             ring_timeout: req.ring_timeout,
             redirect_hosts: dest.redirect_hosts,
@@ -183,6 +191,7 @@ impl Legs {
             _route: route,
             via: dest.via,
             ports: Some(ports),
+            offer,
             media: None,
             sip: self.sip.clone(),
             engine: self.media.clone(),
@@ -202,9 +211,14 @@ impl Leg {
     /// Start (or move) its media to the far end's session: its answer or early media. Err
     /// when that SDP names nothing we can send to.
     pub fn start_media(&mut self, remote_sdp: &str) -> Result<&MediaSession, sdp::SdpError> {
-        let n = sdp::negotiate(remote_sdp, OFFER)?;
+        let n = sdp::negotiate_answer(&self.offer, remote_sdp, OFFER)?;
+        let keys = n.srtp.as_ref().map(|s| s.keys.clone());
         if let Some(m) = &self.media {
+            // Early media, then the answer (or a forked answer's new key).
             m.control().set_remote(n.remote_rtp);
+            if let Some(keys) = &keys {
+                m.control().set_srtp(keys);
+            }
         } else if let Some(ports) = self.ports.take() {
             let params = StreamParams {
                 remote: n.remote_rtp,
@@ -213,11 +227,13 @@ impl Leg {
                 telephone_event: n.telephone_event,
                 ptime_ms: n.ptime_ms,
                 label: self.call_id.clone(),
+                srtp: keys,
             };
             match self.engine.start(ports, params) {
                 Ok(m) => {
                     self.registry.attach_media(&self.call_id, m.control());
-                    tracing::info!(call_id = %self.call_id, codec = ?n.codec, remote_rtp = %n.remote_rtp, "far end media");
+                    let srtp = n.srtp.as_ref().map_or("off", |s| s.keys.suite.name());
+                    tracing::info!(call_id = %self.call_id, codec = ?n.codec, remote_rtp = %n.remote_rtp, srtp, "far end media");
                     self.media = Some(m);
                 }
                 Err(e) => {

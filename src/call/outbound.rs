@@ -25,6 +25,8 @@ pub struct OutboundTrunk {
     pub caller_id: Option<String>,
     /// The address our SDP offers for media towards it.
     pub media_ip: IpAddr,
+    /// Its `srtp`: what our offers towards it carry.
+    pub srtp: crate::config::SrtpPolicy,
     dial_allow: Vec<String>,
     max_outbound: usize,
     calls_per_second: u32,
@@ -52,6 +54,7 @@ impl OutboundTrunk {
             credentials,
             caller_id: cfg.caller_id.clone(),
             media_ip,
+            srtp: cfg.srtp,
             dial_allow: cfg.dial_allow.clone(),
             max_outbound: cfg.max_outbound,
             calls_per_second: cfg.calls_per_second,

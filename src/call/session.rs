@@ -115,10 +115,16 @@ pub async fn dispatch(svc: Arc<CallServices>, mut events: mpsc::UnboundedReceive
                 call_id,
                 remote,
                 sending,
+                srtp,
+                format,
             } => match svc.registry.media(&call_id) {
                 Some(m) => {
                     m.set_remote(remote);
                     m.set_sending(sending);
+                    m.set_format(format);
+                    if let Some(keys) = &srtp {
+                        m.set_srtp(keys);
+                    }
                     tracing::info!(%call_id, %remote, sending, "media updated by the caller (re-INVITE/UPDATE)");
                 }
                 None => tracing::debug!(%call_id, "media update for a call without media"),
@@ -193,7 +199,7 @@ fn on_invite(svc: &Arc<CallServices>, inv: IncomingInvite) {
         return reject(svc, &call_id, 404, "Not Found", None);
     };
     let sdp_text = String::from_utf8_lossy(&inv.sdp).to_string();
-    let neg = match sdp::negotiate(&sdp_text, CODECS) {
+    let neg = match sdp::negotiate(&sdp_text, CODECS, inv.srtp) {
         Ok(n) => n,
         Err(e) => {
             tracing::info!(%call_id, error = %e, "SDP offer refused");
@@ -301,6 +307,7 @@ async fn run_call(
         telephone_event: neg.telephone_event,
         ptime_ms: neg.ptime_ms,
         label: call_id.clone(),
+        srtp: neg.srtp.as_ref().map(|s| s.keys.clone()),
     };
     let mut media = match svc.media.start(socket, params) {
         Ok(m) => m,
@@ -320,7 +327,8 @@ async fn run_call(
         call_id: call_id.clone(),
         sdp: answer,
     });
-    tracing::info!(%call_id, codec = ?neg.codec, rtp = %media.local, remote_rtp = %neg.remote_rtp, "answered");
+    let srtp = neg.srtp.as_ref().map_or("off", |s| s.keys.suite.name());
+    tracing::info!(%call_id, codec = ?neg.codec, rtp = %media.local, remote_rtp = %neg.remote_rtp, srtp, "answered");
     let metrics = crate::metrics::get();
     metrics.calls_answered.inc();
     metrics

@@ -168,8 +168,7 @@ impl VoiceChannel<'_> {
                 Err(e) => tracing::error!(call_id = %self.call_id, error = %e, "play failed"),
             }
         }
-        let codec = self.media.codec();
-        let mut last = clip.map(|c| self.media.play(c.encoded(codec), loops));
+        let mut last = clip.map(|c| self.media.play(&c, loops));
         if let Some(digits) = p.digits.as_deref().filter(|d| !d.trim().is_empty()) {
             // RFC 4733 events, or in-band tones when the caller has no telephone-event.
             last = Some(self.media.send_digits(digits));
@@ -320,7 +319,7 @@ impl VoiceChannel<'_> {
     pub async fn record(&mut self, r: &Record) -> Outcome {
         if r.play_beep {
             let beep = Clip::from_pcm(tones::beep(BEEP_HZ, BEEP_MS, 8000));
-            let id = self.media.play(beep.encoded(self.media.codec()), 1);
+            let id = self.media.play(&beep, 1);
             loop {
                 match self.next(None, None).await {
                     Happening::Played(done) if done == id => break,

@@ -83,6 +83,20 @@ pub struct CallArgs {
     /// Local address to bind SIP and RTP on (default: the route's source address).
     #[arg(long)]
     pub bind: Option<std::net::IpAddr>,
+    /// SRTP with SDES keys: `off`, `optional` (RTP/AVP with a=crypto: encrypted if the far
+    /// end keys its answer) or `required` (RTP/SAVP).
+    #[arg(long, default_value = "off", value_parser = parse_srtp)]
+    pub srtp: crate::config::SrtpPolicy,
+}
+
+fn parse_srtp(s: &str) -> Result<crate::config::SrtpPolicy, String> {
+    use crate::config::SrtpPolicy;
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Ok(SrtpPolicy::Off),
+        "optional" => Ok(SrtpPolicy::Optional),
+        "required" => Ok(SrtpPolicy::Required),
+        _ => Err(format!("--srtp {s:?}: expected off, optional or required")),
+    }
 }
 
 /// Validated options.
@@ -106,6 +120,7 @@ pub struct Options {
     pub(crate) require_audio: bool,
     pub(crate) media_threads: usize,
     pub(crate) bind: Option<std::net::IpAddr>,
+    pub(crate) srtp: crate::config::SrtpPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +273,7 @@ impl CallArgs {
             require_audio: self.require_audio,
             media_threads: self.media_threads.unwrap_or(cores).clamp(1, 64),
             bind: self.bind,
+            srtp: self.srtp,
         })
     }
 }

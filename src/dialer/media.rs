@@ -44,6 +44,8 @@ pub struct StreamSpec {
     pub dtmf: Arc<[DtmfStep]>,
     pub dtmf_after: Duration,
     pub record: bool,
+    /// SRTP contexts when the answer keyed the stream (`--srtp`).
+    pub srtp: Option<Box<crate::media::srtp::Srtp>>,
 }
 
 /// What a stream saw, sent back when it is stopped.
@@ -52,6 +54,8 @@ pub struct MediaReport {
     pub n: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
+    /// SRTP packets that failed authentication.
+    pub srtp_refused: u64,
     pub audio_frames: u64,
     pub loud_frames: u64,
     pub digits_sent: u32,
@@ -247,12 +251,14 @@ impl Stream {
             Sending::Idle => self.audio_frame(buf),
         };
         self.rtp.advance(frame as u32);
-        if self
-            .spec
-            .socket
-            .send_to(&buf[..n], self.spec.remote)
-            .is_ok()
-        {
+        let sent = match self.spec.srtp.as_mut() {
+            None => self.spec.socket.send_to(&buf[..n], self.spec.remote),
+            Some(srtp) => match srtp.protect_rtp(&buf[..n]) {
+                Ok(wire) => self.spec.socket.send_to(&wire, self.spec.remote),
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+        };
+        if sent.is_ok() {
             self.report.packets_sent += 1;
         }
         true
@@ -283,7 +289,21 @@ impl Stream {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => return,
             };
-            let Some(pkt) = rtp::parse(&buf[..n]) else {
+            let opened;
+            let datagram = match self.spec.srtp.as_mut() {
+                None => &buf[..n],
+                Some(srtp) => match srtp.unprotect_rtp(&buf[..n]) {
+                    Ok(plain) => {
+                        opened = plain;
+                        &opened[..]
+                    }
+                    Err(_) => {
+                        self.report.srtp_refused += 1;
+                        continue;
+                    }
+                },
+            };
+            let Some(pkt) = rtp::parse(datagram) else {
                 continue;
             };
             self.report.packets_received += 1;
@@ -405,6 +425,7 @@ mod tests {
             dtmf: vec![DtmfStep::Digit('1'), DtmfStep::Digit('#')].into(),
             dtmf_after: Duration::from_millis(100),
             record: true,
+            srtp: None,
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut pool = MediaPool::new(1, tx).unwrap();

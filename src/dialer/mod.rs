@@ -80,6 +80,8 @@ enum Timer {
 
 struct Call {
     uac: Uac,
+    /// Our SDP offer: an encrypted answer is keyed against it.
+    offer: String,
     rtp: Option<StdUdpSocket>,
     worker: Option<usize>,
     end: Option<End>,
@@ -279,11 +281,12 @@ fn load_clip(path: &Path) -> Result<Arc<Clip>, CallerError> {
     player::decode(&bytes, ext).map_err(|e| fail(e.to_string()))
 }
 
-fn sdp_offer(ip: IpAddr, port: u16, codecs: &[Codec]) -> String {
+fn sdp_offer(ip: IpAddr, port: u16, codecs: &[Codec], srtp: sdp::SrtpPolicy) -> String {
     sdp::offer(
         codecs,
         SocketAddr::new(ip, port),
         rand::random::<u32>() as u64,
+        srtp,
     )
 }
 
@@ -342,12 +345,13 @@ impl Run {
             Ok(a) => a,
             Err(_) => SocketAddr::new(self.local_ip, 0),
         };
+        let offer = sdp_offer(self.local_ip, port, &self.opts.codecs, self.opts.srtp);
         let params = Params {
             call_id: self.call_id(n),
             from_user: caller_id(&self.opts.from, self.opts.from_range, n),
             request_uri: self.opts.target.request_uri(self.target),
             local,
-            sdp_offer: sdp_offer(self.local_ip, port, &self.opts.codecs),
+            sdp_offer: offer.clone(),
             setup_timeout: self.opts.setup_timeout,
         };
         let mut uac = Uac::new(params, now);
@@ -356,6 +360,7 @@ impl Run {
             n,
             Call {
                 uac,
+                offer,
                 rtp: Some(rtp),
                 worker: None,
                 end: None,
@@ -457,9 +462,18 @@ impl Run {
         };
         let setup = now - c.uac.started();
         self.last_answer = Some(now);
-        let neg = match sdp::negotiate(sdp_answer, &self.opts.codecs) {
+        let neg = match sdp::negotiate_answer(&c.offer, sdp_answer, &self.opts.codecs) {
             Ok(neg) => neg,
             Err(e) => return c.uac.reject_answer(now, e.to_string()),
+        };
+        let srtp = match neg
+            .srtp
+            .as_ref()
+            .map(|s| crate::media::srtp::Srtp::new(&s.keys))
+        {
+            None => None,
+            Some(Ok(s)) => Some(Box::new(s)),
+            Some(Err(e)) => return c.uac.reject_answer(now, e.to_string()),
         };
         if self.verbose {
             let te = neg
@@ -467,8 +481,12 @@ impl Run {
                 .map_or("no telephone-event (DTMF in-band)".to_string(), |pt| {
                     format!("telephone-event {pt}")
                 });
+            let srtp = neg
+                .srtp
+                .as_ref()
+                .map_or(String::new(), |s| format!(", SRTP {}", s.keys.suite.name()));
             eprintln!(
-                "answered in {} ms: {} to {}, {te}",
+                "answered in {} ms: {} to {}, {te}{srtp}",
                 setup.as_millis(),
                 neg.codec.rtpmap_name(),
                 neg.remote_rtp
@@ -489,6 +507,7 @@ impl Run {
             dtmf: self.dtmf.clone(),
             dtmf_after: self.opts.dtmf_after,
             record: self.opts.record.is_some(),
+            srtp,
         };
         c.worker = Some(self.pool.add(spec));
         if let Some(after) = self.opts.hangup_after {
@@ -665,9 +684,10 @@ mod tests {
             "127.0.0.1".parse().unwrap(),
             4000,
             &[Codec::Pcmu, Codec::Pcma],
+            sdp::SrtpPolicy::Off,
         );
         assert!(sdp.contains("m=audio 4000 RTP/AVP 0 8 101\r\n"), "{sdp}");
-        let n = sdp::negotiate(&sdp, &[Codec::Pcma, Codec::Pcmu]).unwrap();
+        let n = sdp::negotiate(&sdp, &[Codec::Pcma, Codec::Pcmu], sdp::SrtpPolicy::Off).unwrap();
         assert_eq!((n.codec, n.telephone_event), (Codec::Pcmu, Some(101)));
         assert_eq!(n.remote_rtp, "127.0.0.1:4000".parse().unwrap());
     }

@@ -25,6 +25,8 @@ const MAX_DIGITS: usize = 32;
 /// What the other leg relays to this stream: audio in this stream's codec, and DTMF digits.
 #[derive(Debug, Default)]
 pub(crate) struct Inlet {
+    /// The receiving stream's codec: what relays must encode into (it may change mid-call).
+    pub(crate) codec: Option<Codec>,
     audio: VecDeque<u8>,
     digits: VecDeque<char>,
     /// Playing: enough was buffered once; cleared when the buffer runs dry.
@@ -78,12 +80,22 @@ impl Inlet {
     pub(crate) fn next_digit(&mut self) -> Option<char> {
         self.digits.pop_front()
     }
+
+    /// The receiving stream switched to `codec`: what is buffered in the old one is dropped,
+    /// and relays encode into the new one from their next packet.
+    pub(crate) fn retarget(&mut self, codec: Codec) {
+        self.codec = Some(codec);
+        self.audio.clear();
+        self.primed = false;
+    }
 }
 
 /// Where a stream sends what it receives: the other leg's inlet, through a transcoder when the
 /// two legs negotiated different codecs.
 pub(crate) struct Relay {
     inlet: SharedInlet,
+    from: Codec,
+    to: Codec,
     transcode: Option<Box<Transcode>>,
 }
 
@@ -103,30 +115,40 @@ struct Transcode {
 impl Relay {
     /// A relay from a stream in `from` to an inlet of a stream in `to`.
     pub(crate) fn new(from: Codec, to: Codec, inlet: SharedInlet) -> Relay {
-        let transcode = (from != to).then(|| {
-            Box::new(Transcode {
-                decoder: Decoder::new(from),
-                from_rate: from.sample_rate(),
-                to,
-                g722: (to == Codec::G722).then(G722Encoder::new),
-                last: 0,
-                pcm: Vec::with_capacity(960),
-                rated: Vec::with_capacity(960),
-                out: Vec::with_capacity(480),
-            })
-        });
-        Relay { inlet, transcode }
+        if let Ok(mut i) = inlet.lock() {
+            i.codec = Some(to);
+        }
+        Relay {
+            inlet,
+            from,
+            to,
+            transcode: Transcode::between(from, to),
+        }
+    }
+
+    /// The sending stream switched to `from` (a re-INVITE).
+    pub(crate) fn set_from(&mut self, from: Codec) {
+        if from != self.from {
+            self.from = from;
+            self.transcode = Transcode::between(from, self.to);
+        }
     }
 
     /// One received audio payload (in the sending leg's codec).
     pub(crate) fn push_audio(&mut self, payload: &[u8]) {
+        let Ok(mut inlet) = self.inlet.lock() else {
+            return;
+        };
+        if let Some(to) = inlet.codec.filter(|c| *c != self.to) {
+            // The receiving leg switched codec.
+            self.to = to;
+            self.transcode = Transcode::between(self.from, to);
+        }
         let bytes: &[u8] = match self.transcode.as_deref_mut() {
             None => payload,
             Some(t) => t.run(payload),
         };
-        if let Ok(mut inlet) = self.inlet.lock() {
-            inlet.push_audio(bytes);
-        }
+        inlet.push_audio(bytes);
     }
 
     /// A digit the sending leg pressed (RFC 4733): the receiving leg plays it out.
@@ -140,6 +162,22 @@ impl Relay {
 }
 
 impl Transcode {
+    /// A transcoder from `from` to `to`; None when they are the same codec.
+    fn between(from: Codec, to: Codec) -> Option<Box<Transcode>> {
+        (from != to).then(|| {
+            Box::new(Transcode {
+                decoder: Decoder::new(from),
+                from_rate: from.sample_rate(),
+                to,
+                g722: (to == Codec::G722).then(G722Encoder::new),
+                last: 0,
+                pcm: Vec::with_capacity(960),
+                rated: Vec::with_capacity(960),
+                out: Vec::with_capacity(480),
+            })
+        })
+    }
+
     fn run(&mut self, payload: &[u8]) -> &[u8] {
         self.pcm.clear();
         self.decoder.decode(payload, &mut self.pcm);
@@ -175,6 +213,40 @@ mod tests {
         (0..n)
             .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * 400.0 * i as f64 / rate).sin()) as i16)
             .collect()
+    }
+
+    #[test]
+    fn a_codec_switch_on_either_leg_retargets_the_relay() {
+        let pcm = tone(160 * 4, 8000.0);
+        let (mut ulaw, mut alaw) = (Vec::new(), Vec::new());
+        Codec::Pcmu.encode(&pcm, &mut ulaw);
+        Codec::Pcma.encode(&pcm, &mut alaw);
+        let inlet = SharedInlet::default();
+        let mut relay = Relay::new(Codec::Pcmu, Codec::Pcmu, inlet.clone());
+        relay.push_audio(&ulaw[..160]);
+        // The receiving leg switched to PCMA: what was buffered in PCMU is gone, and what the
+        // relay pushes next is A-law.
+        inlet.lock().unwrap().retarget(Codec::Pcma);
+        relay.push_audio(&ulaw[160..480]);
+        let mut out = [0u8; 160];
+        assert!(inlet.lock().unwrap().take(Some(&mut out), 160));
+        let heard: Vec<i16> = out.iter().map(|&b| alaw_to_linear(b)).collect();
+        let want: Vec<i16> = pcm[160..320].to_vec();
+        let err: f64 = heard
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / 160.0;
+        assert!(err < 300.0, "A-law of the PCMU input (mean error {err})");
+        // The sending leg switched to PCMA too: bytes now pass through unchanged.
+        relay.set_from(Codec::Pcma);
+        let mut i = inlet.lock().unwrap();
+        i.retarget(Codec::Pcma);
+        drop(i);
+        relay.push_audio(&alaw[..320]);
+        assert!(inlet.lock().unwrap().take(Some(&mut out), 160));
+        assert_eq!(&out[..], &alaw[..160]);
     }
 
     #[test]

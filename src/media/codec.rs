@@ -77,6 +77,19 @@ impl Codec {
     }
 }
 
+/// The audio a stream sends and takes, as a re-negotiation (re-INVITE, UPDATE) may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// The codec.
+    pub codec: Codec,
+    /// Its payload type (we send with the peer's).
+    pub payload_type: u8,
+    /// RFC 4733 telephone-event's payload type, if negotiated.
+    pub telephone_event: Option<u8>,
+    /// Packet time in milliseconds.
+    pub ptime_ms: u32,
+}
+
 /// Per-stream decoder (G.722 is stateful; G.711 is not).
 pub enum Decoder {
     /// µ-law or A-law.

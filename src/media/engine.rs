@@ -47,6 +47,8 @@ pub enum MediaError {
     NoPort(u16, u16),
     #[error("RTP socket: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Srtp(#[from] super::srtp::SrtpError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,10 +79,15 @@ pub struct StreamParams {
     pub ptime_ms: u32,
     /// What log lines name the stream by (the call's Call-ID).
     pub label: String,
+    /// SRTP keys when the stream is encrypted (SDES); None for plain RTP.
+    pub srtp: Option<super::srtp::SrtpKeys>,
 }
 
 enum Item {
     Audio {
+        /// What plays, kept so that a codec switch can take its other encoding.
+        clip: Arc<super::Clip>,
+        /// `clip` in the stream's codec.
         audio: Arc<[u8]>,
         loops_left: u32,
         pos: usize,
@@ -118,7 +125,8 @@ impl Drop for Tap {
     }
 }
 
-type TapSender = (u64, mpsc::UnboundedSender<Vec<i16>>);
+/// A tap: its id, the sample rate it was made at (kept across a codec switch), its channel.
+type TapSender = (u64, u32, mpsc::UnboundedSender<Vec<i16>>);
 
 /// Who listens to a stream; boxed and made on the first tap (most calls never have one).
 #[derive(Default)]
@@ -171,6 +179,9 @@ struct StreamState {
     /// Bridged: what the other leg relays to this stream, played when no prompt is queued.
     inlet: Option<SharedInlet>,
     taps: Option<Box<Taps>>,
+    /// SRTP contexts of an encrypted stream: every packet out is protected here, on the
+    /// pacing worker, and every packet in is authenticated before anything reads it.
+    srtp: Option<Box<super::srtp::Srtp>>,
 }
 
 impl StreamState {
@@ -178,8 +189,8 @@ impl StreamState {
         let Some(t) = self.taps.as_mut() else {
             return;
         };
-        t.heard.retain(|(i, _)| *i != id);
-        t.sent.retain(|(i, _)| *i != id);
+        t.heard.retain(|(i, ..)| *i != id);
+        t.sent.retain(|(i, ..)| *i != id);
         if t.heard.is_empty() {
             self.inbound.jitter = None;
         }
@@ -205,23 +216,35 @@ impl StreamState {
                 .decode(a, &mut pcm),
             None => pcm.resize(pcm.len() + samples, 0),
         }
-        fan_out(&mut t.sent, pcm);
+        fan_out(&mut t.sent, pcm, codec.sample_rate());
     }
 }
 
-/// Send `pcm` to every tap (the last one gets it without a copy); drop taps whose receiver is
-/// gone.
-fn fan_out(taps: &mut Vec<TapSender>, pcm: Vec<i16>) {
-    let Some(((_, last), rest)) = taps.split_last() else {
+/// Send `pcm` (at `rate`) to every tap (the last one gets it without a copy); drop taps whose
+/// receiver is gone. A tap made before a codec switch to or from G.722 keeps its own rate.
+fn fan_out(taps: &mut Vec<TapSender>, pcm: Vec<i16>, rate: u32) {
+    let Some(((_, last_rate, last), rest)) = taps.split_last() else {
         return;
     };
+    let at = |want: u32, pcm: &[i16]| -> Vec<i16> {
+        match (rate, want) {
+            (16000, 8000) => super::resample::halve(pcm).collect(),
+            (8000, 16000) => pcm.iter().flat_map(|&s| [s, s]).collect(),
+            _ => pcm.to_vec(),
+        }
+    };
     let mut closed = false;
-    for (_, tx) in rest {
-        closed |= tx.send(pcm.clone()).is_err();
+    for (_, want, tx) in rest {
+        closed |= tx.send(at(*want, &pcm)).is_err();
     }
+    let pcm = if *last_rate == rate {
+        pcm
+    } else {
+        at(*last_rate, &pcm)
+    };
     closed |= last.send(pcm).is_err();
     if closed {
-        taps.retain(|(_, tx)| !tx.is_closed());
+        taps.retain(|(.., tx)| !tx.is_closed());
     }
 }
 
@@ -230,7 +253,6 @@ struct Stream {
     /// needs no task and no reactor registration of its own.
     socket: std::net::UdpSocket,
     rtcp: Option<std::net::UdpSocket>,
-    audio_pt: u8,
     /// RTCP SDES CNAME, fixed for the stream's life (RFC 3550 §6.5.1).
     cname: String,
     /// The call's Call-ID, for log lines.
@@ -303,7 +325,16 @@ impl Stream {
         st.octets_sent += (n - HEADER_LEN) as u64;
         let remote = st.remote;
         // A full socket buffer drops this one frame, like a congested network would.
-        let _ = self.socket.send_to(&buf[..n], remote);
+        match st.srtp.as_mut() {
+            None => {
+                let _ = self.socket.send_to(&buf[..n], remote);
+            }
+            Some(srtp) => {
+                if let Ok(wire) = srtp.protect_rtp(&buf[..n]) {
+                    let _ = self.socket.send_to(&wire, remote);
+                }
+            }
+        }
         if st.packets_sent % REPORT_EVERY_PACKETS == 0 {
             if let Some(sock) = &self.rtcp {
                 let mut report = [0u8; 128];
@@ -322,7 +353,17 @@ impl Stream {
                     &mut st.recv_stats,
                     &self.cname,
                 );
-                let _ = sock.send_to(&report[..len], st.rtcp_remote);
+                let to = st.rtcp_remote;
+                match st.srtp.as_mut() {
+                    None => {
+                        let _ = sock.send_to(&report[..len], to);
+                    }
+                    Some(srtp) => {
+                        if let Ok(wire) = srtp.protect_rtcp(&report[..len]) {
+                            let _ = sock.send_to(&wire, to);
+                        }
+                    }
+                }
             }
         }
         Some(st.frames)
@@ -357,6 +398,7 @@ impl Stream {
                     audio,
                     loops_left,
                     pos,
+                    ..
                 } => {
                     let take = (audio.len() - *pos).min(frame - written);
                     if let Some(o) = out.as_deref_mut() {
@@ -452,11 +494,10 @@ fn digits_item(st: &StreamState, digits: &str) -> Item {
             pause_frames: 0,
         };
     }
-    let pcm = super::tones::inband_digits(digits, DIGIT_MS, DIGIT_GAP_MS);
-    let mut audio = Vec::with_capacity(pcm.len());
-    st.codec.encode(&pcm, &mut audio);
+    let clip = super::Clip::from_pcm(super::tones::inband_digits(digits, DIGIT_MS, DIGIT_GAP_MS));
     Item::Audio {
-        audio: audio.into(),
+        audio: clip.encoded(st.codec),
+        clip,
         loops_left: 1,
         pos: 0,
     }
@@ -492,10 +533,6 @@ pub struct MediaSession {
 }
 
 impl MediaSession {
-    fn enqueue(&mut self, item: Item) -> u64 {
-        self.enqueue_with(|_| item)
-    }
-
     /// Queue the item `make` builds from the stream's state (its codec, telephone-event).
     fn enqueue_with(&mut self, make: impl FnOnce(&StreamState) -> Item) -> u64 {
         self.next_id += 1;
@@ -507,11 +544,20 @@ impl MediaSession {
         id
     }
 
-    /// Queue encoded audio (in the stream's codec) `loops` times; returns the id that its
-    /// `PlayoutDone` will carry.
-    pub fn play(&mut self, audio: Arc<[u8]>, loops: u32) -> u64 {
-        self.enqueue(Item::Audio {
-            audio,
+    /// Queue a prompt `loops` times; returns the id that its `PlayoutDone` will carry. It is
+    /// encoded for the stream's codec here, outside the stream's lock (a clip keeps each
+    /// encoding once made), and again should the codec change while it waits.
+    pub fn play(&mut self, clip: &Arc<super::Clip>, loops: u32) -> u64 {
+        let codec = self.codec();
+        let audio = clip.encoded(codec);
+        self.enqueue_with(|st| Item::Audio {
+            // The codec changed since it was read (a re-INVITE in between).
+            audio: if st.codec == codec {
+                audio
+            } else {
+                clip.encoded(st.codec)
+            },
+            clip: clip.clone(),
             loops_left: loops.max(1),
             pos: 0,
         })
@@ -566,9 +612,9 @@ impl MediaSession {
             taps.next_id += 1;
             id = taps.next_id;
             if sent {
-                taps.sent.push((id, tx));
+                taps.sent.push((id, rate, tx));
             } else {
-                taps.heard.push((id, tx));
+                taps.heard.push((id, rate, tx));
             }
         }
         Tap {
@@ -629,6 +675,84 @@ impl MediaControl {
     pub fn set_sending(&self, sending: bool) {
         if let Ok(mut st) = self.stream.state.lock() {
             st.sending = sending;
+        }
+    }
+
+    /// Switch to a re-negotiated format (a re-INVITE that changed the codec, its payload type,
+    /// telephone-event or ptime). Queued prompts go on where they were, in the new codec: each
+    /// is a clip whose new encoding is made here, outside the stream's lock, before the switch.
+    pub fn set_format(&self, f: super::codec::Format) {
+        let frame = (f.ptime_ms.clamp(10, 60) as usize) * 8;
+        let clips: Vec<Arc<super::Clip>> = {
+            let Ok(st) = self.stream.state.lock() else {
+                return;
+            };
+            let current = (st.codec, st.rtp.payload_type, st.telephone_event, st.frame);
+            if current == (f.codec, f.payload_type, f.telephone_event, frame) {
+                return;
+            }
+            st.queue
+                .iter()
+                .filter_map(|p| match &p.item {
+                    Item::Audio { clip, .. } => Some(clip.clone()),
+                    Item::Digits { .. } => None,
+                })
+                .collect()
+        };
+        for clip in &clips {
+            clip.encoded(f.codec);
+        }
+        let Ok(mut guard) = self.stream.state.lock() else {
+            return;
+        };
+        let st = &mut *guard;
+        let switched = st.codec != f.codec;
+        st.codec = f.codec;
+        st.rtp.payload_type = f.payload_type;
+        st.telephone_event = f.telephone_event;
+        st.frame = frame;
+        for p in st.queue.iter_mut() {
+            if let Item::Audio {
+                clip, audio, pos, ..
+            } = &mut p.item
+            {
+                // Every codec sends one byte per 8 kHz tick: the position carries over.
+                *audio = clip.encoded(f.codec);
+                *pos = (*pos).min(audio.len());
+            }
+        }
+        let rate = f.codec.sample_rate();
+        st.inbound.inband = match f.telephone_event {
+            None => InbandDtmf::new(rate).ok(),
+            Some(_) => None,
+        };
+        if switched {
+            st.inbound.decoder = Decoder::new(f.codec);
+            if st.inbound.jitter.is_some() {
+                st.inbound.jitter = Some(JitterBuffer::new(3));
+            }
+            if let Some(t) = st.taps.as_mut() {
+                t.sent_decoder = None;
+            }
+            if let Some(r) = st.relay.as_mut() {
+                r.set_from(f.codec);
+            }
+            if let Some(Ok(mut inlet)) = st.inlet.as_ref().map(|i| i.lock()) {
+                inlet.retarget(f.codec);
+            }
+        }
+        tracing::info!(call_id = %self.stream.label, codec = ?f.codec, payload_type = f.payload_type, "media format changed");
+    }
+
+    /// Take an encrypted stream's keys after a re-negotiation (a peer's new key). A plain
+    /// stream stays plain: signalling never turns encryption on or off mid-call.
+    pub fn set_srtp(&self, keys: &super::srtp::SrtpKeys) {
+        if let Ok(mut st) = self.stream.state.lock() {
+            if let Some(srtp) = st.srtp.as_mut() {
+                if let Err(e) = srtp.rekey(keys) {
+                    tracing::warn!(call_id = %self.stream.label, error = %e, "SRTP re-key failed; the old keys stay");
+                }
+            }
         }
     }
 }
@@ -762,10 +886,13 @@ impl MediaEngine {
             None => InbandDtmf::new(p.codec.sample_rate()).ok(),
             Some(_) => None,
         };
+        let srtp = match &p.srtp {
+            Some(keys) => Some(Box::new(super::srtp::Srtp::new(keys)?)),
+            None => None,
+        };
         let stream = Arc::new(Stream {
             socket,
             rtcp,
-            audio_pt: p.payload_type,
             cname: format!("switchboard@{}", local.ip()),
             label: p.label,
             faults: AtomicU32::new(0),
@@ -798,6 +925,7 @@ impl MediaEngine {
                 relay: None,
                 inlet: None,
                 taps: None,
+                srtp,
             }),
             closed: AtomicBool::new(false),
             events: tx,
@@ -834,7 +962,7 @@ impl Stream {
     /// once a second.
     fn drain(&self, buf: &mut [u8; 1500], frames: u64) {
         while let Ok((n, from)) = self.socket.recv_from(buf) {
-            if !receive(self, self.audio_pt, &buf[..n], from) {
+            if !receive(self, &buf[..n], from) {
                 return;
             }
         }
@@ -849,8 +977,39 @@ impl Stream {
     }
 }
 
+/// What an encrypted stream makes of a datagram: it authenticated and decrypted, or None when
+/// refused (counted). A plain stream's datagram is returned as it came.
+fn unprotect<'a>(
+    srtp: Option<&mut super::srtp::Srtp>,
+    datagram: &'a [u8],
+    keep: &'a mut Option<bytes::BytesMut>,
+    rtcp: bool,
+) -> Option<&'a [u8]> {
+    let Some(srtp) = srtp else {
+        return Some(datagram);
+    };
+    let opened = if rtcp {
+        srtp.unprotect_rtcp(datagram)
+    } else {
+        srtp.unprotect_rtp(datagram)
+    };
+    match opened {
+        Ok(plain) => Some(&keep.insert(plain)[..]),
+        Err(e) => {
+            crate::metrics::get().srtp_refused.inc();
+            tracing::debug!(error = %e, rtcp, len = datagram.len(), "SRTP packet refused");
+            None
+        }
+    }
+}
+
 fn receive_rtcp(stream: &Stream, datagram: &[u8], from: SocketAddr) {
-    let Ok(mut st) = stream.state.lock() else {
+    let Ok(mut guard) = stream.state.lock() else {
+        return;
+    };
+    let st = &mut *guard;
+    let mut keep = None;
+    let Some(datagram) = unprotect(st.srtp.as_deref_mut(), datagram, &mut keep, true) else {
         return;
     };
     let Some(report) = rtcp::parse(datagram, st.rtp.ssrc) else {
@@ -869,14 +1028,19 @@ fn receive_rtcp(stream: &Stream, datagram: &[u8], from: SocketAddr) {
 }
 
 /// Handle one inbound datagram; false when the stream is gone.
-fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> bool {
-    let Some(pkt) = rtp::parse(datagram) else {
-        return true;
-    };
+fn receive(stream: &Stream, datagram: &[u8], from: SocketAddr) -> bool {
     let Ok(mut guard) = stream.state.lock() else {
         return false;
     };
     let st = &mut *guard;
+    // On an encrypted stream nothing unauthenticated is read, counted or latched onto.
+    let mut keep = None;
+    let Some(datagram) = unprotect(st.srtp.as_deref_mut(), datagram, &mut keep, false) else {
+        return true;
+    };
+    let Some(pkt) = rtp::parse(datagram) else {
+        return true;
+    };
     st.packets_received += 1;
     let arrival = (st.started.elapsed().as_micros() as u64 * st.codec.rtp_clock_rate() as u64
         / 1_000_000) as u32;
@@ -901,7 +1065,7 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
         }
         return true;
     }
-    if pkt.payload_type != audio_pt {
+    if pkt.payload_type != st.rtp.payload_type {
         return true; // comfort noise and anything we did not negotiate
     }
     if let Some(r) = st.relay.as_mut() {
@@ -935,7 +1099,7 @@ fn receive(stream: &Stream, audio_pt: u8, datagram: &[u8], from: SocketAddr) -> 
                 ),
                 PopResult::Empty => break,
             }
-            fan_out(heard, pcm);
+            fan_out(heard, pcm, st.codec.sample_rate());
             if heard.is_empty() {
                 break;
             }

@@ -13,6 +13,7 @@ pub(crate) mod player;
 pub(crate) mod resample;
 pub mod rtcp;
 pub mod rtp;
+pub mod srtp;
 pub mod ssml;
 pub mod tones;
 pub mod tts;

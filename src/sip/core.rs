@@ -21,6 +21,7 @@ use super::register::{Registration, RegistrationSpec, RegistrationState};
 use super::registrar::{Binding, Outcome, Registrar, MIN_EXPIRES};
 use super::session_timer::{SessionTimer, MIN_SE};
 use super::trust::{Admit, Trust, TrustConfig};
+use crate::config::SrtpPolicy;
 
 /// RFC 3261 timer base values.
 pub(crate) const T1: Duration = Duration::from_millis(500);
@@ -96,6 +97,10 @@ pub struct CoreConfig {
     /// `[sip] public_addr`: the address our Contact and Via name (the driver uses it as our
     /// local address for every message).
     pub advertise: Option<SocketAddr>,
+    /// `[sip] srtp`: SRTP for calls from no trunk (users' phones, the ACL).
+    pub srtp: SrtpPolicy,
+    /// Each trunk's `srtp`, by trunk name, for calls that come from its `inbound_from`.
+    pub trunk_srtp: HashMap<String, SrtpPolicy>,
 }
 
 /// `[sip]` settings for TCP connections (applied by the endpoint, which owns the sockets).
@@ -161,6 +166,8 @@ impl CoreConfig {
             trust: None,
             digest_algorithms,
             advertise: sip.public_addr,
+            srtp: sip.srtp,
+            trunk_srtp: HashMap::new(),
         })
     }
 
@@ -188,6 +195,7 @@ impl CoreConfig {
                 self.acl = self.acl.union(acl);
             }
         }
+        self.trunk_srtp = trunks.iter().map(|t| (t.name.clone(), t.srtp)).collect();
         Ok(self)
     }
 }
@@ -215,6 +223,9 @@ pub struct IncomingInvite {
     pub sdp: Vec<u8>,
     /// Who was trusted to place it, when trunks or users are configured.
     pub admitted: Option<Admitted>,
+    /// The SRTP policy its offer was checked against (its trunk's, else `[sip] srtp`): the
+    /// answer must be negotiated with the same one.
+    pub srtp: SrtpPolicy,
 }
 
 /// Why a request that opens a dialog was let in.
@@ -304,6 +315,10 @@ pub enum Event {
         remote: SocketAddr,
         /// False while the peer holds the call.
         sending: bool,
+        /// An encrypted session's keys from now on (the peer may have sent a new key).
+        srtp: Option<crate::media::srtp::SrtpKeys>,
+        /// The codec and payload types from now on (a re-offer may switch codec).
+        format: crate::media::codec::Format,
     },
     /// Our registration with a trunk changed state (logged and kept by the driver).
     TrunkRegistration {
@@ -1147,7 +1162,12 @@ impl SipCore {
             );
             return;
         }
-        if let Some((status, phrase, extra)) = invite_refusal(&req, local) {
+        let srtp = match &admitted {
+            Some(Admitted::Trunk(name)) => self.cfg.trunk_srtp.get(name).copied(),
+            _ => None,
+        }
+        .unwrap_or(self.cfg.srtp);
+        if let Some((status, phrase, extra)) = invite_refusal(&req, local, srtp) {
             self.reply(peer, &head, status, phrase, Some(&new_tag()), &extra, b"");
             return;
         }
@@ -1195,6 +1215,7 @@ impl SipCore {
             local,
             sdp: req.body,
             admitted,
+            srtp,
         };
         self.dialogs.insert(
             req.call_id.clone(),
@@ -1223,12 +1244,14 @@ impl SipCore {
             .push_back(Output::Event(Event::Invite(Box::new(invite))));
     }
 
-    fn media_update(&mut self, call_id: &str, update: Option<(SocketAddr, bool)>) {
-        if let Some((remote, sending)) = update {
+    fn media_update(&mut self, call_id: &str, update: Option<super::sdp::Reanswer>) {
+        if let Some(r) = update {
             self.out.push_back(Output::Event(Event::MediaUpdate {
                 call_id: call_id.to_string(),
-                remote,
-                sending,
+                remote: r.remote_rtp,
+                sending: r.sending,
+                srtp: r.srtp,
+                format: r.format,
             }));
         }
     }
@@ -2159,21 +2182,28 @@ fn refreshed(d: &mut Dialog, req: &Request, status: u16) -> String {
 
 /// The answer to an offer inside dialog `d` (status, reason, SDP) and the media change it
 /// makes; an offer we cannot take is 488 and leaves the session as it was.
-fn reoffer(d: &mut Dialog, body: &[u8]) -> (u16, &'static str, String, Option<(SocketAddr, bool)>) {
+fn reoffer(
+    d: &mut Dialog,
+    body: &[u8],
+) -> (u16, &'static str, String, Option<super::sdp::Reanswer>) {
     if body.is_empty() {
         return (200, "OK", d.local_sdp.clone(), None);
     }
     match super::sdp::reanswer(&String::from_utf8_lossy(body), &d.local_sdp) {
         Ok(r) => {
             d.local_sdp = r.sdp.clone();
-            (200, "OK", r.sdp, Some((r.remote_rtp, r.sending)))
+            (200, "OK", r.sdp.clone(), Some(r))
         }
         Err(_) => (488, "Not Acceptable Here", String::new(), None),
     }
 }
 
 /// Why a new INVITE cannot be taken, as (status, reason phrase, extra headers).
-fn invite_refusal(req: &Request, local: SocketAddr) -> Option<(u16, &'static str, String)> {
+fn invite_refusal(
+    req: &Request,
+    local: SocketAddr,
+    srtp: SrtpPolicy,
+) -> Option<(u16, &'static str, String)> {
     let ct = req.content_type.as_deref().map(str::to_ascii_lowercase);
     let is_sdp = ct
         .as_deref()
@@ -2214,7 +2244,7 @@ fn invite_refusal(req: &Request, local: SocketAddr) -> Option<(u16, &'static str
         }
     }
     let sdp = String::from_utf8_lossy(&req.body);
-    if let Some(why) = super::sdp::offer_refusal(&sdp) {
+    if let Some(why) = super::sdp::offer_refusal(&sdp, srtp) {
         return Some((488, "Not Acceptable Here", warning(local, why)));
     }
     None
@@ -2403,6 +2433,8 @@ mod tests {
                 super::super::digest::Algorithm::Md5,
             ],
             advertise: None,
+            srtp: SrtpPolicy::Off,
+            trunk_srtp: HashMap::new(),
         })
     }
 
@@ -2993,7 +3025,45 @@ mod tests {
     }
 
     #[test]
-    fn srtp_only_offer_gets_488_with_warning() {
+    fn srtp_offers_follow_the_policy_of_whoever_sent_them() {
+        let savp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+                    a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";
+        let plain = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+        let warning_of = |tx: &[String]| {
+            tx[0]
+                .lines()
+                .find(|l| l.starts_with("Warning:"))
+                .unwrap_or_default()
+                .to_string()
+        };
+        // `[sip] srtp = "optional"`: the SAVP offer reaches the application, with its policy.
+        let mut c = core();
+        c.cfg.srtp = SrtpPolicy::Optional;
+        let inv = invite_with_sdp("savp-ok", "z9hG4bKs1", savp);
+        c.handle_message(Instant::now(), peer(), local(), inv.as_bytes());
+        let (_, ev) = drain(&mut c);
+        assert!(
+            matches!(&ev[..], [Event::Invite(i)] if i.srtp == SrtpPolicy::Optional),
+            "{ev:?}"
+        );
+        // `required`: a plain offer is refused with a Warning saying what to offer.
+        c.cfg.srtp = SrtpPolicy::Required;
+        let inv = invite_with_sdp("plain-no", "z9hG4bKs2", plain);
+        c.handle_message(Instant::now(), peer(), local(), inv.as_bytes());
+        let (tx, ev) = drain(&mut c);
+        assert!(ev.is_empty(), "{ev:?}");
+        assert!(tx[0].starts_with("SIP/2.0 488 "), "{tx:?}");
+        assert!(warning_of(&tx).contains("SRTP is required"), "{tx:?}");
+        // DTLS-SRTP is not SDES: refused whatever the policy.
+        let dtls = plain.replace("RTP/AVP", "UDP/TLS/RTP/SAVPF");
+        let inv = invite_with_sdp("dtls-no", "z9hG4bKs3", &dtls);
+        c.handle_message(Instant::now(), peer(), local(), inv.as_bytes());
+        let (tx, _) = drain(&mut c);
+        assert!(warning_of(&tx).contains("DTLS-SRTP"), "{tx:?}");
+    }
+
+    #[test]
+    fn srtp_only_offer_gets_488_with_warning_when_srtp_is_off() {
         let mut c = core();
         let sdp = "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
                    a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n";

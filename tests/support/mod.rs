@@ -939,3 +939,33 @@ pub async fn api_get(gw: &Gateway, path: &str) -> serde_json::Value {
         .await
         .unwrap()
 }
+
+/// The gateway's log without its ANSI colour codes (tracing colours field names).
+pub fn plain_log(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=` on a plain log line (quotes removed).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let rest = &line[at..];
+    let value = match rest.strip_prefix('"') {
+        Some(q) => q.split('"').next()?,
+        None => rest.split(' ').next()?,
+    };
+    Some(value)
+}
