@@ -1331,6 +1331,38 @@ async fn the_caller_hanging_up_ends_the_far_leg_and_takes_hangup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carrier_sending_a_reliable_183_gets_its_prack_and_the_call_connects() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    // The carrier answers only after a PRACK with the right RAck (its scenario checks it).
+    let far = carrier(&dir, "carrier-reliable-183.xml", port, free_port());
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\ndial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\n"
+        ),
+    );
+    let mut phone = Phone::dial(gw.sip, "+15557770008", Offer::Rfc4733).await;
+    phone.send_audio(&tone(3.0)).await;
+    phone.hangup().await;
+    assert_eq!(
+        sipp_done(far, &dir, Duration::from_secs(15)).await,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let step = connect_step(&gw).await;
+    let w = &step.context["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "completed", "{w}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caller_hanging_up_while_it_rings_cancels_the_far_leg() {
     if !peer_available("sipp") {
         return;

@@ -758,7 +758,7 @@ impl SipCore {
                         last_response: Vec::new(),
                         local_sdp,
                         retransmit_interval: T1,
-                        local_cseq: a.cseq,
+                        local_cseq: a.local_cseq,
                         bye: None,
                         bye_deadline: None,
                         session: None,

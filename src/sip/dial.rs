@@ -74,6 +74,9 @@ pub struct Answered {
     pub route_set: Vec<String>,
     /// The CSeq of the INVITE that was answered.
     pub cseq: u32,
+    /// The highest CSeq we sent in the dialog (a PRACK's may follow the INVITE's): the next
+    /// request inside it counts on from here.
+    pub local_cseq: u32,
 }
 
 /// What happened to an outbound call.
@@ -131,6 +134,12 @@ pub(crate) struct Dial {
     ack: Option<Vec<u8>>,
     /// Why we cancelled (reported when the 487 comes).
     cancel_reason: &'static str,
+    /// The RSeq of the last reliable provisional we acknowledged with PRACK (RFC 3262).
+    rseq: Option<u32>,
+    /// The PRACK in flight (a non-INVITE transaction of its own, §17.1.2).
+    prack: Option<ClientTx>,
+    /// The CSeq of the INVITE (PRACKs count on from it).
+    invite_cseq: u32,
 }
 
 /// `host[:port]` of a SIP URI, lower-cased.
@@ -166,6 +175,9 @@ impl Dial {
             redirects: 0,
             ack: None,
             cancel_reason: "",
+            rseq: None,
+            prack: None,
+            invite_cseq: 0,
         }
     }
 
@@ -191,6 +203,7 @@ impl Dial {
     pub(crate) fn owns(&self, r: &Response) -> bool {
         (r.cseq_method == "INVITE" && r.branch.as_deref() == Some(self.branch.as_str()))
             || (r.cseq_method == "CANCEL" && self.cancel.as_ref().is_some_and(|c| c.matches(r)))
+            || (r.cseq_method == "PRACK" && self.prack.as_ref().is_some_and(|c| c.matches(r)))
     }
 
     /// The trunk cannot be reached (the connection was refused): before any answer, the call
@@ -217,7 +230,7 @@ impl Dial {
             .into_iter()
             .flatten()
             .min();
-        if let Some(c) = &self.cancel {
+        for c in [&self.cancel, &self.prack].into_iter().flatten() {
             t = Some(t.map_or(c.next_timer(), |x| x.min(c.next_timer())));
         }
         if self.phase == Phase::Done {
@@ -248,13 +261,16 @@ impl Dial {
 
     fn send_invite(&mut self, now: Instant, auth: Option<String>) -> Vec<u8> {
         self.cseq += 1;
+        self.invite_cseq = self.cseq;
+        self.rseq = None;
+        self.prack = None;
         self.branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
         let local = host_port(self.local);
         let data = format!(
             "INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/{} {local};branch={};rport\r\nMax-Forwards: 70\r\n\
              From: {}\r\nTo: <{uri}>\r\nCall-ID: {}\r\nCSeq: {} INVITE\r\n\
              Contact: <sip:{}@{local}{}>\r\n{}{}Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE\r\n\
-             Supported: timer\r\nUser-Agent: switchboard\r\nContent-Type: application/sdp\r\n\
+             Supported: timer, 100rel\r\nUser-Agent: switchboard\r\nContent-Type: application/sdp\r\n\
              Content-Length: {}\r\n\r\n{}",
             self.spec.peer.transport.as_str(),
             self.branch,
@@ -275,6 +291,38 @@ impl Dial {
         self.interval = T1;
         self.retransmit_at = (self.spec.peer.transport == Transport::Udp).then(|| now + T1);
         self.timeout_at = Some(now + TIMER_B);
+        data
+    }
+
+    /// PRACK for a reliable provisional `r` (RFC 3262 §7.2): a request of the early dialog,
+    /// to its remote target through its route set, with `RAck: <RSeq> <INVITE CSeq> INVITE`.
+    fn send_prack(&mut self, now: Instant, r: &Response, rseq: u32) -> Vec<u8> {
+        self.cseq += 1;
+        let branch = format!("z9hG4bK{:016x}", rand::random::<u64>());
+        let target = r
+            .contacts
+            .first()
+            .map(|c| uri_of(c).to_string())
+            .unwrap_or_else(|| self.uri.clone());
+        let mut routes = String::new();
+        for route in r.record_routes.iter().rev() {
+            routes.push_str(&format!("Route: {route}\r\n"));
+        }
+        let data = format!(
+            "PRACK {target} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={branch};rport\r\nMax-Forwards: 70\r\n\
+             {routes}From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} PRACK\r\nRAck: {rseq} {} INVITE\r\n\
+             Content-Length: 0\r\n\r\n",
+            self.spec.peer.transport.as_str(),
+            host_port(self.local),
+            self.our_from(),
+            r.to,
+            self.spec.call_id,
+            self.cseq,
+            self.invite_cseq,
+        )
+        .into_bytes();
+        let udp = self.spec.peer.transport == Transport::Udp;
+        self.prack = Some(ClientTx::new(now, branch, self.cseq, data.clone(), udp));
         data
     }
 
@@ -382,6 +430,14 @@ impl Dial {
                 }),
             );
         }
+        if let Some(p) = self.prack.as_mut() {
+            match p.on_timer(now) {
+                TxTimer::Resend(d) => send.push(d),
+                // The far end's own 18x retransmissions and its final answer go on regardless.
+                TxTimer::TimedOut => self.prack = None,
+                TxTimer::Nothing => {}
+            }
+        }
         if let Some(c) = self.cancel.as_mut() {
             match c.on_timer(now) {
                 TxTimer::Resend(d) => send.push(d),
@@ -416,6 +472,13 @@ impl Dial {
         r: &Response,
     ) -> (Vec<Vec<u8>>, Option<DialEvent>) {
         let mut send = Vec::new();
+        if r.cseq_method == "PRACK" {
+            // Its final answer ends the PRACK transaction; nothing else depends on it.
+            if r.status >= 200 {
+                self.prack = None;
+            }
+            return (send, None);
+        }
         if r.cseq_method == "CANCEL" {
             // The 200 to our CANCEL: the 487 to the INVITE follows.
             if let Some(c) = self.cancel.as_mut() {
@@ -440,6 +503,17 @@ impl Dial {
             if r.status == 100 {
                 return (send, None);
             }
+            if let Some(rseq) = r.rseq.filter(|_| r.require.iter().any(|t| t == "100rel")) {
+                match self.rseq {
+                    // A retransmission (or one overtaken by a later one): already taken.
+                    Some(last) if rseq <= last => return (send, None),
+                    // Out of order: RFC 3262 §4 has us wait for the missing one.
+                    Some(last) if rseq > last + 1 => return (send, None),
+                    _ => {}
+                }
+                self.rseq = Some(rseq);
+                send.push(self.send_prack(now, r, rseq));
+            }
             let early = (!r.body.is_empty() && is_sdp(r))
                 .then(|| String::from_utf8_lossy(&r.body).to_string());
             return (
@@ -462,6 +536,7 @@ impl Dial {
                     .unwrap_or_else(|| self.uri.clone()),
                 route_set: r.record_routes.iter().rev().cloned().collect(),
                 cseq: r.cseq,
+                local_cseq: self.cseq,
             };
             if self.phase == Phase::Done {
                 // A retransmitted 2xx: our ACK was lost.
@@ -717,6 +792,66 @@ mod tests {
         // A retransmitted 2xx gets the same ACK again; no new event; no timers left.
         assert_eq!(d.on_response(t0, &ok), (vec![send[0].clone()], None));
         assert_eq!(d.next_timer(), None);
+    }
+
+    #[test]
+    fn reliable_provisionals_are_pracked_once_each_in_order() {
+        let t0 = Instant::now();
+        let mut d = Dial::new(spec(false), local());
+        let inv = d.start(t0);
+        assert!(text(&inv).contains("Supported: timer, 100rel\r\n"));
+        let reliable = |rseq: u32, status: u16| {
+            answer(
+                &inv,
+                status,
+                &format!(
+                    "Require: 100rel\r\nRSeq: {rseq}\r\nContact: <sip:far@127.0.0.1:5080>\r\n\
+                     Record-Route: <sip:p1;lr>\r\n"
+                ),
+                "",
+            )
+        };
+        let (send, ev) = d.on_response(t0, &reliable(1, 183));
+        assert!(matches!(ev, Some(DialEvent::Progress { status: 183, .. })));
+        let prack = text(&send[0]);
+        assert!(
+            prack.starts_with("PRACK sip:far@127.0.0.1:5080 SIP/2.0\r\n"),
+            "{prack}"
+        );
+        assert!(prack.contains("\r\nRAck: 1 1 INVITE\r\n"), "{prack}");
+        assert!(
+            prack.contains("\r\nCSeq: 2 PRACK\r\n") && prack.contains("Route: <sip:p1;lr>\r\n")
+        );
+        assert!(header(&send[0], "To:").unwrap().ends_with(";tag=far"));
+        // Lost on UDP: the PRACK is resent on its own timer.
+        let t1 = t0 + Duration::from_millis(600);
+        assert!(d.next_timer().is_some_and(|t| t <= t1));
+        let (again, _) = d.on_timer(t1);
+        assert!(again.iter().any(|m| text(m) == prack), "{again:?}");
+        // The far end retransmits the 183: nothing new. One out of order: ignored.
+        assert_eq!(d.on_response(t1, &reliable(1, 183)), (vec![], None));
+        assert_eq!(d.on_response(t1, &reliable(3, 180)), (vec![], None));
+        // Our PRACK's 200 ends its transaction; the next one in order gets CSeq 3.
+        let prack_ok = answer(&send[0], 200, "", "");
+        assert!(d.owns(&prack_ok));
+        assert_eq!(d.on_response(t1, &prack_ok), (vec![], None));
+        let (send, _) = d.on_response(t1, &reliable(2, 180));
+        assert!(text(&send[0]).contains("RAck: 2 1 INVITE\r\nContent-Length: 0"));
+        assert!(text(&send[0]).contains("CSeq: 3 PRACK"));
+        // An unreliable 180 needs nothing.
+        let (send2, _) = d.on_response(t1, &answer(&inv, 180, "", ""));
+        assert!(send2.is_empty());
+        let ok = answer(&inv, 200, "Contact: <sip:far@127.0.0.1:5080>\r\n", "");
+        let (ack, ev) = d.on_response(t1, &ok);
+        let Some(DialEvent::Answered(a)) = ev else {
+            panic!("{ev:?}")
+        };
+        assert!(text(&ack[0]).contains("CSeq: 1 ACK"));
+        assert_eq!(
+            (a.cseq, a.local_cseq),
+            (1, 3),
+            "a BYE counts on from the PRACKs"
+        );
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub struct Response {
     pub record_routes: Vec<String>,
     /// The Content-Type header.
     pub content_type: Option<String>,
+    /// `Require` option tags, lower-cased (`100rel` on a reliable provisional, RFC 3262).
+    pub require: Vec<String>,
+    /// `RSeq` of a reliable provisional response (RFC 3262 §7.1).
+    pub rseq: Option<u32>,
     /// The body (an SDP answer, or early media).
     pub body: Vec<u8>,
 }
@@ -544,6 +548,13 @@ fn response_from(
             .map(str::to_string)
             .collect(),
         content_type: sc.all("content-type").next().map(|v| v.trim().to_string()),
+        require: sc
+            .all("require")
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        rseq: sc.all("rseq").next().and_then(|v| v.trim().parse().ok()),
         body,
     })
 }
