@@ -541,7 +541,7 @@ pub fn negotiate_answer(
     let audio = mine
         .iter()
         .skip(1)
-        .find(|s| s.is_audio())
+        .find(|s| s.is_audio() && s.port != 0)
         .ok_or(SdpError::OwnSession)?;
     let policy = match (audio.is_sdes_profile(), audio.cryptos.is_empty()) {
         (true, _) => SrtpPolicy::Required,
@@ -567,7 +567,7 @@ pub fn settled(offer: &str, answer_sdp: &str) -> Result<String, SdpError> {
     let audio = mine
         .iter()
         .skip(1)
-        .find(|s| s.is_audio())
+        .find(|s| s.is_audio() && s.port != 0)
         .ok_or(SdpError::OwnSession)?;
     let ip = audio.ip.or(mine[0].ip).ok_or(SdpError::OwnSession)?;
     let id = offer
@@ -607,7 +607,7 @@ pub fn reanswer(offer: &str, ours: &str) -> Result<Reanswer, SdpError> {
     let audio = mine
         .iter()
         .skip(1)
-        .find(|s| s.is_audio())
+        .find(|s| s.is_audio() && s.port != 0)
         .ok_or(SdpError::NoAudio)?;
     // Our answer names one audio codec first (then telephone-event).
     const ALL: [Codec; 3] = [Codec::Pcmu, Codec::Pcma, Codec::G722];
@@ -918,6 +918,21 @@ mod tests {
         let s = settled(&ours, &answer_sdp).unwrap();
         assert!(s.contains(keys[1]), "{s}");
         assert!(!offer(&[Codec::Pcmu], local, 9, SrtpPolicy::Off).contains("crypto"));
+    }
+
+    #[test]
+    fn a_reoffer_is_answered_against_the_stream_we_took_not_a_declined_one() {
+        // Found by fuzzing: the first audio line of our answer is a declined one (port 0).
+        let offer = format!(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\n\
+             m=audio 4002 RTP/AVP 0\r\na=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:{KEY}\r\n"
+        );
+        let n = negotiate(&offer, ALL, SrtpPolicy::Optional).unwrap();
+        let ours = answer(&n, "127.0.0.1:20000".parse().unwrap(), 9);
+        assert!(ours.starts_with("v=0") && ours.contains("m=audio 0 RTP/SAVP 0\r\n"));
+        let again = reanswer(&offer, &ours).unwrap();
+        assert_eq!(again.sdp, ours, "the same offer changes nothing");
+        assert_eq!(again.srtp.map(|k| k.local), n.srtp.map(|s| s.keys.local));
     }
 
     #[test]
