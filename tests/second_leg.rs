@@ -1363,6 +1363,54 @@ async fn a_carrier_sending_a_reliable_183_gets_its_prack_and_the_call_connects()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_that_requires_srtp_offers_savp_and_a_plain_answer_is_hung_up() {
+    if !peer_available("sipp") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sipp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    // SIPp answers RTP/AVP whatever it is offered: with `srtp = "required"` that answer is
+    // unusable, so the gateway ACKs it, sends BYE (which ends SIPp's scenario) and fails over.
+    // The caller comes in through another trunk (plain RTP): the SRTP one would refuse it.
+    let far = carrier(&dir, "carrier-answers-waits-for-bye.xml", port, free_port());
+    let (gw, log) = gateway(
+        tmp.path(),
+        &format!(
+            "[[trunks]]\nname = \"pstn\"\nuri = \"sip:127.0.0.1:9\"\n\
+             inbound_from = [\"127.0.0.1/32\"]\nkeepalive_secs = 0\n\
+             [[trunks]]\nname = \"carrier\"\nuri = \"sip:127.0.0.1:{port}\"\n\
+             dial_allow = [\"+1555777*\"]\nkeepalive_secs = 0\nsrtp = \"required\"\n"
+        ),
+    );
+    let phone = Phone::dial(gw.sip, "+15557770009", Offer::Rfc4733).await;
+    assert_eq!(sipp_done(far, &dir, Duration::from_secs(15)).await, Some(0));
+    drop(phone);
+    // What SIPp received: an RTP/SAVP offer with a key per suite.
+    let trace = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().to_string_lossy().ends_with("_messages.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .unwrap_or_default();
+    assert!(trace.contains(" RTP/SAVP 0 8 9 101"), "{trace}");
+    assert!(
+        trace.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:")
+            && trace.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"),
+        "{trace}"
+    );
+    let step = connect_step(&gw).await;
+    let w = &step.context["widgets"]["connect"];
+    assert_eq!(w["DialCallStatus"], "failed", "{w}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("far end answered with unusable SDP"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caller_hanging_up_while_it_rings_cancels_the_far_leg() {
     if !peer_available("sipp") {
         return;
