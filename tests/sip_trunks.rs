@@ -368,34 +368,32 @@ async fn a_reinvite_or_update_holds_resumes_and_moves_the_prompt() {
     phone.hangup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
-    if !peer_available("sipp") || !peer_available("tshark") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
-    let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
-    // SIPp's media port, even and free; the capture takes what the gateway sends to it.
-    let media_port = loop {
+/// An even, free UDP port below 60000 (SIPp's media port; RTCP would take the next one).
+fn even_port() -> u16 {
+    loop {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let p = s.local_addr().unwrap().port();
         if p % 2 == 0 && p < 60000 {
-            break p;
+            return p;
         }
-    };
+    }
+}
+
+/// tshark on loopback printing `fields` of each datagram sent to `port` (at most 30 s);
+/// returns once it captures.
+fn capture_to(port: u16, fields: &[&str]) -> std::process::Child {
     let mut capture = Command::new("tshark")
         .args(["-i", "lo", "-l", "-n", "-a", "duration:30"])
         .args([
             "-f",
-            &format!("udp and dst host 127.0.0.1 and dst port {media_port}"),
+            &format!("udp and dst host 127.0.0.1 and dst port {port}"),
         ])
-        .args(["-T", "fields", "-e", "frame.time_epoch"])
+        .args(["-T", "fields"])
+        .args(fields.iter().flat_map(|f| ["-e", f]))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run tshark");
-    // Wait for "Capturing on ...".
     let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
     let mut line = String::new();
     while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
@@ -404,32 +402,53 @@ async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
         }
         line.clear();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking({
-        let target = gw.sip;
-        let dir = dir.path().to_path_buf();
-        move || {
-            Command::new("sipp")
-                .current_dir(dir)
-                .args(["-sf", &scenario("hold-and-resume.xml"), "-s", "+15550100"])
-                .arg(target.to_string())
-                .args(["-i", "127.0.0.1", "-p", "0", "-mp", &media_port.to_string()])
-                .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
-                .output()
-                .expect("run sipp")
-        }
+    capture
+}
+
+/// Stop a capture (after the last packets landed) and take what it printed.
+async fn stop_capture(capture: std::process::Child) -> Output {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
+    capture.wait_with_output().unwrap()
+}
+
+/// One SIPp caller running `scenario_file` against `target`, its media on `media_port`.
+async fn sipp_caller(target: std::net::SocketAddr, scenario_file: &str, media_port: u16) -> Output {
+    let scenario_path = scenario(scenario_file);
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        Command::new("sipp")
+            .current_dir(dir.path())
+            .args(["-sf", &scenario_path, "-s", "+15550100"])
+            .arg(target.to_string())
+            .args(["-i", "127.0.0.1", "-p", "0", "-mp", &media_port.to_string()])
+            .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
+            .output()
+            .expect("run sipp")
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
+    if !peer_available("sipp") || !peer_available("tshark") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
+    let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
+    // SIPp's media port; the capture takes what the gateway sends to it.
+    let media_port = even_port();
+    let capture = capture_to(media_port, &["frame.time_epoch"]);
+    let out = sipp_caller(gw.sip, "hold-and-resume.xml", media_port).await;
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
-    let captured = capture.wait_with_output().unwrap();
+    let captured = stop_capture(capture).await;
     let times: Vec<f64> = String::from_utf8_lossy(&captured.stdout)
         .lines()
         .filter_map(|l| l.trim().parse().ok())
@@ -463,66 +482,17 @@ async fn a_sipp_caller_switches_codec_by_reinvite_and_the_prompt_goes_on_in_the_
     let tmp = tempfile::tempdir().unwrap();
     let flow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flows/long-prompt.json");
     let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
-    let media_port = loop {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = s.local_addr().unwrap().port();
-        if p % 2 == 0 && p < 60000 {
-            break p;
-        }
-    };
     // What the gateway sends to SIPp's media port: each packet's arrival time and bytes.
-    let mut capture = Command::new("tshark")
-        .args(["-i", "lo", "-l", "-n", "-a", "duration:30"])
-        .args([
-            "-f",
-            &format!("udp and dst host 127.0.0.1 and dst port {media_port}"),
-        ])
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "udp.payload",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tshark");
-    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
-        if line.contains("Capturing on") {
-            break;
-        }
-        line.clear();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking({
-        let target = gw.sip;
-        let dir = dir.path().to_path_buf();
-        move || {
-            Command::new("sipp")
-                .current_dir(dir)
-                .args(["-sf", &scenario("codec-switch.xml"), "-s", "+15550100"])
-                .arg(target.to_string())
-                .args(["-i", "127.0.0.1", "-p", "0", "-mp", &media_port.to_string()])
-                .args(["-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin"])
-                .output()
-                .expect("run sipp")
-        }
-    })
-    .await
-    .unwrap();
+    let media_port = even_port();
+    let capture = capture_to(media_port, &["frame.time_epoch", "udp.payload"]);
+    let out = sipp_caller(gw.sip, "codec-switch.xml", media_port).await;
     assert_eq!(
         out.status.code(),
         Some(0),
         "SIPp: the re-INVITE offering only PCMA was answered with PCMA\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    unsafe { libc::kill(capture.id() as i32, libc::SIGINT) };
-    let captured = capture.wait_with_output().unwrap();
+    let captured = stop_capture(capture).await;
     let packets: Vec<(f64, Vec<u8>)> = String::from_utf8_lossy(&captured.stdout)
         .lines()
         .filter_map(|l| {
