@@ -17,6 +17,7 @@ use super::cli::DtmfStep;
 use crate::media::codec::Decoder;
 use crate::media::dtmf::Rfc4733Receiver;
 use crate::media::rtp::{self, RtpSender, HEADER_LEN};
+use crate::media::srtp;
 use crate::media::tones::{dtmf_tone, Rfc4733Sender};
 use crate::media::Codec;
 
@@ -54,8 +55,6 @@ pub struct MediaReport {
     pub n: u64,
     pub packets_sent: u64,
     pub packets_received: u64,
-    /// SRTP packets that failed authentication.
-    pub srtp_refused: u64,
     pub audio_frames: u64,
     pub loud_frames: u64,
     pub digits_sent: u32,
@@ -251,13 +250,10 @@ impl Stream {
             Sending::Idle => self.audio_frame(buf),
         };
         self.rtp.advance(frame as u32);
-        let sent = match self.spec.srtp.as_mut() {
-            None => self.spec.socket.send_to(&buf[..n], self.spec.remote),
-            Some(srtp) => match srtp.protect_rtp(&buf[..n]) {
-                Ok(wire) => self.spec.socket.send_to(&wire, self.spec.remote),
-                Err(e) => Err(std::io::Error::other(e)),
-            },
-        };
+        let mut keep = None;
+        let sent = srtp::seal(self.spec.srtp.as_deref_mut(), &buf[..n], &mut keep, false)
+            .map_err(std::io::Error::other)
+            .and_then(|wire| self.spec.socket.send_to(wire, self.spec.remote));
         if sent.is_ok() {
             self.report.packets_sent += 1;
         }
@@ -289,19 +285,11 @@ impl Stream {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(_) => return,
             };
-            let opened;
-            let datagram = match self.spec.srtp.as_mut() {
-                None => &buf[..n],
-                Some(srtp) => match srtp.unprotect_rtp(&buf[..n]) {
-                    Ok(plain) => {
-                        opened = plain;
-                        &opened[..]
-                    }
-                    Err(_) => {
-                        self.report.srtp_refused += 1;
-                        continue;
-                    }
-                },
+            let mut keep = None;
+            let Ok(datagram) =
+                srtp::open(self.spec.srtp.as_deref_mut(), &buf[..n], &mut keep, false)
+            else {
+                continue; // failed authentication or a replay
             };
             let Some(pkt) = rtp::parse(datagram) else {
                 continue;

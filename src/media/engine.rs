@@ -325,15 +325,9 @@ impl Stream {
         st.octets_sent += (n - HEADER_LEN) as u64;
         let remote = st.remote;
         // A full socket buffer drops this one frame, like a congested network would.
-        match st.srtp.as_mut() {
-            None => {
-                let _ = self.socket.send_to(&buf[..n], remote);
-            }
-            Some(srtp) => {
-                if let Ok(wire) = srtp.protect_rtp(&buf[..n]) {
-                    let _ = self.socket.send_to(&wire, remote);
-                }
-            }
+        let mut keep = None;
+        if let Ok(wire) = super::srtp::seal(st.srtp.as_deref_mut(), &buf[..n], &mut keep, false) {
+            let _ = self.socket.send_to(wire, remote);
         }
         if st.packets_sent % REPORT_EVERY_PACKETS == 0 {
             if let Some(sock) = &self.rtcp {
@@ -353,16 +347,10 @@ impl Stream {
                     &mut st.recv_stats,
                     &self.cname,
                 );
-                let to = st.rtcp_remote;
-                match st.srtp.as_mut() {
-                    None => {
-                        let _ = sock.send_to(&report[..len], to);
-                    }
-                    Some(srtp) => {
-                        if let Ok(wire) = srtp.protect_rtcp(&report[..len]) {
-                            let _ = sock.send_to(&wire, to);
-                        }
-                    }
+                let (to, mut keep) = (st.rtcp_remote, None);
+                let srtp = st.srtp.as_deref_mut();
+                if let Ok(wire) = super::srtp::seal(srtp, &report[..len], &mut keep, true) {
+                    let _ = sock.send_to(wire, to);
                 }
             }
         }
@@ -977,24 +965,15 @@ impl Stream {
     }
 }
 
-/// What an encrypted stream makes of a datagram: it authenticated and decrypted, or None when
-/// refused (counted). A plain stream's datagram is returned as it came.
+/// [`super::srtp::open`], with a refused packet counted (None).
 fn unprotect<'a>(
     srtp: Option<&mut super::srtp::Srtp>,
     datagram: &'a [u8],
     keep: &'a mut Option<bytes::BytesMut>,
     rtcp: bool,
 ) -> Option<&'a [u8]> {
-    let Some(srtp) = srtp else {
-        return Some(datagram);
-    };
-    let opened = if rtcp {
-        srtp.unprotect_rtcp(datagram)
-    } else {
-        srtp.unprotect_rtp(datagram)
-    };
-    match opened {
-        Ok(plain) => Some(&keep.insert(plain)[..]),
+    match super::srtp::open(srtp, datagram, keep, rtcp) {
+        Ok(plain) => Some(plain),
         Err(e) => {
             crate::metrics::get().srtp_refused.inc();
             tracing::debug!(error = %e, rtcp, len = datagram.len(), "SRTP packet refused");

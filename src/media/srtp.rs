@@ -228,6 +228,44 @@ impl Srtp {
     }
 }
 
+/// What goes on the wire for `packet`: protected on an encrypted stream (held in `keep`), as
+/// it is on a plain one.
+pub fn seal<'a>(
+    srtp: Option<&mut Srtp>,
+    packet: &'a [u8],
+    keep: &'a mut Option<bytes::BytesMut>,
+    rtcp: bool,
+) -> Result<&'a [u8], SrtpError> {
+    let Some(srtp) = srtp else {
+        return Ok(packet);
+    };
+    let wire = if rtcp {
+        srtp.protect_rtcp(packet)?
+    } else {
+        srtp.protect_rtp(packet)?
+    };
+    Ok(&keep.insert(wire)[..])
+}
+
+/// What a received datagram carries: authenticated and decrypted on an encrypted stream (held
+/// in `keep`), as it came on a plain one.
+pub fn open<'a>(
+    srtp: Option<&mut Srtp>,
+    datagram: &'a [u8],
+    keep: &'a mut Option<bytes::BytesMut>,
+    rtcp: bool,
+) -> Result<&'a [u8], SrtpError> {
+    let Some(srtp) = srtp else {
+        return Ok(datagram);
+    };
+    let plain = if rtcp {
+        srtp.unprotect_rtcp(datagram)?
+    } else {
+        srtp.unprotect_rtp(datagram)?
+    };
+    Ok(&keep.insert(plain)[..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
