@@ -191,26 +191,7 @@ fn tone(secs: f64) -> Vec<i16> {
 
 /// Capture what arrives at `port` on loopback: each UDP payload (RTP) as bytes.
 fn capture(port: u16) -> Child {
-    let mut c = Command::new("tshark")
-        .args(["-i", "lo", "-l", "-n", "-a", "duration:60"])
-        .args([
-            "-f",
-            &format!("udp and dst host 127.0.0.1 and dst port {port}"),
-        ])
-        .args(["-T", "fields", "-e", "udp.payload"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tshark");
-    let mut err = std::io::BufReader::new(c.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
-        if line.contains("Capturing on") {
-            break;
-        }
-        line.clear();
-    }
-    c
+    capture_to(port, &["udp.payload"], 60)
 }
 
 fn hex(s: &str) -> Vec<u8> {

@@ -379,32 +379,6 @@ fn even_port() -> u16 {
     }
 }
 
-/// tshark on loopback printing `fields` of each datagram sent to `port` (at most 30 s);
-/// returns once it captures.
-fn capture_to(port: u16, fields: &[&str]) -> std::process::Child {
-    let mut capture = Command::new("tshark")
-        .args(["-i", "lo", "-l", "-n", "-a", "duration:30"])
-        .args([
-            "-f",
-            &format!("udp and dst host 127.0.0.1 and dst port {port}"),
-        ])
-        .args(["-T", "fields"])
-        .args(fields.iter().flat_map(|f| ["-e", f]))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run tshark");
-    let mut err = std::io::BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
-        if line.contains("Capturing on") {
-            break;
-        }
-        line.clear();
-    }
-    capture
-}
-
 /// Stop a capture (after the last packets landed) and take what it printed.
 async fn stop_capture(capture: std::process::Child) -> Output {
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -440,7 +414,7 @@ async fn a_sipp_caller_holds_and_resumes_and_the_capture_shows_the_gap() {
     let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
     // SIPp's media port; the capture takes what the gateway sends to it.
     let media_port = even_port();
-    let capture = capture_to(media_port, &["frame.time_epoch"]);
+    let capture = capture_to(media_port, &["frame.time_epoch"], 30);
     let out = sipp_caller(gw.sip, "hold-and-resume.xml", media_port).await;
     assert_eq!(
         out.status.code(),
@@ -484,7 +458,7 @@ async fn a_sipp_caller_switches_codec_by_reinvite_and_the_prompt_goes_on_in_the_
     let gw = Gateway::start_in(&tmp.path().join("data"), Some(&flow), &[]);
     // What the gateway sends to SIPp's media port: each packet's arrival time and bytes.
     let media_port = even_port();
-    let capture = capture_to(media_port, &["frame.time_epoch", "udp.payload"]);
+    let capture = capture_to(media_port, &["frame.time_epoch", "udp.payload"], 30);
     let out = sipp_caller(gw.sip, "codec-switch.xml", media_port).await;
     assert_eq!(
         out.status.code(),

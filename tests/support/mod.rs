@@ -969,3 +969,29 @@ pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     };
     Some(value)
 }
+
+/// tshark on loopback printing `fields` of each datagram sent to `port`, for at most `secs`;
+/// returns once it captures.
+pub fn capture_to(port: u16, fields: &[&str], secs: u32) -> std::process::Child {
+    let mut capture = std::process::Command::new("tshark")
+        .args(["-i", "lo", "-l", "-n", "-a", &format!("duration:{secs}")])
+        .args([
+            "-f",
+            &format!("udp and dst host 127.0.0.1 and dst port {port}"),
+        ])
+        .args(["-T", "fields"])
+        .args(fields.iter().flat_map(|f| ["-e", f]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tshark");
+    let mut err = std::io::BufReader::new(capture.stderr.take().expect("tshark's stderr"));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut err, &mut line).unwrap_or(0) > 0 {
+        if line.contains("Capturing on") {
+            break;
+        }
+        line.clear();
+    }
+    capture
+}
